@@ -1,0 +1,3 @@
+"""license-keeper: keeps the Kong Enterprise license from Konnect safe in a Kubernetes Secret."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Builds the test control plane (kube-apiserver, kubectl, etcd) and the chart tools (helm, promtool)
+# from the Go module proxy, at the versions pinned by the go.mod files beside this script.
+#
+# Binaries land in ${XDG_CACHE_HOME:-$HOME/.cache}/license-keeper/controlplane/<component>-<version>/
+# and are reused when present, so only the first run pays for the build. A cold build of
+# kube-apiserver takes 10-20 minutes on two cores; the others a few minutes each.
+#
+# Usage: build.sh [--print-dir] [component...]   components: kubernetes etcd helm prometheus (default: all)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+cache_root="${LICENSE_KEEPER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/license-keeper}/controlplane"
+export GOFLAGS=-mod=mod
+export CGO_ENABLED=0
+
+# component -> "main module" and the packages to build from it
+declare -A module=(
+  [kubernetes]=k8s.io/kubernetes
+  [etcd]=go.etcd.io/etcd/server/v3
+  [helm]=helm.sh/helm/v3
+  [prometheus]=github.com/prometheus/prometheus
+)
+declare -A packages=(
+  [kubernetes]="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl"
+  [etcd]="go.etcd.io/etcd/server/v3"
+  [helm]="helm.sh/helm/v3/cmd/helm"
+  [prometheus]="github.com/prometheus/prometheus/cmd/promtool"
+)
+declare -A binaries=(
+  [kubernetes]="kube-apiserver kubectl"
+  [etcd]="etcd"
+  [helm]="helm"
+  [prometheus]="promtool"
+)
+
+print_dir=0
+if [[ "${1:-}" == "--print-dir" ]]; then print_dir=1; shift; fi
+components=("$@")
+[[ ${#components[@]} -gt 0 ]] || components=(kubernetes etcd helm prometheus)
+
+command -v go >/dev/null || { echo "build.sh: Go is required to build the test control plane (go not found on PATH)" >&2; exit 1; }
+
+version_of() {  # the pinned version, read from go.mod without touching the network
+  awk -v m="${module[$1]}" '$1 == m && $2 ~ /^v/ {print $2; exit}' "$here/$1/go.mod"
+}
+
+for c in "${components[@]}"; do
+  [[ -n "${module[$c]:-}" ]] || { echo "build.sh: unknown component '$c'" >&2; exit 2; }
+  v=$(version_of "$c")
+  [[ -n "$v" ]] || { echo "build.sh: no pinned version of ${module[$c]} in $here/$c/go.mod" >&2; exit 1; }
+  out="$cache_root/$c-$v"
+  if (( print_dir )); then echo "$out"; continue; fi
+  missing=0
+  for b in ${binaries[$c]}; do [[ -x "$out/$b" ]] || missing=1; done
+  if (( ! missing )); then
+    echo "build.sh: $c $v already built in $out"
+    continue
+  fi
+  echo "build.sh: building $c $v into $out (cold builds take minutes; kube-apiserver 10-20 min on 2 cores)"
+  start=$(date +%s)
+  mkdir -p "$out.tmp"
+  pkgs=(${packages[$c]})
+  bins=(${binaries[$c]})
+  for i in "${!pkgs[@]}"; do
+    echo "build.sh:   go build ${pkgs[$i]} -> ${bins[$i]}"
+    (cd "$here/$c" && go build -trimpath -ldflags="-s -w" -o "$out.tmp/${bins[$i]}" "${pkgs[$i]}")
+  done
+  rm -rf "$out" && mv "$out.tmp" "$out"
+  echo "build.sh: built $c $v in $(( $(date +%s) - start )) s"
+done
