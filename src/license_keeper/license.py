@@ -1,0 +1,213 @@
+"""The Kong Enterprise license document: parse, validate structurally, expiry maths, fingerprint.
+
+Pure: no I/O. The signature algorithm and key are not public, so validation is structural only.
+Errors never carry values from the document (no key, no signature, no customer), not even through
+exception chains.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["License", "LicenseError", "LicenseRecord", "parse_license"]
+
+_PAYLOAD_FIELDS: dict[str, str] = {
+    # document key -> License attribute
+    "customer": "customer",
+    "product_subscription": "product",
+    "license_key": "license_key",
+    "license_creation_date": "creation_date",
+    "license_expiration_date": "expiration_date",
+    "admin_seats": "admin_seats",
+    "dataplanes": "dataplanes",
+    "support_plan": "support_plan",
+}
+_DATE_FIELDS = frozenset({"license_creation_date", "license_expiration_date"})
+_HEX = frozenset(string.hexdigits)
+
+
+class LicenseError(ValueError):
+    """A license document is structurally invalid. The message names the field, never a value."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"license {field}: {problem}")
+
+    def __str__(self) -> str:
+        return f"license {self.field}: {self.problem}"
+
+
+@dataclass(frozen=True, repr=False)
+class License:
+    customer: str
+    product: str
+    license_key: str
+    creation_date: datetime.date
+    expiration_date: datetime.date
+    admin_seats: str
+    dataplanes: str
+    support_plan: str
+    signature: str
+    version: str
+    document: str
+
+    @property
+    def expires_at(self) -> datetime.datetime:
+        """End of the expiration date: 00:00 UTC of the following day (Kong expires at the end of the day)."""
+        day_after = self.expiration_date + datetime.timedelta(days=1)
+        return datetime.datetime(day_after.year, day_after.month, day_after.day, tzinfo=datetime.UTC)
+
+    def seconds_left(self, now: datetime.datetime) -> float:
+        """Seconds until expiry; negative once expired. `now` must be timezone-aware."""
+        return (self.expires_at - now).total_seconds()
+
+    def days_left(self, now: datetime.datetime) -> float:
+        return self.seconds_left(now) / 86400.0
+
+    def is_expired(self, now: datetime.datetime) -> bool:
+        return now >= self.expires_at
+
+    @property
+    def fingerprint(self) -> str:
+        """First 16 hex characters of sha256 over the exact document text (utf-8)."""
+        return hashlib.sha256(self.document.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+    @property
+    def kong_signature(self) -> float:
+        """The value Kong's Prometheus plugin exports as `kong_enterprise_license_signature`.
+
+        Source: Kong/kong `kong/plugins/prometheus/enterprise/exporter.lua`, `metric_data()`:
+            metrics.license_signature:set(tonumber("0x" .. sub(sig, #sig-33, #sig)))
+        Lua's `string.sub` is 1-based and inclusive, so this is the last 34 hex characters of the
+        signature (the whole signature when it is shorter), read as one hexadecimal integer and
+        stored as a double (LuaJIT rounds the 136-bit integer to the nearest double, as `float()` does).
+        """
+        return float(int(self.signature[-34:], 16))
+
+    def __repr__(self) -> str:
+        return (
+            f"License(customer={self.customer!r}, expires={self.expiration_date.isoformat()}, "
+            f"fingerprint={self.fingerprint})"
+        )
+
+    __str__ = __repr__
+
+
+def _require_str(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise LicenseError(name, "must be a string")
+    if not value.strip():
+        raise LicenseError(name, "is empty")
+    return value
+
+
+def _parse_date(value: str, name: str) -> datetime.date:
+    # strict YYYY-MM-DD; fromisoformat alone would also accept 20170720
+    if len(value) != 10 or value[4] != "-" or value[7] != "-":
+        raise LicenseError(name, "is not a date in YYYY-MM-DD form")
+    try:
+        return datetime.date.fromisoformat(value)
+    except ValueError:
+        raise LicenseError(name, "is not a valid calendar date") from None
+
+
+def parse_license(document: str | bytes) -> License:
+    """Parse and structurally validate a Kong Enterprise license document.
+
+    Raises LicenseError naming the offending field. An expiration before the creation date is
+    accepted (it is just an expired license).
+    """
+    if isinstance(document, bytes | bytearray):
+        try:
+            text = bytes(document).decode("utf-8")
+        except UnicodeDecodeError:
+            raise LicenseError("document", "is not valid UTF-8") from None
+    elif isinstance(document, str):
+        text = document
+    else:
+        raise LicenseError("document", "must be text")
+    if not text.strip():
+        raise LicenseError("document", "is empty")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise LicenseError("document", "is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise LicenseError("document", "is not a JSON object")
+    lic = data.get("license")
+    if lic is None:
+        raise LicenseError("license", "is missing")
+    if not isinstance(lic, dict):
+        raise LicenseError("license", "is not an object")
+    payload = lic.get("payload")
+    if payload is None:
+        raise LicenseError("payload", "is missing")
+    if not isinstance(payload, dict):
+        raise LicenseError("payload", "is not an object")
+
+    values: dict[str, Any] = {}
+    for key, attr in _PAYLOAD_FIELDS.items():
+        if key not in payload:
+            raise LicenseError(key, "is missing")
+        raw = _require_str(payload[key], key)
+        values[attr] = _parse_date(raw, key) if key in _DATE_FIELDS else raw
+
+    if "signature" not in lic:
+        raise LicenseError("signature", "is missing")
+    signature = _require_str(lic["signature"], "signature")
+    if not set(signature) <= _HEX:
+        raise LicenseError("signature", "is not hexadecimal")
+
+    if "version" not in lic:
+        raise LicenseError("version", "is missing")
+    version_raw = lic["version"]
+    if isinstance(version_raw, bool) or not isinstance(version_raw, int | str):
+        raise LicenseError("version", "must be a string or an integer")
+    version = str(version_raw)
+    if not version.strip():
+        raise LicenseError("version", "is empty")
+
+    return License(signature=signature, version=version, document=text, **values)
+
+
+@dataclass(frozen=True)
+class LicenseRecord:
+    """A license document plus the metadata Konnect and the Secret attach to it.
+
+    Equality and hashing use (document, id, updated_at); `source` is informational only.
+    """
+
+    document: str = field(repr=False)
+    id: str
+    updated_at: int
+    source: str = field(default="konnect", compare=False)
+
+    @property
+    def license(self) -> License | None:
+        return _parse_cached(self)[0]
+
+    @property
+    def problem(self) -> str | None:
+        return _parse_cached(self)[1]
+
+    @property
+    def valid(self) -> bool:
+        return self.license is not None
+
+
+def _parse_cached(record: LicenseRecord) -> tuple[License | None, str | None]:
+    cached = record.__dict__.get("_parsed")
+    if cached is None:
+        try:
+            cached = (parse_license(record.document), None)
+        except LicenseError as exc:
+            cached = (None, str(exc))
+        # frozen dataclass: bypass __setattr__ for a private memo (not a field, not compared)
+        object.__setattr__(record, "_parsed", cached)
+    return cached

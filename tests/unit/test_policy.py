@@ -1,0 +1,203 @@
+"""license_keeper.policy: which license is better. A table of named cases plus hypothesis properties."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from license_keeper.license import LicenseRecord
+from license_keeper.policy import choose, deciding_rule, is_better, rank
+from license_keeper.testing.licenses import make_document, make_record
+
+UTC = datetime.UTC
+NOW = datetime.datetime(2030, 6, 15, 12, 0, tzinfo=UTC)
+TODAY = NOW.date()
+
+
+def day(offset: int) -> datetime.date:
+    return TODAY + datetime.timedelta(days=offset)
+
+
+def rec(
+    updated_at: int, expires: int, *, id: str = "id", sig: str = "ab" * 40, source: str = "konnect"
+) -> LicenseRecord:
+    return make_record(
+        updated_at=updated_at,
+        id=id,
+        source=source,
+        signature=sig,
+        license_key="K",
+        creation_date=day(-400),
+        expiration_date=day(expires),
+    )
+
+
+INVALID = LicenseRecord(document="{not json", id="bad", updated_at=10**9)
+INVALID_DATE = LicenseRecord(
+    document=make_document(expiration_date="2030-02-31"), id="bad2", updated_at=10**9
+)
+
+
+# --- named cases ---------------------------------------------------------------------------------------
+
+CASES = [
+    # (name, held, candidates, index of expected: "held" / int into candidates / None)
+    ("nothing at all", None, [], "held"),
+    ("only None candidates", None, [None, None], "held"),
+    ("first license is taken", None, [rec(1, 30)], 0),
+    ("invalid never taken when nothing held", None, [INVALID, INVALID_DATE], "held"),
+    ("invalid never replaces valid", rec(1, 30), [INVALID], "held"),
+    ("invalid held is kept when nothing valid arrives", INVALID, [INVALID_DATE, None], "held"),
+    ("valid replaces invalid held", INVALID, [rec(1, -5)], 0),
+    ("expired valid replaces invalid held", INVALID, [rec(1, -500)], 0),
+    ("unexpired beats expired even with older updated_at", rec(100, -1), [rec(5, 10, id="n")], 0),
+    ("expired never replaces unexpired even if newer", rec(5, 10), [rec(100, -1, id="n")], "held"),
+    ("newer updated_at wins", rec(5, 300), [rec(6, 30, id="n")], 0),
+    ("older updated_at loses even with later expiry", rec(6, 30), [rec(5, 300, id="n")], "held"),
+    ("same updated_at, later expiration wins", rec(5, 30), [rec(5, 31, id="n")], 0),
+    ("same updated_at, earlier expiration loses", rec(5, 31), [rec(5, 30, id="n")], "held"),
+    ("equal rank keeps held (no churn)", rec(5, 30, id="a"), [rec(5, 30, id="b", sig="cd" * 40)], "held"),
+    ("identical record keeps held", rec(5, 30), [rec(5, 30, source="secret")], "held"),
+    ("both expired: newer updated_at wins", rec(5, -10), [rec(6, -20, id="n")], 0),
+    ("expires today is still unexpired", rec(100, -1), [rec(1, 0, id="n")], 0),
+    ("best of several", rec(1, 30), [rec(2, 30, id="x"), rec(4, 20, id="y"), rec(3, 90, id="z")], 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("held", "candidates", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_named_cases(
+    held: LicenseRecord | None, candidates: list[LicenseRecord | None], expected: object
+) -> None:
+    result = choose(held, candidates, NOW)
+    if expected == "held":
+        assert result is held
+    else:
+        assert isinstance(expected, int)
+        assert result is candidates[expected]
+
+
+def test_tie_between_candidates_is_order_independent() -> None:
+    a = rec(5, 30, id="a", sig="aa" * 40)
+    b = rec(5, 30, id="b", sig="bb" * 40)
+    c = rec(5, 30, id="c", sig="cc" * 40)
+    first = choose(None, [a, b, c], NOW)
+    assert first in (a, b, c)
+    for order in ([c, b, a], [b, a, c], [b, c, a]):
+        assert choose(None, order, NOW) == first
+
+
+def test_is_better_is_strict() -> None:
+    a = rec(5, 30)
+    assert not is_better(a, a, NOW)
+    assert not is_better(None, None, NOW)
+    assert not is_better(INVALID, None, NOW)
+    assert is_better(a, None, NOW)
+    assert is_better(a, INVALID, NOW)
+    assert not is_better(a, rec(6, 30), NOW)
+
+
+def test_rank_and_deciding_rule() -> None:
+    assert rank(None, NOW) == rank(INVALID, NOW)
+    assert rank(rec(1, -1), NOW) > rank(INVALID, NOW)
+    assert rank(rec(1, 1), NOW) > rank(rec(99, -1), NOW)
+    assert deciding_rule(rec(1, 1), INVALID, NOW) == "valid"
+    assert deciding_rule(rec(1, 1), rec(99, -1), NOW) == "unexpired"
+    assert deciding_rule(rec(2, 1), rec(1, 9), NOW) == "newer_updated_at"
+    assert deciding_rule(rec(1, 2), rec(1, 1), NOW) == "later_expiration"
+    assert deciding_rule(rec(1, 1, id="x"), rec(1, 1, id="y"), NOW) is None
+
+
+# --- properties ----------------------------------------------------------------------------------------
+
+_valid_records = st.builds(
+    rec,
+    updated_at=st.integers(0, 4),
+    expires=st.integers(-3, 3),
+    id=st.sampled_from(["a", "b", "c"]),
+    sig=st.sampled_from(["ab" * 40, "cd" * 40]),
+    source=st.sampled_from(["konnect", "secret", "backup"]),
+)
+_invalid_records = st.builds(
+    LicenseRecord,
+    document=st.sampled_from(["", "{not json", "[]", '{"license": {}}', make_document(signature="zz")]),
+    id=st.sampled_from(["a", "x"]),
+    updated_at=st.integers(0, 10**10),
+    source=st.sampled_from(["konnect", "secret"]),
+)
+records = st.one_of(_valid_records, _valid_records, _invalid_records, st.none())
+candidate_lists = st.lists(records, max_size=6)
+nows = st.sampled_from([NOW, NOW + datetime.timedelta(days=1, hours=-12), NOW - datetime.timedelta(days=2)])
+
+
+def _valid(r: LicenseRecord | None) -> bool:
+    return r is not None and r.valid
+
+
+@settings(max_examples=1000, deadline=None)
+@given(held=records, candidates=candidate_lists, now=nows)
+def test_never_replaced_by_worse(
+    held: LicenseRecord | None, candidates: list, now: datetime.datetime
+) -> None:
+    result = choose(held, candidates, now)
+    assert rank(result, now) >= rank(held, now)
+    assert result is held or any(result is c for c in candidates)
+    # and the choice is maximal: nothing offered is strictly better than it
+    assert not any(is_better(c, result, now) for c in [held, *candidates])
+
+
+@settings(max_examples=1000, deadline=None)
+@given(held=records, candidates=candidate_lists, now=nows)
+def test_never_replaced_by_equal(
+    held: LicenseRecord | None, candidates: list, now: datetime.datetime
+) -> None:
+    result = choose(held, candidates, now)
+    if result is not held:
+        assert rank(result, now) > rank(held, now)
+        assert is_better(result, held, now)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(held=records, candidates=candidate_lists, now=nows, data=st.data())
+def test_deterministic_and_order_independent(
+    held: LicenseRecord | None, candidates: list, now: datetime.datetime, data: st.DataObject
+) -> None:
+    result = choose(held, candidates, now)
+    again = choose(held, list(candidates), now)
+    shuffled = data.draw(st.permutations(candidates))
+    other = choose(held, shuffled, now)
+    assert again is result
+    assert other == result
+    # full identity of the choice, including the non-compared source field
+    assert (getattr(other, "source", None), getattr(other, "id", None)) == (
+        getattr(result, "source", None),
+        getattr(result, "id", None),
+    )
+
+
+@settings(max_examples=1000, deadline=None)
+@given(held=records, candidates=candidate_lists, now=nows)
+def test_invalid_never_wins_over_valid(
+    held: LicenseRecord | None, candidates: list, now: datetime.datetime
+) -> None:
+    result = choose(held, candidates, now)
+    if any(_valid(r) for r in [held, *candidates]):
+        assert _valid(result)
+    if result is not held:
+        assert _valid(result)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(held=records, candidates=candidate_lists, now=nows)
+def test_unexpired_beats_expired(
+    held: LicenseRecord | None, candidates: list, now: datetime.datetime
+) -> None:
+    result = choose(held, candidates, now)
+    offered = [r for r in [held, *candidates] if _valid(r)]
+    if any(not r.license.is_expired(now) for r in offered):
+        assert result is not None and result.license is not None
+        assert not result.license.is_expired(now)
