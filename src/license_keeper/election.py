@@ -1,0 +1,696 @@
+"""Leader election on a ``coordination.k8s.io/v1`` Lease, so only one replica talks to Konnect and writes.
+
+The protocol is client-go's (``k8s.io/client-go/tools/leaderelection``), written out on the same API
+calls, with three deliberate differences from the library electors:
+
+* **Only our monotonic clock decides expiry.** A follower remembers *when it last saw the Lease
+  record change* (``observed_at``, ``time.monotonic()``), and may take the Lease over only once
+  ``observed_at + leaseDurationSeconds`` has passed. The remote ``renewTime`` is written for humans
+  and for ``license-keeper status``; it is never compared with our wall clock.
+* **Every write is guarded by ``metadata.resourceVersion``** (PUT replace of the object we last
+  read or wrote). A 409 means somebody else changed the Lease: we re-read and only carry on if the
+  record still names us; a create that answers 409 lost the race.
+* **Leadership has a local expiry.** ``is_leader`` is True only while the last successful renew
+  (timed from *before* the request was sent) is younger than the renew deadline. Because the renew
+  deadline is shorter than the lease duration, and a follower's clock for the same record starts
+  only after the server stored it, a follower can never take over while we still believe we lead.
+
+Once lost, leadership never comes back in this process: ``run()`` returns, ``lost`` is set and the
+caller is expected to stop writing and exit non-zero. ``release()`` on graceful shutdown clears the
+holder (with ``leaseDurationSeconds=1``, like client-go's ``ReleaseOnCancel``), so a follower takes
+over within one retry period.
+
+Pure parts (``may_acquire``, ``acquire_spec``, ``release_spec``, ``observe``, ...) are module-level
+functions with the time as an argument; the class only does I/O and bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
+
+__all__ = [
+    "LeaderElector",
+    "LeaseInfo",
+    "LeaseRecord",
+    "Observation",
+    "acquire_spec",
+    "default_identity",
+    "format_micro_time",
+    "is_leading",
+    "lease_expired",
+    "may_acquire",
+    "observe",
+    "parse_micro_time",
+    "read_holder",
+    "record_of",
+    "release_spec",
+    "updated_lease",
+    "validate_timings",
+]
+
+log = logging.getLogger("license_keeper.election")
+
+API_VERSION = "coordination.k8s.io/v1"
+KIND = "Lease"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "license-keeper"
+ERROR_LOG_REPEAT_SECONDS = 60.0
+
+
+# --- pure parts ------------------------------------------------------------------------------------
+
+
+def validate_timings(lease_duration: float, renew_deadline: float, retry_period: float) -> None:
+    """client-go's rule: lease duration > renew deadline > retry period > 0."""
+    for label, value in (
+        ("lease_duration", lease_duration),
+        ("renew_deadline", renew_deadline),
+        ("retry_period", retry_period),
+    ):
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError(f"{label} must be a finite number of seconds, got {value!r}")
+    if retry_period <= 0:
+        raise ValueError(f"retry_period must be greater than zero, got {retry_period}")
+    if renew_deadline <= retry_period:
+        raise ValueError(
+            f"renew_deadline ({renew_deadline} s) must be greater than retry_period ({retry_period} s)"
+        )
+    if lease_duration <= renew_deadline:
+        raise ValueError(
+            f"lease_duration ({lease_duration} s) must be greater than renew_deadline ({renew_deadline} s)"
+        )
+
+
+def format_micro_time(moment: datetime) -> str:
+    """A ``metav1.MicroTime`` as the API server parses it: RFC 3339 with exactly six fraction digits.
+
+    (``datetime.isoformat()``, which kubernetes-asyncio uses for model objects, drops the fraction
+    when it is zero and the server then rejects the value; that is why bodies here are plain dicts.)
+    """
+    if moment.tzinfo is None:
+        raise ValueError("a MicroTime needs a timezone-aware datetime")
+    utc = moment.astimezone(UTC)
+    # Not strftime: glibc's %Y does not zero-pad years before 1000.
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
+        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}Z"
+    )
+
+
+def parse_micro_time(value: object) -> datetime | None:
+    """``renewTime``/``acquireTime`` as a datetime; None when absent or unparsable (display only)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """What a Lease says about leadership, plus the version it was read at.
+
+    ``holder`` is None when the Lease is free (no holderIdentity, or an empty one after a release).
+    Two records compare equal only if nothing about them changed, which is what ``observe`` needs.
+    """
+
+    holder: str | None
+    lease_duration_seconds: int | None
+    acquire_time: str | None
+    renew_time: str | None
+    transitions: int
+    resource_version: str | None
+
+
+def record_of(lease: Mapping[str, Any]) -> LeaseRecord:
+    spec = lease.get("spec") or {}
+    metadata = lease.get("metadata") or {}
+    holder = spec.get("holderIdentity")
+    acquire = spec.get("acquireTime")
+    renew = spec.get("renewTime")
+    rv = metadata.get("resourceVersion")
+    return LeaseRecord(
+        holder=holder if isinstance(holder, str) and holder else None,
+        lease_duration_seconds=_int_or_none(spec.get("leaseDurationSeconds")),
+        acquire_time=acquire if isinstance(acquire, str) else None,
+        renew_time=renew if isinstance(renew, str) else None,
+        transitions=_int_or_none(spec.get("leaseTransitions")) or 0,
+        resource_version=rv if isinstance(rv, str) else None,
+    )
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A Lease record and the monotonic time at which we first saw it in exactly this state."""
+
+    record: LeaseRecord
+    observed_at: float
+
+
+def observe(previous: Observation | None, record: LeaseRecord, now: float) -> Observation:
+    """client-go's ``observedTime``: the clock restarts whenever the record changes in any way."""
+    if previous is not None and previous.record == record:
+        return previous
+    return Observation(record, now)
+
+
+def lease_expired(observation: Observation, now: float, default_duration: float) -> bool:
+    """Has the holder's lease run out, measured only on our monotonic clock?"""
+    duration = observation.record.lease_duration_seconds
+    seconds = duration if duration is not None and duration > 0 else default_duration
+    return now >= observation.observed_at + seconds
+
+
+def may_acquire(observation: Observation | None, identity: str, now: float, default_duration: float) -> bool:
+    """May we write ourselves into this Lease? (None = the Lease does not exist: create it.)
+
+    Free (no holder, e.g. released) or already ours: at once. Someone else's: only once their lease
+    expired by our clock, counted from when we observed the record last change.
+    """
+    if observation is None:
+        return True
+    holder = observation.record.holder
+    if holder is None or holder == identity:
+        return True
+    return lease_expired(observation, now, default_duration)
+
+
+def lease_duration_seconds(lease_duration: float) -> int:
+    """The whole seconds written into the Lease; rounded up, so followers never wait less than we assume."""
+    return max(1, math.ceil(lease_duration))
+
+
+def acquire_spec(
+    previous: LeaseRecord | None, identity: str, lease_duration: float, now: datetime
+) -> dict[str, Any]:
+    """The spec for taking (or renewing) the Lease, following client-go's record rules.
+
+    The same holder keeps its acquireTime and transition count; a new holder (also after a release
+    or on first creation's successor) sets acquireTime to now and counts one more transition.
+    """
+    stamp = format_micro_time(now)
+    spec: dict[str, Any] = {
+        "holderIdentity": identity,
+        "leaseDurationSeconds": lease_duration_seconds(lease_duration),
+        "renewTime": stamp,
+    }
+    if previous is None:
+        spec.update(acquireTime=stamp, leaseTransitions=0)
+    elif previous.holder == identity:
+        spec.update(acquireTime=previous.acquire_time or stamp, leaseTransitions=previous.transitions)
+    else:
+        spec.update(acquireTime=stamp, leaseTransitions=previous.transitions + 1)
+    return spec
+
+
+def release_spec(previous: LeaseRecord, now: datetime) -> dict[str, Any]:
+    """client-go's ReleaseOnCancel record: no holder, a 1 s lease, transitions unchanged."""
+    stamp = format_micro_time(now)
+    return {
+        "holderIdentity": "",
+        "leaseDurationSeconds": 1,
+        "acquireTime": stamp,
+        "renewTime": stamp,
+        "leaseTransitions": previous.transitions,
+    }
+
+
+def new_lease(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name, "namespace": namespace, "labels": {MANAGED_BY_LABEL: MANAGED_BY}},
+        "spec": dict(spec),
+    }
+
+
+def updated_lease(current: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The PUT body: the object as read (so its resourceVersion guards the write), spec fields replaced.
+
+    Spec fields we do not manage (e.g. ``strategy``, ``preferredHolder``) are kept.
+    """
+    metadata = dict(current.get("metadata") or {})
+    if not metadata.get("resourceVersion"):
+        raise ValueError("refusing an unguarded Lease update: the object has no resourceVersion")
+    return {
+        **current,
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": metadata,
+        "spec": {**(current.get("spec") or {}), **spec},
+    }
+
+
+def is_leading(leading: bool, last_renew: float | None, now: float, renew_deadline: float) -> bool:
+    """Leading, and the last successful renew (timed from before its request) is younger than the deadline."""
+    return leading and last_renew is not None and now - last_renew < renew_deadline
+
+
+def default_identity() -> str:
+    """``POD_NAME`` if set (the Downward API), else hostname + "_" + a random suffix."""
+    pod = os.environ.get("POD_NAME", "").strip()
+    if pod:
+        return pod
+    return f"{socket.gethostname()}_{secrets.token_hex(5)}"
+
+
+# --- talking to the API server ---------------------------------------------------------------------
+
+
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    body: dict[str, Any]
+
+    @property
+    def message(self) -> str:
+        message = self.body.get("message")
+        return str(message) if message else f"HTTP {self.status}"
+
+
+async def _call(
+    coordination: client.CoordinationV1Api,
+    method: str,
+    namespace: str,
+    name: str,
+    body: Mapping[str, Any] | None,
+    request_timeout: float,
+) -> _Reply:
+    """One Lease call; any HTTP status is returned (not raised), transport errors are raised.
+
+    Bodies are plain dicts and answers raw JSON (``_preload_content=False`` hands back the aiohttp
+    response), so no model (de)serialization touches MicroTime values or drops fields.
+    """
+    api: Any = coordination  # the typed stubs do not know the raw-response mode
+    options: dict[str, Any] = {"_preload_content": False, "_request_timeout": max(0.1, request_timeout)}
+    if method == "GET":
+        response = await api.read_namespaced_lease(name, namespace, **options)
+    elif method == "PUT":
+        response = await api.replace_namespaced_lease(name, namespace, dict(body or {}), **options)
+    elif method == "POST":
+        response = await api.create_namespaced_lease(namespace, dict(body or {}), **options)
+    else:  # pragma: no cover - programming error
+        raise ValueError(method)
+    try:
+        raw = await response.read()
+        status = int(response.status)
+    finally:
+        response.release()
+    try:
+        parsed = json.loads(raw) if raw else {}
+    except ValueError:
+        parsed = {}
+    return _Reply(status, parsed if isinstance(parsed, dict) else {})
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """The Lease as ``license-keeper status`` shows it. Times are the holder's wall clock: display only."""
+
+    name: str
+    namespace: str
+    holder: str | None
+    acquire_time: datetime | None
+    renew_time: datetime | None
+    lease_duration_seconds: int | None
+    transitions: int
+
+
+async def read_holder(
+    api: client.ApiClient, namespace: str, name: str, *, request_timeout: float = 10.0
+) -> LeaseInfo | None:
+    """Who holds the Lease (None if it does not exist). Other failures raise ``ApiException``."""
+    reply = await _call(client.CoordinationV1Api(api), "GET", namespace, name, None, request_timeout)
+    if reply.status == 404:
+        return None
+    if reply.status != 200:
+        raise ApiException(status=reply.status, reason=reply.message)
+    record = record_of(reply.body)
+    return LeaseInfo(
+        name=name,
+        namespace=namespace,
+        holder=record.holder,
+        acquire_time=parse_micro_time(record.acquire_time),
+        renew_time=parse_micro_time(record.renew_time),
+        lease_duration_seconds=record.lease_duration_seconds,
+        transitions=record.transitions,
+    )
+
+
+class _AttemptFailed(Exception):
+    """An API answer that ends this attempt (already logged)."""
+
+
+class LeaderElector:
+    """Acquire, renew and release one Lease. See the module docstring for the rules.
+
+    ``run()`` is the whole loop and returns when leadership is lost or ``release()`` was called.
+    ``leading`` is set while we lead (cleared on loss or release); ``lost`` is set when leadership
+    was lost involuntarily. Check ``is_leader`` right before every write.
+    """
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        name: str,
+        identity: str,
+        *,
+        lease_duration: float = 15.0,
+        renew_deadline: float = 10.0,
+        retry_period: float = 2.0,
+        on_change: Callable[[bool], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        validate_timings(lease_duration, renew_deadline, retry_period)
+        if not namespace or not name:
+            raise ValueError("the Lease needs a namespace and a name")
+        if not identity:
+            raise ValueError("the holder identity must not be empty")
+        self._coordination = client.CoordinationV1Api(api)
+        self.namespace = namespace
+        self.name = name
+        self._identity = identity
+        self.lease_duration = float(lease_duration)
+        self.renew_deadline = float(renew_deadline)
+        self.retry_period = float(retry_period)
+        self._on_change = on_change
+        self._clock = clock
+        self._wall_clock = wall_clock
+
+        self.leading = asyncio.Event()
+        self.lost = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._started = False
+        self._leading = False
+        self._last_renew: float | None = None
+        self._object: dict[str, Any] | None = None  # the Lease as last read or written
+        self._observation: Observation | None = None
+        self._error_key: tuple[str, int | str] | None = None
+        self._error_logged_at = -math.inf
+        self.last_error: str | None = None
+
+    # observability
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    @property
+    def holder(self) -> str | None:
+        """The holder identity we last observed (None: free, or not read yet)."""
+        return self._observation.record.holder if self._observation else None
+
+    @property
+    def transitions(self) -> int:
+        """``leaseTransitions`` as last observed."""
+        return self._observation.record.transitions if self._observation else 0
+
+    @property
+    def is_leader(self) -> bool:
+        return is_leading(self._leading, self._last_renew, self._clock(), self.renew_deadline)
+
+    @property
+    def lease(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    # the loop
+    async def run(self) -> None:
+        if self._started:
+            raise RuntimeError("LeaderElector.run() may only be called once")
+        self._started = True
+        log.info("lease %s: %s is trying to acquire leadership", self.lease, self._identity)
+        try:
+            if await self._acquire_loop():
+                await self._renew_loop()
+        finally:
+            if self._leading:  # cancelled or stopped while leading: we no longer claim anything
+                self._set_leading(False)
+
+    async def release(self) -> None:
+        """Stop the loop; if leading, clear the holder (guarded by resourceVersion). Never raises."""
+        self._stop.set()
+        try:
+            async with asyncio.timeout(self.renew_deadline + self.retry_period):
+                async with self._lock:  # let an in-flight call finish; nothing new starts after _stop
+                    was_leading = self._leading
+                    if was_leading:
+                        self._set_leading(False)  # stop writes before we give the Lease away
+                    current = self._object
+                    if not was_leading or current is None or record_of(current).holder != self._identity:
+                        return
+                    body = updated_lease(current, release_spec(record_of(current), self._wall_clock()))
+                    reply = await self._request("PUT", body, self.renew_deadline)
+                    if reply.status == 200:
+                        self._seen(reply.body)
+                        log.info("lease %s: %s released leadership", self.lease, self._identity)
+                    elif reply.status == 409:
+                        log.warning(
+                            "lease %s: not released, it was changed by someone else (409)", self.lease
+                        )
+                    else:
+                        log.warning("lease %s: could not release: %s", self.lease, self._describe(reply))
+        except Exception as e:  # release runs on shutdown: report, never raise
+            log.warning("lease %s: could not release: %s", self.lease, _short(e))
+
+    # acquire
+    async def _acquire_loop(self) -> bool:
+        while not self._stop.is_set():
+            started = self._clock()
+            try:
+                if await self._try_acquire():
+                    return True
+            except _AttemptFailed:
+                pass
+            except TRANSPORT_ERRORS as e:
+                self._note_error("acquire", "unreachable", f"API server unreachable: {_short(e)}")
+            if await self._sleep_until(started + self.retry_period):
+                return False
+        return False
+
+    async def _try_acquire(self) -> bool:
+        async with self._lock:
+            if self._stop.is_set():
+                return False
+            reply = await self._request("GET", None, self.renew_deadline)
+            if reply.status == 404:
+                if self._observation is not None and not may_acquire(
+                    self._observation, self._identity, self._clock(), self.lease_duration
+                ):
+                    return False  # it was held and vanished: wait out that holder's lease first
+                return await self._create()
+            self._check(reply, "get")
+            self._seen(reply.body)
+            if not may_acquire(self._observation, self._identity, self._clock(), self.lease_duration):
+                self._recovered()
+                return False
+            previous = record_of(reply.body)
+            body = updated_lease(
+                reply.body, acquire_spec(previous, self._identity, self.lease_duration, self._wall_clock())
+            )
+            sent = self._clock()
+            reply = await self._request("PUT", body, self.renew_deadline)
+            if reply.status == 409:
+                log.debug("lease %s: changed while we tried to take it (409), not ours", self.lease)
+                return False
+            self._check(reply, "update")
+            self._won(reply.body, sent, previous.holder)
+            return True
+
+    async def _create(self) -> bool:
+        body = new_lease(
+            self.name,
+            self.namespace,
+            acquire_spec(None, self._identity, self.lease_duration, self._wall_clock()),
+        )
+        sent = self._clock()
+        reply = await self._request("POST", body, self.renew_deadline)
+        if reply.status == 409:
+            log.debug("lease %s: someone else created it first (409)", self.lease)
+            return False
+        self._check(reply, "create", ok=(200, 201))
+        self._won(reply.body, sent, None)
+        return True
+
+    # renew
+    async def _renew_loop(self) -> None:
+        last_attempt = self._last_renew if self._last_renew is not None else self._clock()
+        while True:
+            assert self._last_renew is not None
+            deadline = self._last_renew + self.renew_deadline
+            if await self._sleep_until(min(last_attempt + self.retry_period, deadline)):
+                return
+            now = self._clock()
+            if now >= deadline:
+                self._lose(
+                    f"could not renew within the renew deadline of {self.renew_deadline:g} s"
+                    + (f" (last error: {self.last_error})" if self.last_error else "")
+                )
+                return
+            last_attempt = now
+            try:
+                async with asyncio.timeout(deadline - now):
+                    await self._try_renew()
+            except TimeoutError:
+                self._note_error("renew", "timeout", "renew request timed out")
+            except _AttemptFailed:
+                pass
+            except TRANSPORT_ERRORS as e:
+                self._note_error("renew", "unreachable", f"API server unreachable: {_short(e)}")
+            if self.lost.is_set():
+                return
+
+    async def _try_renew(self) -> None:
+        async with self._lock:
+            if self._stop.is_set() or not self._leading or self._object is None:
+                return
+            current = self._object
+            for _ in range(2):  # a 409 gets one re-read and, if the record still names us, one retry
+                sent = self._clock()
+                body = updated_lease(
+                    current,
+                    acquire_spec(record_of(current), self._identity, self.lease_duration, self._wall_clock()),
+                )
+                reply = await self._request("PUT", body, self.renew_deadline)
+                if reply.status == 200:
+                    self._renewed(reply.body, sent)
+                    return
+                if reply.status == 404:
+                    self._lose("the Lease was deleted")
+                    return
+                if reply.status != 409:
+                    self._check(reply, "update")
+                reread = await self._request("GET", None, self.renew_deadline)
+                if reread.status == 404:
+                    self._lose("the Lease was deleted")
+                    return
+                self._check(reread, "get")
+                self._seen(reread.body)
+                holder = record_of(reread.body).holder
+                if holder != self._identity:
+                    self._lose(f"the Lease was changed behind our back; holder is now {holder or 'nobody'}")
+                    return
+                current = reread.body
+            self._note_error("renew", 409, "the Lease keeps changing under us (409)")
+
+    # bookkeeping
+    async def _request(self, method: str, body: Mapping[str, Any] | None, request_timeout: float) -> _Reply:
+        return await _call(self._coordination, method, self.namespace, self.name, body, request_timeout)
+
+    def _check(self, reply: _Reply, verb: str, ok: tuple[int, ...] = (200,)) -> None:
+        if reply.status in ok:
+            return
+        self._note_error(verb, reply.status, f"cannot {verb}: {self._describe(reply)}")
+        raise _AttemptFailed
+
+    def _describe(self, reply: _Reply) -> str:
+        text = f"HTTP {reply.status}: {reply.message}"
+        if reply.status in (401, 403):
+            text += (
+                f" (needs RBAC get, update on leases.coordination.k8s.io named {self.name!r} "
+                f"and create on leases in namespace {self.namespace!r})"
+            )
+        return text
+
+    def _note_error(self, operation: str, kind: int | str, text: str) -> None:
+        """One clear log line per distinct problem (repeated at most once a minute), no tracebacks."""
+        self.last_error = text
+        key = (operation, kind)
+        now = self._clock()
+        if key != self._error_key or now - self._error_logged_at >= ERROR_LOG_REPEAT_SECONDS:
+            level = logging.ERROR if kind in (401, 403) else logging.WARNING
+            log.log(level, "lease %s: %s: %s", self.lease, operation, text)
+            self._error_key, self._error_logged_at = key, now
+        else:
+            log.debug("lease %s: %s: %s", self.lease, operation, text)
+
+    def _recovered(self) -> None:
+        if self._error_key is not None:
+            log.info("lease %s: API calls succeed again", self.lease)
+        self._error_key, self.last_error = None, None
+
+    def _seen(self, lease: Mapping[str, Any]) -> None:
+        before = self.holder
+        self._object = dict(lease)
+        self._observation = observe(self._observation, record_of(lease), self._clock())
+        after = self.holder
+        if after != before and after != self._identity:
+            log.info("lease %s: held by %s", self.lease, after or "nobody (released)")
+
+    def _won(self, lease: Mapping[str, Any], sent: float, previous_holder: str | None) -> None:
+        self._seen(lease)
+        self._last_renew = sent
+        self._recovered()
+        log.info(
+            "lease %s: %s became leader (previous holder %s, transitions %d)",
+            self.lease,
+            self._identity,
+            previous_holder or "none",
+            self.transitions,
+        )
+        self._set_leading(True)
+
+    def _renewed(self, lease: Mapping[str, Any], sent: float) -> None:
+        self._seen(lease)
+        self._last_renew = sent
+        self._recovered()
+
+    def _lose(self, reason: str) -> None:
+        if self.lost.is_set():
+            return
+        self._leading = False
+        self.lost.set()
+        log.error("lease %s: %s lost leadership: %s", self.lease, self._identity, reason)
+        self._set_leading(False)
+
+    def _set_leading(self, leading: bool) -> None:
+        changed = leading != self.leading.is_set()
+        self._leading = leading
+        if leading:
+            self.leading.set()
+        else:
+            self.leading.clear()
+        if changed and self._on_change is not None:
+            try:
+                self._on_change(leading)
+            except Exception:
+                log.exception("lease %s: on_change callback failed", self.lease)
+
+    async def _sleep_until(self, moment: float) -> bool:
+        """Sleep until ``moment`` on our clock; True if we were stopped meanwhile."""
+        delay = moment - self._clock()
+        if delay > 0 and not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+        return self._stop.is_set()
+
+
+def _short(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
