@@ -1,0 +1,376 @@
+"""The Konnect license API client (mutual TLS) and its typed results.
+
+``KonnectClient.fetch()`` never raises for remote or transport problems: it returns a result whose
+``kind`` is a metrics label value and whose ``describe()`` is a one-line message. No result, message or
+repr ever carries the response body or the license text.
+
+Client certificate files are re-read when their content changes on disk (checked before each fetch),
+so a rotated certificate is used without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+
+from license_keeper import __version__
+from license_keeper.license import LicenseError, LicenseRecord, parse_license
+
+__all__ = [
+    "KonnectAuthFailed",
+    "KonnectClient",
+    "KonnectConfigError",
+    "KonnectFailure",
+    "KonnectInvalidResponse",
+    "KonnectResult",
+    "KonnectServerError",
+    "KonnectTimeout",
+    "KonnectUnreachable",
+    "LicenseFetched",
+    "NoLicense",
+    "licenses_path",
+    "load_client_ssl_context",
+]
+
+DEFAULT_ADDRESS = "https://us.kic.api.konghq.com"
+
+
+def licenses_path(control_plane_id: str) -> str:
+    return f"/kic/api/control-planes/{quote(control_plane_id, safe='')}/v1/licenses"
+
+
+# --- results ---------------------------------------------------------------------------------------------
+
+
+class KonnectResult:
+    kind: ClassVar[str]
+
+    def describe(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class LicenseFetched(KonnectResult):
+    kind: ClassVar[str] = "ok"
+    record: LicenseRecord
+
+    def describe(self) -> str:
+        lic = self.record.license
+        detail = f", expires {lic.expiration_date.isoformat()}, fingerprint {lic.fingerprint}" if lic else ""
+        return f"Konnect served license id={self.record.id} updated_at={self.record.updated_at}{detail}"
+
+
+@dataclass(frozen=True)
+class NoLicense(KonnectResult):
+    kind: ClassVar[str] = "no_license"
+
+    def describe(self) -> str:
+        return "Konnect has no license for this control plane (HTTP 404)"
+
+
+class KonnectFailure(KonnectResult):
+    """Base of every error result."""
+
+
+@dataclass(frozen=True)
+class KonnectUnreachable(KonnectFailure):
+    kind: ClassVar[str] = "unreachable"
+    reason: str
+
+    def describe(self) -> str:
+        return f"Konnect unreachable: {self.reason}"
+
+
+@dataclass(frozen=True)
+class KonnectTimeout(KonnectFailure):
+    kind: ClassVar[str] = "timeout"
+    seconds: float
+
+    def describe(self) -> str:
+        return f"Konnect did not answer within {self.seconds:g} s"
+
+
+@dataclass(frozen=True)
+class KonnectAuthFailed(KonnectFailure):
+    kind: ClassVar[str] = "auth"
+    reason: str
+
+    def describe(self) -> str:
+        return f"Konnect authentication failed: {self.reason}"
+
+
+@dataclass(frozen=True)
+class KonnectServerError(KonnectFailure):
+    kind: ClassVar[str] = "server_error"
+    status: int
+
+    def describe(self) -> str:
+        return f"Konnect server error: HTTP {self.status}"
+
+
+@dataclass(frozen=True)
+class KonnectInvalidResponse(KonnectFailure):
+    kind: ClassVar[str] = "invalid_response"
+    reason: str
+
+    def describe(self) -> str:
+        return f"Konnect sent an invalid response: {self.reason}"
+
+
+# --- TLS -------------------------------------------------------------------------------------------------
+
+
+class KonnectConfigError(Exception):
+    """Client configuration is unusable (certificate files, address). One line, no key material."""
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return (exc.reason or exc.__class__.__name__).lower().replace("_", " ")
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return exc.__class__.__name__
+
+
+def load_client_ssl_context(cert_file: Path, key_file: Path, ca_file: Path | None = None) -> ssl.SSLContext:
+    """A client context: TLS >= 1.2, server verification on (system trust, or only ``ca_file``),
+    presenting ``cert_file``/``key_file``. Raises KonnectConfigError with a one-line message."""
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise KonnectConfigError(f"cannot load Konnect CA file {ca_file}: {_ssl_reason(exc)}") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    for path, what in ((cert_file, "client certificate"), (key_file, "client key")):
+        try:
+            Path(path).read_bytes()
+        except OSError as exc:
+            raise KonnectConfigError(f"cannot read Konnect {what} file {path}: {_ssl_reason(exc)}") from None
+    try:
+        ctx.load_cert_chain(str(cert_file), str(key_file))
+    except (OSError, ssl.SSLError) as exc:
+        reason = _ssl_reason(exc)
+        if "mismatch" in reason:
+            reason = "the key does not match the certificate"
+        elif reason in ("pem lib", "sslerror"):
+            reason = "not a valid PEM certificate and private key"
+        raise KonnectConfigError(
+            f"cannot use Konnect client certificate {cert_file} with key {key_file}: {reason}"
+        ) from None
+    return ctx
+
+
+def _files_digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        try:
+            data = p.read_bytes()
+        except OSError:
+            data = b"\0unreadable\0"
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def _find_ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLError):
+            return e
+        todo.extend([e.__cause__, e.__context__])
+        todo.extend(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))
+        os_error = getattr(e, "os_error", None)
+        if isinstance(os_error, BaseException):
+            todo.append(os_error)
+    return None
+
+
+# --- client ----------------------------------------------------------------------------------------------
+
+
+class KonnectClient:
+    def __init__(
+        self,
+        address: str,
+        control_plane_id: str,
+        cert_file: Path,
+        key_file: Path,
+        *,
+        ca_file: Path | None = None,
+        connect_timeout: float = 5.0,
+        total_timeout: float = 30.0,
+        max_body: int = 65536,
+        user_agent: str | None = None,
+    ) -> None:
+        parts = urlsplit(address)
+        if parts.scheme != "https" or not parts.hostname:
+            raise KonnectConfigError(f"Konnect address must be an https:// URL, got {address!r}")
+        if not control_plane_id:
+            raise KonnectConfigError("Konnect control plane id is empty")
+        self.address = address.rstrip("/")
+        self.control_plane_id = control_plane_id
+        self.url = self.address + licenses_path(control_plane_id)
+        self._cert_files = [Path(cert_file), Path(key_file)] + ([Path(ca_file)] if ca_file else [])
+        self._cert_file, self._key_file = Path(cert_file), Path(key_file)
+        self._ca_file = Path(ca_file) if ca_file else None
+        self.connect_timeout = connect_timeout
+        self.total_timeout = total_timeout
+        self.max_body = max_body
+        self.user_agent = user_agent or f"license-keeper/{__version__}"
+        self._session: aiohttp.ClientSession | None = None
+        self._digest: str | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self.reloads = 0  # how often the certificate files were (re)loaded; for tests and logs
+
+    async def __aenter__(self) -> KonnectClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        session, self._session = self._session, None
+        self._digest = None
+        if session is not None:
+            await session.close()
+
+    async def _ensure_session(self) -> aiohttp.ClientSession | KonnectAuthFailed:
+        """The session for the current certificate files; rebuilt when their content changed."""
+        digest = _files_digest(self._cert_files)
+        if self._session is not None and digest == self._digest:
+            return self._session
+        try:
+            ctx = load_client_ssl_context(self._cert_file, self._key_file, self._ca_file)
+        except KonnectConfigError as exc:
+            # Rotated-but-invalid files: drop the old session too (the files on disk are the truth),
+            # and try again on the next fetch.
+            old, self._session, self._digest = self._session, None, None
+            if old is not None:
+                await old.close()
+            return KonnectAuthFailed(f"client certificate unusable: {exc}")
+        old = self._session
+        connector = aiohttp.TCPConnector(ssl=ctx, force_close=True, limit=4)
+        timeout = aiohttp.ClientTimeout(total=self.total_timeout, sock_connect=self.connect_timeout)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            headers={"User-Agent": self.user_agent, "Accept": "application/json"},
+            raise_for_status=False,
+            auto_decompress=True,
+        )
+        self._digest = digest
+        self.reloads += 1
+        if old is not None:
+            await old.close()
+        return self._session
+
+    async def fetch(self) -> KonnectResult:
+        """One GET of the license; every remote or transport problem comes back as a KonnectFailure."""
+        if self._closed:
+            raise RuntimeError("KonnectClient is closed")
+        async with self._lock:
+            session = await self._ensure_session()
+        if isinstance(session, KonnectAuthFailed):
+            return session
+        try:
+            # belt and braces over aiohttp's own total timeout
+            async with asyncio.timeout(self.total_timeout + 1.0):
+                return await self._get(session)
+        except TimeoutError:
+            return KonnectTimeout(self.total_timeout)
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+            return KonnectAuthFailed(f"TLS handshake failed: {self._exc_text(exc)}")
+        except aiohttp.ClientResponseError as exc:
+            return KonnectInvalidResponse(f"malformed HTTP response ({exc.__class__.__name__})")
+        except (aiohttp.ClientError, OSError) as exc:
+            ssl_error = _find_ssl_error(exc)
+            if ssl_error is not None:
+                return KonnectAuthFailed(f"TLS failure: {_ssl_reason(ssl_error)}")
+            return KonnectUnreachable(self._exc_text(exc))
+
+    @staticmethod
+    def _exc_text(exc: BaseException) -> str:
+        ssl_error = _find_ssl_error(exc)
+        if ssl_error is not None:
+            return _ssl_reason(ssl_error)
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        return f"{exc.__class__.__name__}: {text[:200]}" if text else exc.__class__.__name__
+
+    async def _get(self, session: aiohttp.ClientSession) -> KonnectResult:
+        async with session.get(self.url, allow_redirects=False) as resp:
+            status = resp.status
+            if status == 404:
+                return NoLicense()
+            if status in (401, 403):
+                return KonnectAuthFailed(f"HTTP {status}: client certificate not accepted")
+            if status >= 500:
+                return KonnectServerError(status)
+            if status != 200:
+                return KonnectInvalidResponse(f"unexpected HTTP status {status}")
+            if resp.content_length is not None and resp.content_length > self.max_body:
+                return KonnectInvalidResponse(f"body too large (over {self.max_body} bytes)")
+            chunks: list[bytes] = []
+            size = 0
+            while size <= self.max_body:
+                chunk = await resp.content.read(self.max_body + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            if size > self.max_body:
+                return KonnectInvalidResponse(f"body too large (over {self.max_body} bytes)")
+            return parse_licenses_body(b"".join(chunks))
+
+
+def parse_licenses_body(body: bytes) -> KonnectResult:
+    """Interpret a 200 body of the licenses endpoint. Pure; reasons never quote the body."""
+    try:
+        data: Any = json.loads(body)
+    except (ValueError, RecursionError):
+        return KonnectInvalidResponse("body is not valid JSON")
+    if not isinstance(data, dict):
+        return KonnectInvalidResponse("body is not a JSON object")
+    items = data.get("items")
+    if not isinstance(items, list):
+        return KonnectInvalidResponse("items is missing or not a list")
+    if not items:
+        return KonnectInvalidResponse("items is empty")
+    item = items[0]
+    if not isinstance(item, dict):
+        return KonnectInvalidResponse("items[0] is not an object")
+    payload = item.get("payload")
+    if not isinstance(payload, str) or not payload.strip():
+        return KonnectInvalidResponse("items[0].payload is missing or empty")
+    license_id = item.get("id")
+    if not isinstance(license_id, str) or not license_id.strip():
+        return KonnectInvalidResponse("items[0].id is missing or empty")
+    updated_at = item.get("updated_at")
+    if updated_at is None:
+        return KonnectInvalidResponse("items[0].updated_at is missing")
+    if isinstance(updated_at, bool) or not isinstance(updated_at, int):
+        return KonnectInvalidResponse("items[0].updated_at is not an integer")
+    if updated_at <= 0:
+        return KonnectInvalidResponse("items[0].updated_at is zero or negative")
+    try:
+        parse_license(payload)
+    except LicenseError as exc:
+        return KonnectInvalidResponse(f"payload is not a valid license document ({exc})")
+    return LicenseFetched(
+        LicenseRecord(document=payload, id=license_id, updated_at=updated_at, source="konnect")
+    )

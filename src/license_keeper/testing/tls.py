@@ -1,0 +1,136 @@
+"""Test certificate material (a CA, a server certificate for 127.0.0.1/localhost, a client certificate),
+made with trustme and written to a directory, for mutual-TLS tests against the Konnect stand-in.
+
+Files: ca.pem, server.pem, server-key.pem, client.pem, client-key.pem. Never use these outside tests.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trustme
+
+__all__ = ["TLSMaterial"]
+
+CA_FILE = "ca.pem"
+SERVER_CERT_FILE = "server.pem"
+SERVER_KEY_FILE = "server-key.pem"
+CLIENT_CERT_FILE = "client.pem"
+CLIENT_KEY_FILE = "client-key.pem"
+_ALL_FILES = (CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE, CLIENT_CERT_FILE, CLIENT_KEY_FILE)
+
+
+def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    # Write next to the target and rename, so a reader never sees a half-written file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class TLSMaterial:
+    directory: Path
+    ca_file: Path
+    server_cert_file: Path
+    server_key_file: Path
+    client_cert_file: Path
+    client_key_file: Path
+    # The CA object is only present when the material was created in this process (needed to issue
+    # more trusted client certificates). Material loaded from disk can only rotate to untrusted certs.
+    _ca: trustme.CA | None = field(default=None, repr=False)
+
+    @classmethod
+    def _paths(cls, directory: Path, ca: trustme.CA | None) -> TLSMaterial:
+        d = Path(directory)
+        return cls(
+            directory=d,
+            ca_file=d / CA_FILE,
+            server_cert_file=d / SERVER_CERT_FILE,
+            server_key_file=d / SERVER_KEY_FILE,
+            client_cert_file=d / CLIENT_CERT_FILE,
+            client_key_file=d / CLIENT_KEY_FILE,
+            _ca=ca,
+        )
+
+    @classmethod
+    def create(cls, directory: Path) -> TLSMaterial:
+        """Make a fresh CA, server and client certificate and write them into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        ca = trustme.CA(organization_name="license-keeper test CA")
+        material = cls._paths(directory, ca)
+        _write_atomic(material.ca_file, ca.cert_pem.bytes(), 0o644)
+        server = ca.issue_cert("127.0.0.1", "localhost", common_name="konnect-stand-in")
+        _write_atomic(material.server_cert_file, b"".join(p.bytes() for p in server.cert_chain_pems), 0o644)
+        _write_atomic(material.server_key_file, server.private_key_pem.bytes())
+        material.rotate_client()
+        return material
+
+    @classmethod
+    def load(cls, directory: Path) -> TLSMaterial:
+        """Use material already written by ``create`` (for example by another process)."""
+        material = cls._paths(Path(directory), None)
+        missing = [name for name in _ALL_FILES if not (material.directory / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"TLS material in {directory} lacks {', '.join(missing)}")
+        return material
+
+    @classmethod
+    def load_or_create(cls, directory: Path) -> TLSMaterial:
+        directory = Path(directory)
+        if all((directory / name).is_file() for name in _ALL_FILES):
+            return cls.load(directory)
+        return cls.create(directory)
+
+    def rotate_client(self, *, trusted: bool = True, common_name: str = "license-keeper-client") -> None:
+        """Write a fresh client certificate and key over client.pem / client-key.pem.
+
+        ``trusted=False`` issues it from a new, unrelated CA, so the stand-in rejects it.
+        """
+        if trusted:
+            if self._ca is None:
+                raise RuntimeError(
+                    "this TLS material was loaded from disk; only untrusted rotation is possible"
+                )
+            ca = self._ca
+        else:
+            ca = trustme.CA(organization_name="untrusted test CA")
+        leaf = ca.issue_cert("license-keeper-client.test", common_name=common_name)
+        # key first: a reader that sees the new certificate then also sees the new key
+        _write_atomic(self.client_key_file, leaf.private_key_pem.bytes())
+        _write_atomic(self.client_cert_file, b"".join(p.bytes() for p in leaf.cert_chain_pems), 0o644)
+
+    def server_ssl_context(self) -> ssl.SSLContext:
+        """Server side: serve server.pem, require a client certificate issued by ca.pem."""
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.server_cert_file, self.server_key_file)
+        ctx.load_verify_locations(cafile=self.ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """Client side, for ad-hoc test requests: trust ca.pem, present client.pem."""
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.client_cert_file, self.client_key_file)
+        return ctx
+
+    def paths(self) -> dict[str, str]:
+        return {
+            "ca_file": str(self.ca_file),
+            "server_cert_file": str(self.server_cert_file),
+            "server_key_file": str(self.server_key_file),
+            "client_cert_file": str(self.client_cert_file),
+            "client_key_file": str(self.client_key_file),
+        }
