@@ -157,9 +157,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _leases(self) -> Settings:
-        if not (
-            self.leader_elect_lease_duration > self.leader_elect_renew_deadline > self.leader_elect_retry_period
-        ):
+        if not (self.leader_elect_lease_duration > self.leader_elect_renew_deadline > self.leader_elect_retry_period):
             raise ValueError(
                 "leader election needs lease-duration > renew-deadline > retry-period "
                 f"(got {self.leader_elect_lease_duration:g}s, {self.leader_elect_renew_deadline:g}s, "

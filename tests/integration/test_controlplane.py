@@ -79,9 +79,7 @@ async def test_secrets_are_encrypted_in_etcd(
     assert clear is not None and clear.startswith(b"k8s\x00") and plaintext.encode() in clear
 
 
-async def test_field_selected_watch_sees_one_secret_lifecycle(
-    admin_api: client.ApiClient, namespace: str
-) -> None:
+async def test_field_selected_watch_sees_one_secret_lifecycle(admin_api: client.ApiClient, namespace: str) -> None:
     core = client.CoreV1Api(admin_api)
     seen: list[tuple[str, str]] = []
 

@@ -51,17 +51,14 @@ def build_script() -> Path:
     path = Path(override) if override else REPO_BUILD_SCRIPT
     if not path.exists():
         raise ControlPlaneError(
-            f"build script not found at {path}; run from a license-keeper checkout "
-            "or set LICENSE_KEEPER_BUILD_SCRIPT"
+            f"build script not found at {path}; run from a license-keeper checkout or set LICENSE_KEEPER_BUILD_SCRIPT"
         )
     return path
 
 
 def component_dir(component: str) -> Path:
     """Where build.sh puts (or has put) the binaries of one component."""
-    out = subprocess.run(
-        [str(build_script()), "--print-dir", component], capture_output=True, text=True, check=False
-    )
+    out = subprocess.run([str(build_script()), "--print-dir", component], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise ControlPlaneError(f"build.sh --print-dir {component} failed: {out.stderr.strip()}")
     return Path(out.stdout.strip())
@@ -71,8 +68,7 @@ def binary(component: str, name: str) -> Path:
     path = component_dir(component) / name
     if not os.access(path, os.X_OK):
         raise ControlPlaneError(
-            f"{name} is not built ({path} missing); run `make controlplane` "
-            "(or tools/controlplane/build.sh) first"
+            f"{name} is not built ({path} missing); run `make controlplane` (or tools/controlplane/build.sh) first"
         )
     return path
 
@@ -252,15 +248,11 @@ class ControlPlane:
             )
         )
         (pki / "sa.pub").write_bytes(
-            key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
+            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         )
 
     def _write_auth_and_encryption(self) -> None:
-        (self.workdir / "tokens.csv").write_text(
-            f'{self.admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n'
-        )
+        (self.workdir / "tokens.csv").write_text(f'{self.admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
         key = base64.b64encode(secrets.token_bytes(32)).decode()
         # JSON is valid YAML; the API server reads either.
         config = {
@@ -307,10 +299,9 @@ class ControlPlane:
         while time.monotonic() < deadline:
             if self._etcd is not None and self._etcd.poll() is not None:
                 raise ControlPlaneError(f"etcd exited; see {self.workdir / 'etcd.log'}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2) as r:
-                    if json.load(r).get("health") == "true":
-                        return
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2) as r:
+                if json.load(r).get("health") == "true":
+                    return
             time.sleep(0.1)
         raise ControlPlaneError("etcd did not become healthy")
 
@@ -320,6 +311,8 @@ class ControlPlane:
             f"--etcd-servers={self.etcd_url}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
+            # No kubelets or Services here; the reconciler refuses a loopback advertise address.
+            "--endpoint-reconciler-type=none",
             f"--secure-port={self.apiserver_port}",
             f"--tls-cert-file={pki / 'apiserver.pem'}",
             f"--tls-private-key-file={pki / 'apiserver-key.pem'}",
@@ -367,9 +360,7 @@ class ControlPlane:
     def must(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         resp = self.request(method, path, body)
         if resp.status >= 300:
-            raise ControlPlaneError(
-                f"{method} {path}: HTTP {resp.status}: {resp.body.get('message', resp.body)}"
-            )
+            raise ControlPlaneError(f"{method} {path}: HTTP {resp.status}: {resp.body.get('message', resp.body)}")
         return resp.body
 
     def etcd_get(self, key: str) -> bytes | None:
@@ -386,9 +377,7 @@ class ControlPlane:
         return name
 
     def create_service_account(self, namespace: str, name: str) -> None:
-        self.must(
-            "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": name}}
-        )
+        self.must("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": name}})
 
     def request_token(self, namespace: str, service_account: str, seconds: int = 3600) -> str:
         body = self.must(
