@@ -18,9 +18,10 @@ Invalid records never win: ``choose`` returns the best valid license, else the h
 from __future__ import annotations
 
 import datetime
+import enum
 import hashlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from license_keeper.license import LicenseRecord
 
@@ -120,3 +121,191 @@ def choose(
     if best is not None and is_better(best, held, now):
         return best
     return held
+
+
+# --- What the Secret should hold, and whether to write it ------------------------------------------
+#
+# The Secret is read as a plain snapshot (decoded data, labels, annotations). These functions decide
+# from the snapshot and the held license alone, so the store only carries out what they say.
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "license-keeper"
+ADOPT_ANNOTATION = "license-keeper.io/adopt"
+EXPIRATION_ANNOTATION = "license-keeper.io/expiration-date"
+FINGERPRINT_ANNOTATION = "license-keeper.io/fingerprint"
+# KIC 3.5's keys, plus `license`: the key Kong's chart passes to the gateway as KONG_LICENSE_DATA.
+LICENSE_KEYS = ("payload", "id", "updated_at", "license")
+
+
+@dataclass(frozen=True)
+class SecretSnapshot:
+    """The Secret as last seen: ``data`` values decoded from base64 exactly once."""
+
+    exists: bool
+    data: dict[str, bytes] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    immutable: bool = False
+    resource_version: str | None = None
+    uid: str | None = None
+
+    @classmethod
+    def missing(cls) -> SecretSnapshot:
+        return cls(exists=False)
+
+
+@dataclass(frozen=True)
+class DesiredSecret:
+    """Our part of the Secret for one license; other keys, labels and annotations are left alone."""
+
+    data: dict[str, bytes]
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+
+class SecretState(enum.StrEnum):
+    PRESENT = "present"
+    MISSING = "missing"
+    FOREIGN = "foreign"
+    INVALID = "invalid"
+    IMMUTABLE = "immutable"
+
+
+class WriteAction(enum.StrEnum):
+    NONE = "none"
+    CREATE = "create"
+    UPDATE = "update"
+    REFUSE = "refuse"
+
+
+@dataclass(frozen=True)
+class WritePlan:
+    action: WriteAction
+    reason: str | None = None  # create, rotate, repair, recreate (metric label)
+    refusal: SecretState | None = None  # why we may not write: foreign or immutable
+
+
+def is_ours(s: SecretSnapshot) -> bool:
+    return s.labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE
+
+
+def is_empty(s: SecretSnapshot) -> bool:
+    return s.exists and not any(s.data.values())
+
+
+def adoption_requested(s: SecretSnapshot) -> bool:
+    return s.annotations.get(ADOPT_ANNOTATION, "").strip().lower() == "true"
+
+
+def may_write(s: SecretSnapshot) -> bool:
+    """Ours, empty (pre-created by a chart), or explicitly handed over; anything else is foreign."""
+    return not s.exists or is_ours(s) or is_empty(s) or adoption_requested(s)
+
+
+def _decode_text(raw: bytes | None) -> str | None:
+    if not raw:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _decode_updated_at(raw: bytes | None) -> int:
+    text = _decode_text(raw)
+    if text is None or not text.strip().isdigit():
+        return 0
+    return int(text.strip())
+
+
+def record_from_secret(s: SecretSnapshot, source: str = "secret") -> LicenseRecord | None:
+    """The license the Secret holds: KIC's ``payload``/``id``/``updated_at``, else Kong's ``license``.
+
+    None when it holds no document at all; a present but broken document comes back as an invalid
+    record (``.valid`` False) so the caller can tell "corrupt" from "empty".
+    """
+    if not s.exists:
+        return None
+    document = _decode_text(s.data.get("payload")) or _decode_text(s.data.get("license"))
+    if document is None:
+        if any(s.data.get(k) for k in ("payload", "license")):
+            return LicenseRecord(document="", id="", updated_at=0, source=source)  # undecodable bytes
+        return None
+    return LicenseRecord(
+        document=document,
+        id=_decode_text(s.data.get("id")) or "",
+        updated_at=_decode_updated_at(s.data.get("updated_at")),
+        source=source,
+    )
+
+
+def secret_state(s: SecretSnapshot) -> SecretState:
+    if not s.exists:
+        return SecretState.MISSING
+    if not may_write(s):
+        return SecretState.FOREIGN
+    record = record_from_secret(s)
+    if s.immutable:
+        return SecretState.IMMUTABLE
+    if record is None:
+        return SecretState.MISSING
+    return SecretState.PRESENT if record.valid else SecretState.INVALID
+
+
+def desired_secret(record: LicenseRecord) -> DesiredSecret:
+    lic = record.license
+    if lic is None:
+        raise ValueError("refusing to build Secret content from an invalid license")
+    document = record.document.encode("utf-8")
+    return DesiredSecret(
+        data={
+            "payload": document,
+            "id": record.id.encode("utf-8"),
+            "updated_at": str(record.updated_at).encode("ascii"),
+            "license": document,
+        },
+        labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE},
+        # Derived from the content only, so an unchanged license never changes the object.
+        annotations={
+            EXPIRATION_ANNOTATION: lic.expiration_date.isoformat(),
+            FINGERPRINT_ANNOTATION: lic.fingerprint,
+        },
+    )
+
+
+def content_matches(s: SecretSnapshot, desired: DesiredSecret) -> bool:
+    return (
+        s.exists
+        and all(s.data.get(k) == v for k, v in desired.data.items())
+        and all(s.labels.get(k) == v for k, v in desired.labels.items())
+        and all(s.annotations.get(k) == v for k, v in desired.annotations.items())
+    )
+
+
+def plan_write(s: SecretSnapshot, held: LicenseRecord | None, *, existed_before: bool = False) -> WritePlan:
+    """What to do so the Secret holds ``held``. ``existed_before``: we saw it exist since start."""
+    if held is None or not held.valid:
+        return WritePlan(WriteAction.NONE)
+    if not s.exists:
+        return WritePlan(WriteAction.CREATE, "recreate" if existed_before else "create")
+    if not may_write(s):
+        return WritePlan(WriteAction.REFUSE, refusal=SecretState.FOREIGN)
+    if content_matches(s, desired_secret(held)):
+        return WritePlan(WriteAction.NONE)
+    if s.immutable:
+        return WritePlan(WriteAction.REFUSE, refusal=SecretState.IMMUTABLE)
+    current = record_from_secret(s)
+    if current is None:
+        return WritePlan(WriteAction.UPDATE, "create")
+    if current.valid and current != held:
+        return WritePlan(WriteAction.UPDATE, "rotate")
+    return WritePlan(WriteAction.UPDATE, "repair")
+
+
+def merged_secret_fields(s: SecretSnapshot, desired: DesiredSecret) -> DesiredSecret:
+    """Our keys over whatever else the Secret carries (a chart's labels, other tools' annotations)."""
+    return DesiredSecret(
+        data={**s.data, **desired.data},
+        labels={**s.labels, **desired.labels},
+        annotations={**s.annotations, **desired.annotations},
+    )
