@@ -1,0 +1,367 @@
+"""license_keeper.konnect against the Konnect stand-in over real mutual TLS, plus the pure body parser."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import license_keeper
+from license_keeper.konnect import (
+    KonnectAuthFailed,
+    KonnectClient,
+    KonnectConfigError,
+    KonnectFailure,
+    KonnectInvalidResponse,
+    KonnectResult,
+    KonnectServerError,
+    KonnectTimeout,
+    KonnectUnreachable,
+    LicenseFetched,
+    NoLicense,
+    load_client_ssl_context,
+    parse_licenses_body,
+)
+from license_keeper.license import LicenseRecord, parse_license
+from license_keeper.testing.konnect import KonnectStandIn, StandInControl
+from license_keeper.testing.licenses import make_document, make_record
+from license_keeper.testing.tls import TLSMaterial
+from tests.unit.conftest import client_for
+
+
+def assert_no_secrets(result: KonnectResult, record: LicenseRecord) -> None:
+    lic = parse_license(record.document)
+    for text in (result.describe(), repr(result), str(result)):
+        assert record.document not in text
+        assert lic.license_key not in text
+        assert lic.signature not in text
+        assert lic.signature[-34:] not in text
+    assert "\n" not in result.describe()
+
+
+async def test_license_fetched(konnect: KonnectStandIn, konnect_client: KonnectClient) -> None:
+    result = await konnect_client.fetch()
+    assert isinstance(result, LicenseFetched), result.describe()
+    assert result.kind == "ok"
+    assert result.record == konnect.record
+    assert result.record.source == "konnect"
+    assert result.record.valid
+    assert konnect.requests == 1
+    assert konnect.requests_by_path[konnect.path] == 1
+    assert konnect.record is not None
+    assert_no_secrets(result, konnect.record)
+
+
+async def test_user_agent(konnect: KonnectStandIn, konnect_client: KonnectClient) -> None:
+    await konnect_client.fetch()
+    assert konnect.user_agents == [f"license-keeper/{license_keeper.__version__}"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected_type", "kind", "reason_part"),
+    [
+        ("not_found", NoLicense, "no_license", "404"),
+        ("server_error", KonnectServerError, "server_error", "500"),
+        ("unauthorized", KonnectAuthFailed, "auth", "401"),
+        ("unexpected_status", KonnectInvalidResponse, "invalid_response", "418"),
+        ("garbage", KonnectInvalidResponse, "invalid_response", "not valid JSON"),
+        ("oversized", KonnectInvalidResponse, "invalid_response", "too large"),
+        ("missing_fields", KonnectInvalidResponse, "invalid_response", "id is missing"),
+    ],
+)
+async def test_modes(
+    konnect: KonnectStandIn,
+    konnect_client: KonnectClient,
+    mode: str,
+    expected_type: type,
+    kind: str,
+    reason_part: str,
+) -> None:
+    await konnect.set_mode(mode)
+    result = await konnect_client.fetch()
+    assert type(result) is expected_type, result.describe()
+    assert result.kind == kind
+    assert reason_part in result.describe()
+    assert isinstance(result, KonnectFailure) == (kind not in ("ok", "no_license"))
+    assert konnect.requests_by_mode[mode] == 1
+    assert konnect.record is not None
+    assert_no_secrets(result, konnect.record)
+
+
+async def test_no_license_when_none_served(konnect: KonnectStandIn, konnect_client: KonnectClient) -> None:
+    konnect.serve(None)
+    assert isinstance(await konnect_client.fetch(), NoLicense)
+    record = make_record(updated_at=1234)
+    konnect.serve(record)
+    result = await konnect_client.fetch()
+    assert isinstance(result, LicenseFetched)
+    assert result.record == record
+
+
+async def test_other_paths_404(konnect: KonnectStandIn) -> None:
+    tls = konnect.tls
+    async with KonnectClient(
+        konnect.address, "some-other-plane", tls.client_cert_file, tls.client_key_file, ca_file=tls.ca_file
+    ) as other:
+        assert isinstance(await other.fetch(), NoLicense)
+    assert konnect.requests_by_path[konnect.path] == 0
+    assert konnect.requests == 1
+
+
+async def test_closed_port_is_unreachable_and_comes_back(
+    konnect: KonnectStandIn, konnect_client: KonnectClient
+) -> None:
+    port = konnect.port
+    await konnect.set_mode("closed")
+    result = await konnect_client.fetch()
+    assert isinstance(result, KonnectUnreachable), result.describe()
+    assert result.kind == "unreachable"
+    await konnect.set_mode("license")
+    assert konnect.port == port
+    assert isinstance(await konnect_client.fetch(), LicenseFetched)
+
+
+async def test_black_hole_ends_at_timeout_and_shutdown_does_not_hang(tls_material: TLSMaterial) -> None:
+    standin = KonnectStandIn(tls=tls_material, mode="blackhole")
+    await standin.start()
+    try:
+        async with client_for(standin, total_timeout=1.0, connect_timeout=1.0) as c:
+            started = time.monotonic()
+            result = await c.fetch()
+            elapsed = time.monotonic() - started
+        assert isinstance(result, KonnectTimeout), result.describe()
+        assert result.kind == "timeout"
+        assert 0.9 <= elapsed <= 5.0
+        assert standin.requests_by_mode["blackhole"] == 1
+    finally:
+        started = time.monotonic()
+        await standin.stop()
+        assert time.monotonic() - started < 3.0
+
+
+async def test_slow_within_and_beyond_timeout(konnect: KonnectStandIn) -> None:
+    await konnect.set_mode("slow")  # 0.3 s
+    async with client_for(konnect, total_timeout=3.0) as patient:
+        assert isinstance(await patient.fetch(), LicenseFetched)
+    konnect.slow_seconds = 5.0
+    async with client_for(konnect, total_timeout=0.5) as impatient:
+        assert isinstance(await impatient.fetch(), KonnectTimeout)
+
+
+async def test_size_cap(konnect: KonnectStandIn) -> None:
+    assert konnect.record is not None
+    body_size = len(json.dumps({"items": [{"payload": konnect.record.document, "updated_at": 1, "id": "x"}]}))
+    async with client_for(konnect, max_body=body_size - 50) as small:
+        result = await small.fetch()
+        assert isinstance(result, KonnectInvalidResponse)
+        assert "too large" in result.reason
+    async with client_for(konnect, max_body=body_size + 500) as enough:
+        assert isinstance(await enough.fetch(), LicenseFetched)
+
+
+async def test_untrusted_client_certificate_is_auth_failure(
+    konnect: KonnectStandIn, konnect_client: KonnectClient
+) -> None:
+    konnect.tls.rotate_client(trusted=False)
+    result = await konnect_client.fetch()
+    assert isinstance(result, KonnectAuthFailed), result.describe()
+    assert result.kind == "auth"
+    assert konnect.handshake_failures >= 1
+    assert konnect.requests == 0
+
+
+async def test_certificate_rotation_picked_up_without_new_client(
+    konnect: KonnectStandIn, konnect_client: KonnectClient
+) -> None:
+    assert isinstance(await konnect_client.fetch(), LicenseFetched)
+    first_serial = konnect.client_serials[-1]
+    assert konnect_client.reloads == 1
+    assert isinstance(await konnect_client.fetch(), LicenseFetched)
+    assert konnect_client.reloads == 1  # unchanged files: no reload
+    konnect.tls.rotate_client(trusted=False)
+    assert isinstance(await konnect_client.fetch(), KonnectAuthFailed)
+    konnect.tls.rotate_client(trusted=True)
+    assert isinstance(await konnect_client.fetch(), LicenseFetched)
+    assert konnect.client_serials[-1] != first_serial
+    assert konnect_client.reloads == 3
+
+
+async def test_rotated_invalid_pair_is_a_clear_auth_failure(
+    konnect: KonnectStandIn, konnect_client: KonnectClient
+) -> None:
+    assert isinstance(await konnect_client.fetch(), LicenseFetched)
+    key_pem = konnect.tls.client_key_file.read_text()
+    other = TLSMaterial.create(konnect.tls.directory / "other")
+    konnect.tls.client_key_file.write_text(other.client_key_file.read_text())  # key of another cert
+    result = await konnect_client.fetch()
+    assert isinstance(result, KonnectAuthFailed), result.describe()
+    assert "does not match" in result.reason
+    assert "PRIVATE KEY" not in result.describe()
+    konnect.tls.client_key_file.write_text(key_pem)
+    assert isinstance(await konnect_client.fetch(), LicenseFetched)
+
+
+def test_load_client_ssl_context_errors(tls_material: TLSMaterial, tmp_path: Path) -> None:
+    t = tls_material
+    ctx = load_client_ssl_context(t.client_cert_file, t.client_key_file, t.ca_file)
+    assert ctx.minimum_version.name == "TLSv1_2"
+    assert ctx.check_hostname
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN PRIVATE KEY-----\nnot base64\n")
+    other = TLSMaterial.create(tmp_path / "other")
+    cases = [
+        (tmp_path / "missing.pem", t.client_key_file, t.ca_file, "cannot read"),
+        (t.client_cert_file, garbage, t.ca_file, "not a valid PEM"),
+        (t.client_cert_file, other.client_key_file, t.ca_file, "does not match"),
+        (t.client_cert_file, t.client_key_file, tmp_path / "no-ca.pem", "CA file"),
+    ]
+    for cert, key, ca, part in cases:
+        with pytest.raises(KonnectConfigError) as info:
+            load_client_ssl_context(cert, key, ca)
+        message = str(info.value)
+        assert part in message
+        assert "\n" not in message
+        assert "BEGIN" not in message
+        assert info.value.__cause__ is None
+
+
+def test_address_must_be_https(tls_material: TLSMaterial) -> None:
+    t = tls_material
+    with pytest.raises(KonnectConfigError):
+        KonnectClient("http://127.0.0.1:1", "cp", t.client_cert_file, t.client_key_file)
+    with pytest.raises(KonnectConfigError):
+        KonnectClient("https://127.0.0.1:1", "", t.client_cert_file, t.client_key_file)
+
+
+DOC = make_document()
+
+
+def body(item: dict | None = None, **top: object) -> bytes:
+    data: dict[str, object] = {"items": [item]} if item is not None else {}
+    data.update(top)
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason_part"),
+    [
+        (b"", "not valid JSON"),
+        (b"[1]", "not a JSON object"),
+        (body(), "items is missing"),
+        (body(items={}), "not a list"),
+        (json.dumps({"items": []}).encode(), "items is empty"),
+        (json.dumps({"items": ["x"]}).encode(), "items[0] is not an object"),
+        (body({"updated_at": 5, "id": "i"}), "payload is missing"),
+        (body({"payload": "", "updated_at": 5, "id": "i"}), "payload is missing or empty"),
+        (body({"payload": DOC, "updated_at": 5}), "id is missing"),
+        (body({"payload": DOC, "updated_at": 5, "id": ""}), "id is missing"),
+        (body({"payload": DOC, "id": "i"}), "updated_at is missing"),
+        (body({"payload": DOC, "updated_at": 0, "id": "i"}), "zero"),
+        (body({"payload": DOC, "updated_at": "5", "id": "i"}), "not an integer"),
+        (body({"payload": DOC, "updated_at": 5.5, "id": "i"}), "not an integer"),
+        (body({"payload": DOC, "updated_at": True, "id": "i"}), "not an integer"),
+        (body({"payload": '{"license": {}}', "updated_at": 5, "id": "i"}), "license payload: is missing"),
+        (body({"payload": make_document(signature="zz" + "a" * 300), "updated_at": 5, "id": "i"}), "signature"),
+    ],
+)
+def test_parse_licenses_body_invalid(raw: bytes, reason_part: str) -> None:
+    result = parse_licenses_body(raw)
+    assert isinstance(result, KonnectInvalidResponse)
+    assert reason_part in result.reason
+    assert DOC not in result.describe()
+    assert "aaaaaaaa" not in result.describe()
+
+
+def test_parse_licenses_body_ok_uses_first_item() -> None:
+    second = make_document()
+    raw = json.dumps(
+        {"items": [{"payload": DOC, "updated_at": 7, "id": "a"}, {"payload": second, "updated_at": 9, "id": "b"}]}
+    ).encode()
+    result = parse_licenses_body(raw)
+    assert isinstance(result, LicenseFetched)
+    assert result.record == LicenseRecord(document=DOC, id="a", updated_at=7)
+    assert result.record.source == "konnect"
+
+
+def test_cli_make_license_and_help() -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run(
+        [sys.executable, "-m", "license_keeper.testing.konnect", "make-license", "--expires", "2031-02-03"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        timeout=60,
+    ).stdout
+    assert parse_license(out.strip()).expiration_date.isoformat() == "2031-02-03"
+    help_text = subprocess.run(
+        [sys.executable, "-m", "license_keeper.testing.konnect", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        timeout=60,
+    ).stdout
+    for word in ("blackhole", "oversized", "/license/rotate", "--control-port", "/stats"):
+        assert word in help_text
+
+
+async def test_stand_in_in_another_process(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "license_keeper.testing.konnect",
+        "serve",
+        "--dir",
+        str(tmp_path),
+        "--control-port",
+        "0",
+        "--control-plane-id",
+        "cp-1",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        info = json.loads(line)
+        assert info["control_plane_id"] == "cp-1"
+        async with (
+            KonnectClient(
+                info["address"],
+                "cp-1",
+                Path(info["client_cert_file"]),
+                Path(info["client_key_file"]),
+                ca_file=Path(info["ca_file"]),
+                total_timeout=5,
+            ) as c,
+            StandInControl(info["control_url"]) as control,
+        ):
+            first = await c.fetch()
+            assert isinstance(first, LicenseFetched), first.describe()
+            await control.set_mode("not_found")
+            assert isinstance(await c.fetch(), NoLicense)
+            await control.set_mode("license")
+            rotated = await control.rotate()
+            second = await c.fetch()
+            assert isinstance(second, LicenseFetched)
+            assert second.record.id == rotated["license_id"] != first.record.id
+            assert second.record.updated_at > first.record.updated_at
+            record = make_record(updated_at=42, id="mine")
+            await control.put_license(record.document, record.id, record.updated_at)
+            third = await c.fetch()
+            assert isinstance(third, LicenseFetched) and third.record == record
+            stats = await control.stats()
+            assert stats["requests"] == 4
+            assert stats["mode"] == "license"
+            with pytest.raises(RuntimeError):
+                await control.set_mode("no-such-mode")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
