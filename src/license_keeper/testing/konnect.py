@@ -138,19 +138,22 @@ class _TLSFront:
                 return
             conn.settimeout(None)
             self._track(conn)
-            threading.Thread(
-                target=self._serve_conn, args=(conn,), name="konnect-standin-conn", daemon=True
-            ).start()
+            threading.Thread(target=self._serve_conn, args=(conn,), name="konnect-standin-conn", daemon=True).start()
 
     def _serve_conn(self, raw: socket.socket) -> None:
+        raw.settimeout(10)
         try:
-            raw.settimeout(10)
-            tls = self._ctx.wrap_socket(raw, server_side=True)  # blocking: a failure sends the TLS alert
+            tls = self._ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ssl.SSLError):
+            with contextlib.suppress(OSError):
+                raw.close()
+            return
+        try:
+            tls.do_handshake()  # blocking: on failure OpenSSL has already written the TLS alert
             tls.settimeout(None)
         except (OSError, ssl.SSLError):
             self.handshake_failures += 1
-            with contextlib.suppress(OSError):
-                raw.close()
+            self._linger_close(tls)
             return
         peer = tls.getpeercert() or {}
         self.client_serials.append(str(peer.get("serialNumber", "")))
@@ -169,6 +172,20 @@ class _TLSFront:
                     s.close()
             with self._lock:
                 self._conns.difference_update((raw, tls, backend))
+
+    @staticmethod
+    def _linger_close(sock: socket.socket) -> None:
+        # Half-close, then read what the client already sent (in TLS 1.3 its request follows its
+        # certificate). Closing with unread data would make the kernel send a reset that can overtake
+        # the alert, and the client would see "connection reset" instead of the certificate rejection.
+        with contextlib.suppress(OSError, ValueError):
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(1.0)
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and socket.socket.recv(sock, 65536):
+                pass
+        with contextlib.suppress(OSError):
+            sock.close()
 
     def _relay(self, tls: ssl.SSLSocket, backend: socket.socket) -> None:
         socks: list[socket.socket] = [tls, backend]
@@ -400,9 +417,7 @@ class StandInControl:
         async with self._session.request(method, self.url + path, json=body) as resp:
             data = await resp.json()
             if resp.status >= 400:
-                raise RuntimeError(
-                    f"stand-in control {method} {path}: HTTP {resp.status}: {data.get('error')}"
-                )
+                raise RuntimeError(f"stand-in control {method} {path}: HTTP {resp.status}: {data.get('error')}")
             return data
 
     async def set_mode(self, mode: str) -> dict[str, Any]:
@@ -436,9 +451,7 @@ def _control_app(standin: KonnectStandIn) -> web.Application:
                 updated_at = body["updated_at"]
                 if isinstance(updated_at, bool) or not isinstance(updated_at, int):
                     raise TypeError("updated_at must be an integer")
-                standin.serve(
-                    LicenseRecord(document=str(body["document"]), id=str(body["id"]), updated_at=updated_at)
-                )
+                standin.serve(LicenseRecord(document=str(body["document"]), id=str(body["id"]), updated_at=updated_at))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response(standin.stats())
@@ -521,9 +534,7 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dir", required=True, help="directory for the TLS files")
     serve.add_argument("--port", type=int, default=0, help="HTTPS port (default: a free port)")
     serve.add_argument("--control-plane-id", default=None, help="control plane id (default: a random UUID)")
-    serve.add_argument(
-        "--control-port", type=int, default=None, help="port of the control endpoint (0: free)"
-    )
+    serve.add_argument("--control-port", type=int, default=None, help="port of the control endpoint (0: free)")
     serve.add_argument("--mode", default="license", choices=list(MODES), help="initial mode")
     serve.add_argument("--slow-seconds", type=float, default=2.0, help="delay of the slow mode")
     make = sub.add_parser("make-license", help="print a generated (unsigned, test-only) license document")
