@@ -88,9 +88,7 @@ def validate_timings(lease_duration: float, renew_deadline: float, retry_period:
     if retry_period <= 0:
         raise ValueError(f"retry_period must be greater than zero, got {retry_period}")
     if renew_deadline <= retry_period:
-        raise ValueError(
-            f"renew_deadline ({renew_deadline} s) must be greater than retry_period ({retry_period} s)"
-        )
+        raise ValueError(f"renew_deadline ({renew_deadline} s) must be greater than retry_period ({retry_period} s)")
     if lease_duration <= renew_deadline:
         raise ValueError(
             f"lease_duration ({lease_duration} s) must be greater than renew_deadline ({renew_deadline} s)"
@@ -202,9 +200,7 @@ def lease_duration_seconds(lease_duration: float) -> int:
     return max(1, math.ceil(lease_duration))
 
 
-def acquire_spec(
-    previous: LeaseRecord | None, identity: str, lease_duration: float, now: datetime
-) -> dict[str, Any]:
+def acquire_spec(previous: LeaseRecord | None, identity: str, lease_duration: float, now: datetime) -> dict[str, Any]:
     """The spec for taking (or renewing) the Lease, following client-go's record rules.
 
     The same holder keeps its acquireTime and transition count; a new holder (also after a release
@@ -471,9 +467,7 @@ class LeaderElector:
                         self._seen(reply.body)
                         log.info("lease %s: %s released leadership", self.lease, self._identity)
                     elif reply.status == 409:
-                        log.warning(
-                            "lease %s: not released, it was changed by someone else (409)", self.lease
-                        )
+                        log.warning("lease %s: not released, it was changed by someone else (409)", self.lease)
                     else:
                         log.warning("lease %s: could not release: %s", self.lease, self._describe(reply))
         except Exception as e:  # release runs on shutdown: report, never raise
@@ -489,7 +483,7 @@ class LeaderElector:
             except _AttemptFailed:
                 pass
             except TRANSPORT_ERRORS as e:
-                self._note_error("acquire", "unreachable", f"API server unreachable: {_short(e)}")
+                self._note_error("acquire", "unreachable", f"cannot reach the API server: {_short(e)}")
             if await self._sleep_until(started + self.retry_period):
                 return False
         return False
@@ -562,7 +556,7 @@ class LeaderElector:
             except _AttemptFailed:
                 pass
             except TRANSPORT_ERRORS as e:
-                self._note_error("renew", "unreachable", f"API server unreachable: {_short(e)}")
+                self._note_error("renew", "unreachable", f"cannot reach the API server: {_short(e)}")
             if self.lost.is_set():
                 return
 
@@ -625,10 +619,10 @@ class LeaderElector:
         now = self._clock()
         if key != self._error_key or now - self._error_logged_at >= ERROR_LOG_REPEAT_SECONDS:
             level = logging.ERROR if kind in (401, 403) else logging.WARNING
-            log.log(level, "lease %s: %s: %s", self.lease, operation, text)
+            log.log(level, "lease %s: %s", self.lease, text)
             self._error_key, self._error_logged_at = key, now
         else:
-            log.debug("lease %s: %s: %s", self.lease, operation, text)
+            log.debug("lease %s: %s", self.lease, text)
 
     def _recovered(self) -> None:
         if self._error_key is not None:
