@@ -1,0 +1,84 @@
+{{/* Chart name. */}}
+{{- define "license-keeper.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name. */}}
+{{- define "license-keeper.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "license-keeper.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: stable across upgrades. */}}
+{{- define "license-keeper.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "license-keeper.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels without app.kubernetes.io/managed-by (the license Secret sets its own). */}}
+{{- define "license-keeper.baseLabels" -}}
+helm.sh/chart: {{ include "license-keeper.chart" . }}
+{{ include "license-keeper.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/component: license-keeper
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "license-keeper.labels" -}}
+{{ include "license-keeper.baseLabels" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "license-keeper.commonAnnotations" -}}
+{{- with .Values.commonAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The license Secret: <controllerName>-license unless overridden. */}}
+{{- define "license-keeper.secretName" -}}
+{{- if .Values.secretName }}
+{{- .Values.secretName }}
+{{- else }}
+{{- printf "%s-license" (required "controllerName is required" .Values.controllerName) }}
+{{- end }}
+{{- end }}
+
+{{/* The Lease: <controllerName>-license-keeper unless overridden. */}}
+{{- define "license-keeper.leaseName" -}}
+{{- if .Values.leaderElection.leaseName }}
+{{- .Values.leaderElection.leaseName }}
+{{- else }}
+{{- printf "%s-license-keeper" (required "controllerName is required" .Values.controllerName) }}
+{{- end }}
+{{- end }}
+
+{{- define "license-keeper.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "license-keeper.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "license-keeper.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,415 @@
+"""Static checks of the Helm chart and the alert rules, with the real helm and promtool binaries.
+
+The binaries come from tools/controlplane/build.sh (CI runs it before the tests). A missing binary
+is a FAILURE with instructions, never a skip: a chart nobody rendered must not look green.
+
+    tools/controlplane/build.sh helm prometheus
+    .venv/bin/python -m pytest -q tests/integration/test_chart_static.py
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.controlplane  # needs binaries built by tools/controlplane/build.sh
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_SH = REPO / "tools" / "controlplane" / "build.sh"
+CHART = REPO / "charts" / "license-keeper"
+ALERTS = CHART / "files" / "alerts.yaml"
+ALERT_TESTS = REPO / "tests" / "alerts" / "alerts.test.yaml"
+OPERATIONS = REPO / "docs" / "operations.md"
+
+REQUIRED = {
+    "konnect.controlPlaneId": "0b8d6a5e-3b64-4c1f-9a1e-2f6a7b1c9d00",
+    "konnect.tlsSecretName": "konnect-client-tls",
+}
+NAMESPACE = "kong"
+RELEASE = "lk"
+
+
+# ------------------------------------------------------------------------------------------ tools
+@functools.cache
+def tool(component: str, binary: str) -> str:
+    proc = subprocess.run(
+        [str(BUILD_SH), "--print-dir", component], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"{BUILD_SH} --print-dir {component} failed (rc={proc.returncode}): {proc.stderr.strip()}")
+    path = Path(proc.stdout.strip()) / binary
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(
+            f"{binary} not found at {path}: build it first with `tools/controlplane/build.sh {component}` "
+            "(CI runs tools/controlplane/build.sh before the tests)",
+            pytrace=False,
+        )
+    return str(path)
+
+
+def run(args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    # keep helm away from the user's config and any cluster
+    env.update({"HELM_CACHE_HOME": "/tmp/lk-helm/cache", "HELM_CONFIG_HOME": "/tmp/lk-helm/config",
+                "HELM_DATA_HOME": "/tmp/lk-helm/data", "KUBECONFIG": "/dev/null"})
+    return subprocess.run(args, capture_output=True, text=True, check=False, cwd=REPO, env=env, **kw)
+
+
+def set_args(values: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            out += ["--set", f"{key}={str(value).lower()}"]
+        elif isinstance(value, (int, float)):
+            out += ["--set", f"{key}={value}"]
+        else:
+            out += ["--set-string", f"{key}={value}"]
+    return out
+
+
+def template(values: dict[str, Any] | None = None, *, required: bool = True) -> subprocess.CompletedProcess[str]:
+    merged = dict(REQUIRED) if required else {}
+    merged.update(values or {})
+    return run([tool("helm", "helm"), "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+                *set_args(merged)])
+
+
+def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    proc = template(values)
+    assert proc.returncode == 0, f"helm template failed:\n{proc.stderr}"
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def only(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [o for o in objs if o["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {[o['metadata']['name'] for o in found]}"
+    return found[0]
+
+
+def walk(node: Any) -> Iterator[tuple[Any, Any]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield k, v
+            yield from walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from walk(v)
+
+
+NON_DEFAULT = {
+    "controllerName": "edge",
+    "rbac.allowSecretCreate": False,
+    "licenseSecret.excludeFromBackup": True,
+    "serviceMonitor.enabled": True,
+    "prometheusRule.enabled": True,
+    "prometheusRule.labels.release": "kube-prometheus-stack",
+    "konnect.caSecretName": "konnect-ca",
+    "konnect.address": "https://eu.kic.api.konghq.com",
+    "logFormat": "text",
+    "logLevel": "debug",
+    "pollingPeriod": "6h",
+    "leaderElection.enabled": False,
+    "commonLabels.team": "platform",
+    "podLabels.tier": "control",
+    "podAnnotations.example\\.com/owner": "platform",
+    "replicaCount": 3,
+}
+
+VARIANTS = {
+    "default": {},
+    "non-default": NON_DEFAULT,
+    "secret-name-override": {"secretName": "my-kong-license", "leaderElection.leaseName": "my-lease"},
+}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def variant(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    values = VARIANTS[request.param]
+    return request.param, values, render(values)
+
+
+# ------------------------------------------------------------------------------------- promtool
+def test_promtool_check_rules() -> None:
+    proc = run([tool("prometheus", "promtool"), "check", "rules", str(ALERTS)])
+    assert proc.returncode == 0, f"promtool check rules failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_promtool_test_rules() -> None:
+    proc = run([tool("prometheus", "promtool"), "test", "rules", str(ALERT_TESTS)])
+    assert proc.returncode == 0, f"promtool test rules failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+def _alert_names() -> list[str]:
+    doc = yaml.safe_load(ALERTS.read_text())
+    return [r["alert"] for g in doc["groups"] for r in g["rules"] if "alert" in r]
+
+
+def test_every_alert_has_a_firing_and_a_non_firing_case() -> None:
+    tests = yaml.safe_load(ALERT_TESTS.read_text())["tests"]
+    cases = [c for t in tests for c in t.get("alert_rule_test", [])]
+    expected = {
+        "LicenseKeeperLicenseExpiringSoon", "LicenseKeeperLicenseExpiryCritical", "LicenseKeeperLicenseExpired",
+        "LicenseKeeperKonnectSyncStale", "LicenseKeeperSecretNotPresent", "LicenseKeeperNoLeader",
+        "LicenseKeeperGatewayLicenseMismatch",
+    }
+    assert set(_alert_names()) == expected
+    for name in expected:
+        mine = [c for c in cases if c["alertname"] == name]
+        assert any(c.get("exp_alerts") for c in mine), f"{name}: no firing case"
+        assert any(not c.get("exp_alerts") for c in mine), f"{name}: no non-firing case"
+
+
+def test_alerts_have_annotations_and_runbooks_that_exist() -> None:
+    doc = yaml.safe_load(ALERTS.read_text())
+    ops = OPERATIONS.read_text()
+    for rule in (r for g in doc["groups"] for r in g["rules"]):
+        ann = rule.get("annotations", {})
+        assert ann.get("summary") and ann.get("description"), rule["alert"]
+        assert rule.get("labels", {}).get("severity") in {"warning", "critical"}, rule["alert"]
+        url = ann.get("runbook_url", "")
+        assert "docs/operations.md#" in url, rule["alert"]
+        anchor = url.rsplit("#", 1)[1]
+        assert anchor == rule["alert"].lower()
+        assert f'id="{anchor}"' in ops, f"docs/operations.md has no anchor {anchor}"
+
+
+# ------------------------------------------------------------------------------------------ helm
+def test_helm_lint() -> None:
+    proc = run([tool("helm", "helm"), "lint", "--strict", str(CHART), *set_args(REQUIRED)])
+    assert proc.returncode == 0, f"helm lint failed:\n{proc.stdout}\n{proc.stderr}"
+    proc = run([tool("helm", "helm"), "lint", "--strict", str(CHART), *set_args({**REQUIRED, **NON_DEFAULT})])
+    assert proc.returncode == 0, f"helm lint (non-default values) failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+@pytest.mark.parametrize("missing", sorted(REQUIRED))
+def test_required_values_fail_clearly(missing: str) -> None:
+    values = {k: v for k, v in REQUIRED.items() if k != missing}
+    proc = template(values, required=False)
+    assert proc.returncode != 0
+    assert f"{missing} is required" in proc.stderr
+
+
+def test_schema_rejects_unknown_and_bad_values() -> None:
+    assert template({"pollingPeriod": "twelve hours"}).returncode != 0
+    assert template({"logFormat": "xml"}).returncode != 0
+    assert template({"nonsense": "x"}).returncode != 0
+    json.loads((CHART / "values.schema.json").read_text())
+
+
+def test_no_cluster_scope_and_no_delete(variant: tuple[str, dict[str, Any], list[dict[str, Any]]]) -> None:
+    _, _, objs = variant
+    kinds = {o["kind"] for o in objs}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding", "Namespace", "CustomResourceDefinition"}
+    for o in objs:
+        assert o["metadata"].get("namespace") == NAMESPACE, f"{o['kind']}/{o['metadata']['name']} not namespaced"
+    for o in objs:
+        for rule in o.get("rules", []) if o["kind"] == "Role" else []:
+            assert "delete" not in rule["verbs"] and "deletecollection" not in rule["verbs"]
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+    # and nowhere else either (e.g. a stray verbs list)
+    for k, v in walk(objs):
+        if k == "verbs":
+            assert "delete" not in v
+
+
+def _expected_names(values: dict[str, Any]) -> tuple[str, str]:
+    controller = values.get("controllerName", "kong")
+    secret = values.get("secretName") or f"{controller}-license"
+    lease = values.get("leaderElection.leaseName") or f"{controller}-license-keeper"
+    return secret, lease
+
+
+def test_role_rules(variant: tuple[str, dict[str, Any], list[dict[str, Any]]]) -> None:
+    _, values, objs = variant
+    secret, lease = _expected_names(values)
+    role = only(objs, "Role")
+    rules = role["rules"]
+
+    secret_rules = [r for r in rules if "secrets" in r["resources"]]
+    named = [r for r in secret_rules if r.get("resourceNames")]
+    unnamed = [r for r in secret_rules if not r.get("resourceNames")]
+    assert len(named) == 1
+    assert named[0]["resourceNames"] == [secret]
+    assert named[0]["apiGroups"] == [""]
+    assert set(named[0]["verbs"]) == {"get", "update", "patch", "list", "watch"}
+    # every secrets rule without resourceNames is the create-only rule, present only when allowed
+    for r in unnamed:
+        assert r["verbs"] == ["create"]
+    if values.get("rbac.allowSecretCreate", True):
+        assert len(unnamed) == 1
+    else:
+        assert unnamed == []
+
+    lease_rules = [r for r in rules if "leases" in r["resources"]]
+    assert all(r["apiGroups"] == ["coordination.k8s.io"] for r in lease_rules)
+    assert [r for r in lease_rules if r.get("resourceNames")] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [lease],
+         "verbs": ["get", "update"]}
+    ]
+    assert [r["verbs"] for r in lease_rules if not r.get("resourceNames")] == [["create"]]
+
+    event_groups = {g for r in rules if "events" in r["resources"] for g in r["apiGroups"]}
+    assert event_groups == {"", "events.k8s.io"}
+    for r in rules:
+        if "events" in r["resources"]:
+            assert set(r["verbs"]) == {"create", "patch"}
+    assert {tuple(r["resources"]) for r in rules} <= {("secrets",), ("leases",), ("events",)}
+
+    binding = only(objs, "RoleBinding")
+    sa = only(objs, "ServiceAccount")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                    "namespace": NAMESPACE}]
+
+
+def test_license_secret(variant: tuple[str, dict[str, Any], list[dict[str, Any]]]) -> None:
+    _, values, objs = variant
+    secret_name, _ = _expected_names(values)
+    secret = only(objs, "Secret")
+    assert secret["metadata"]["name"] == secret_name
+    assert secret.get("type") == "Opaque"
+    assert "data" not in secret and "stringData" not in secret, "the Secret must be pre-created empty"
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    labels = secret["metadata"]["labels"]
+    assert labels["app.kubernetes.io/managed-by"] == "license-keeper"
+    if values.get("licenseSecret.excludeFromBackup"):
+        assert labels["velero.io/exclude-from-backup"] == "true"
+    else:
+        assert "velero.io/exclude-from-backup" not in labels
+
+
+def test_license_secret_can_be_left_out() -> None:
+    objs = render({"licenseSecret.create": False})
+    assert not [o for o in objs if o["kind"] == "Secret"]
+
+
+def _container(objs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    dep = only(objs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return dep, container
+
+
+def test_deployment(variant: tuple[str, dict[str, Any], list[dict[str, Any]]]) -> None:
+    name, values, objs = variant
+    secret_name, lease = _expected_names(values)
+    dep, c = _container(objs)
+    pod = dep["spec"]["template"]["spec"]
+    assert dep["spec"]["replicas"] == values.get("replicaCount", 2)
+
+    # security
+    psc, sc = pod["securityContext"], c["securityContext"]
+    assert psc["runAsNonRoot"] is True and psc["runAsUser"] == 10001
+    assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add")
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    assert pod["serviceAccountName"] == only(objs, "ServiceAccount")["metadata"]["name"]
+
+    # spread across nodes
+    tsc = pod["topologySpreadConstraints"]
+    assert any(t["topologyKey"] == "kubernetes.io/hostname" for t in tsc)
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+
+    # probes and ports
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"metrics": 8080, "probes": 8081}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
+
+    # downward API and settings
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    val = {k: e.get("value") for k, e in env.items()}
+    assert all(k.startswith("LICENSE_KEEPER_") or k in {"POD_NAME", "POD_NAMESPACE"} for k in val)
+    assert val["LICENSE_KEEPER_KONNECT_CONTROL_PLANE_ID"] == REQUIRED["konnect.controlPlaneId"]
+    assert val["LICENSE_KEEPER_KONNECT_ADDRESS"] == values.get("konnect.address", "https://us.kic.api.konghq.com")
+    assert val["LICENSE_KEEPER_KONNECT_TLS_CLIENT_CERT_FILE"] == "/etc/license-keeper/konnect/tls.crt"
+    assert val["LICENSE_KEEPER_KONNECT_TLS_CLIENT_KEY_FILE"] == "/etc/license-keeper/konnect/tls.key"
+    assert val["LICENSE_KEEPER_CONTROLLER_NAME"] == values.get("controllerName", "kong")
+    assert val["LICENSE_KEEPER_SECRET_NAME"] == secret_name
+    assert val["LICENSE_KEEPER_LEASE_NAME"] == lease
+    assert val["LICENSE_KEEPER_LOG_FORMAT"] == values.get("logFormat", "json")
+    assert val["LICENSE_KEEPER_LOG_LEVEL"] == values.get("logLevel", "info")
+    assert val["LICENSE_KEEPER_POLLING_PERIOD"] == values.get("pollingPeriod", "12h")
+    assert val["LICENSE_KEEPER_INITIAL_POLLING_PERIOD"] == "1m"
+    assert val["LICENSE_KEEPER_RENEW_BEFORE"] == "7d"
+    assert val["LICENSE_KEEPER_PROBE_ADDR"] == ":8081"
+    assert val["LICENSE_KEEPER_METRICS_ADDR"] == ":8080"
+    assert val["LICENSE_KEEPER_LEADER_ELECT"] == str(values.get("leaderElection.enabled", True)).lower()
+    assert c["args"][0] == "run"
+
+    # volumes: client cert as files, optional CA, writable /tmp
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    tls = vols[mounts["/etc/license-keeper/konnect"]["name"]]["secret"]
+    assert tls["secretName"] == REQUIRED["konnect.tlsSecretName"]
+    assert {i["key"] for i in tls["items"]} == {"tls.crt", "tls.key"}
+    assert mounts["/etc/license-keeper/konnect"]["readOnly"] is True
+    assert "emptyDir" in vols[mounts["/tmp"]["name"]]
+    if values.get("konnect.caSecretName"):
+        ca = vols[mounts["/etc/license-keeper/konnect-ca"]["name"]]["secret"]
+        assert ca["secretName"] == "konnect-ca"
+        assert val["LICENSE_KEEPER_KONNECT_CA_FILE"] == "/etc/license-keeper/konnect-ca/ca.crt"
+    else:
+        assert "LICENSE_KEEPER_KONNECT_CA_FILE" not in val
+
+    # labels
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    for k, v in dep["spec"]["selector"]["matchLabels"].items():
+        assert pod_labels[k] == v
+    if name == "non-default":
+        assert pod_labels["tier"] == "control" and pod_labels["team"] == "platform"
+        assert dep["spec"]["template"]["metadata"]["annotations"]["example.com/owner"] == "platform"
+        for o in objs:
+            assert o["metadata"]["labels"]["team"] == "platform", o["kind"]
+
+
+def test_service_pdb_and_monitoring(variant: tuple[str, dict[str, Any], list[dict[str, Any]]]) -> None:
+    _, values, objs = variant
+    dep, _ = _container(objs)
+    svc = only(objs, "Service")
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    pdb = only(objs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+
+    monitors = [o for o in objs if o["kind"] == "ServiceMonitor"]
+    rules = [o for o in objs if o["kind"] == "PrometheusRule"]
+    if values.get("serviceMonitor.enabled"):
+        (sm,) = monitors
+        assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+        assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    else:
+        assert monitors == []
+    if values.get("prometheusRule.enabled"):
+        (pr,) = rules
+        assert pr["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        # rendered verbatim from files/alerts.yaml, alert templates untouched by helm
+        assert pr["spec"] == yaml.safe_load(ALERTS.read_text())
+        assert "{{ $labels.namespace }}" in json.dumps(pr["spec"])
+    else:
+        assert rules == []
+
+
+def test_runbook_base_url_can_be_replaced() -> None:
+    objs = render({"prometheusRule.enabled": True, "prometheusRule.runbookBaseUrl": "https://wiki.example.com/lk/"})
+    pr = only(objs, "PrometheusRule")
+    urls = [r["annotations"]["runbook_url"] for g in pr["spec"]["groups"] for r in g["rules"]]
+    assert urls and all(re.fullmatch(r"https://wiki\.example\.com/lk#licensekeeper[a-z]+", u) for u in urls), urls
