@@ -1,0 +1,3 @@
+from license_keeper.cli import main
+
+main()

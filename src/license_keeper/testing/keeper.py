@@ -1,0 +1,183 @@
+"""Run `license-keeper run` as a real process against a control plane and a Konnect stand-in.
+
+Used by the end-to-end tests and by `make demo`; users can drive their own keeper processes with it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from .controlplane import free_port
+
+
+def keeper_rules(secret_name: str, lease_name: str, *, allow_create: bool = True) -> list[dict[str, Any]]:
+    """The least-privilege Role of a keeper: its Secret and Lease by name, Events; never delete."""
+    rules: list[dict[str, Any]] = [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": [secret_name],
+            "verbs": ["get", "update", "patch", "list", "watch"],
+        },
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [lease_name],
+            "verbs": ["get", "update"],
+        },
+        # RBAC cannot limit create by name: a new object has no name to match yet.
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    ]
+    if allow_create:
+        rules.append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]})
+    return rules
+
+
+@dataclass(frozen=True)
+class KonnectEndpoint:
+    address: str
+    control_plane_id: str
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+    @classmethod
+    def of(cls, standin: Any) -> KonnectEndpoint:
+        """From a running ``KonnectStandIn``."""
+        tls = standin.tls
+        return cls(standin.address, standin.control_plane_id, tls.client_cert_file, tls.client_key_file, tls.ca_file)
+
+
+@dataclass
+class KeeperProcess:
+    kubeconfig: Path
+    namespace: str
+    konnect: KonnectEndpoint
+    workdir: Path
+    name: str = "keeper-0"
+    args: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    probe_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "license_keeper",
+            "run",
+            f"--kubeconfig={self.kubeconfig}",
+            f"--namespace={self.namespace}",
+            f"--konnect-address={self.konnect.address}",
+            f"--konnect-control-plane-id={self.konnect.control_plane_id}",
+            f"--konnect-tls-client-cert-file={self.konnect.cert_file}",
+            f"--konnect-tls-client-key-file={self.konnect.key_file}",
+            f"--konnect-ca-file={self.konnect.ca_file}",
+            f"--probe-addr=127.0.0.1:{self.probe_port}",
+            f"--metrics-addr=127.0.0.1:{self.metrics_port}",
+            "--log-format=json",
+            *self.args,
+        ]
+
+    def start(self) -> KeeperProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LICENSE_KEEPER_", "CONTROLLER_KONNECT_"))}
+        env.update({"POD_NAME": self.name, "PYTHONUNBUFFERED": "1", **self.env})
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        with open(self.log_path, "ab") as log:
+            self.started_at = time.monotonic()
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    # probing
+    def _get(self, port: int, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError:
+            return 0, ""
+
+    def ready(self) -> bool:
+        return self._get(self.probe_port, "/readyz")[0] == 200
+
+    def healthy(self) -> bool:
+        return self._get(self.probe_port, "/healthz")[0] == 200
+
+    def wait_ready(self, timeout: float = 30.0) -> float:
+        """Seconds from process start until /readyz answered 200."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
+            if self.ready():
+                return time.monotonic() - self.started_at
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s:\n{self.logs()[-3000:]}")
+
+    def metrics(self) -> dict[str, float]:
+        """Samples as {'name{label="v",...}': value}, plus bare names for unlabelled ones."""
+        status, text = self._get(self.metrics_port, "/metrics")
+        if status != 200:
+            raise RuntimeError(f"{self.name}: /metrics answered {status}")
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return out
+
+    def metric(self, key: str, default: float = 0.0) -> float:
+        """One sample, or ``default`` when absent or while the metrics server is not up yet."""
+        try:
+            return self.metrics().get(key, default)
+        except RuntimeError:
+            return default
+
+    def writes(self) -> float:
+        return sum(v for k, v in self.metrics().items() if k.startswith("license_keeper_secret_writes_total"))
+
+    # ending
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> KeeperProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()

@@ -1,0 +1,103 @@
+"""Keeper processes against the real control plane and the Konnect stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes_asyncio import client
+
+from license_keeper.testing.controlplane import ControlPlane, ServiceAccountAccess
+from license_keeper.testing.keeper import KeeperProcess, KonnectEndpoint, keeper_rules
+from license_keeper.testing.konnect import KonnectStandIn
+
+SECRET = "kong-license"
+LEASE = "kong-license-keeper"
+
+# What must never leave the keeper: license keys (factory shape), signatures (long hex), raw documents.
+LEAK_PATTERNS = [
+    re.compile(r"0014[A-Za-z0-9]{14}_a1V4[A-Za-z0-9]{14}"),
+    re.compile(r"[0-9a-fA-F]{64,}"),
+    re.compile(r'"license_key"|\\"license_key\\"|license_expiration_date|"signature"'),
+]
+
+
+def leaks(text: str) -> list[str]:
+    return [m.group(0)[:40] for p in LEAK_PATTERNS for m in p.finditer(text)]
+
+
+@pytest.fixture
+async def konnect(tmp_path: Path) -> AsyncIterator[KonnectStandIn]:
+    async with KonnectStandIn(tls_dir=tmp_path / "konnect-tls") as standin:
+        yield standin
+
+
+@pytest.fixture
+def keeper_access(controlplane: ControlPlane, namespace: str) -> ServiceAccountAccess:
+    return controlplane.service_account(namespace, "license-keeper", keeper_rules(SECRET, LEASE))
+
+
+KeeperFactory = Callable[..., KeeperProcess]
+
+
+@pytest.fixture
+def keepers(
+    keeper_access: ServiceAccountAccess, konnect: KonnectStandIn, namespace: str, tmp_path: Path
+) -> Iterator[KeeperFactory]:
+    """Start keeper processes under the restricted ServiceAccount; all are killed at the end."""
+    started: list[KeeperProcess] = []
+
+    def make(name: str = "keeper-0", *args: str, start: bool = True) -> KeeperProcess:
+        k = KeeperProcess(
+            kubeconfig=keeper_access.kubeconfig,
+            namespace=namespace,
+            konnect=KonnectEndpoint.of(konnect),
+            workdir=tmp_path / "keepers",
+            name=name,
+            args=args,
+        )
+        started.append(k)
+        return k.start() if start else k
+
+    yield make
+    for k in started:
+        k.kill()
+    for k in started:
+        found = leaks(k.logs())
+        assert not found, f"{k.name} logged license material: {found}"
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> float:
+    """Poll a (sync or async) predicate without blocking the loop the stand-in runs on."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return loop.time() - start
+        if loop.time() - start > timeout:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+async def ready(k: KeeperProcess, timeout: float = 30.0) -> float:
+    return await asyncio.to_thread(k.wait_ready, timeout)
+
+
+async def metrics(k: KeeperProcess) -> dict[str, float]:
+    return await asyncio.to_thread(k.metrics)
+
+
+async def writes(k: KeeperProcess) -> float:
+    return await asyncio.to_thread(k.writes)
+
+
+async def events_text(api: client.ApiClient, namespace: str) -> str:
+    events = await client.CoreV1Api(api).list_namespaced_event(namespace)
+    return "\n".join(f"{e.reason} {e.message}" for e in events.items)
