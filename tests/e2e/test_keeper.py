@@ -68,7 +68,7 @@ async def test_restart_during_konnect_outage_is_ready_from_the_secret(
     assert seconds < 5.0
     m = await metrics(second)
     assert m['license_keeper_license_state{state="valid"}'] == 1
-    assert m['license_keeper_license_info{fingerprint="%s",source="secret"}' % konnect.record.license.fingerprint] == 1
+    assert m[f'license_keeper_license_info{{fingerprint="{konnect.record.license.fingerprint}",source="secret"}}'] == 1
     # Give it time to take the Lease over and call the black hole: still nothing written.
     await asyncio.sleep(20)
     assert await writes(second) == 0
@@ -180,7 +180,7 @@ async def test_an_operator_restored_newer_license_is_taken(
             }
         },
     )
-    key = 'license_keeper_license_info{fingerprint="%s",source="secret"}' % newer.license.fingerprint
+    key = f'license_keeper_license_info{{fingerprint="{newer.license.fingerprint}",source="secret"}}'
     await wait_for(lambda: asyncio.to_thread(lambda: k.metric(key) == 1), 10)
     await asyncio.sleep(1)
     assert await holds(admin_api, namespace, newer.document)  # not overwritten by the older Konnect one
