@@ -413,3 +413,79 @@ def test_runbook_base_url_can_be_replaced() -> None:
     pr = only(objs, "PrometheusRule")
     urls = [r["annotations"]["runbook_url"] for g in pr["spec"]["groups"] for r in g["rules"]]
     assert urls and all(re.fullmatch(r"https://wiki\.example\.com/lk#licensekeeper[a-z]+", u) for u in urls), urls
+
+
+# ------------------------------------------------------------ the rendered RBAC on a real API server
+_PATHS = {
+    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
+    "Secret": "/api/v1/namespaces/{ns}/secrets",
+    "Service": "/api/v1/namespaces/{ns}/services",
+    "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
+    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
+    "PodDisruptionBudget": "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
+}
+
+
+def _install(controlplane: Any, namespace: str, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """`helm template` into the namespace and create every object on the API server (as admin)."""
+    proc = run([tool("helm", "helm"), "template", RELEASE, str(CHART), "--namespace", namespace,
+                *set_args({**REQUIRED, **values})])
+    assert proc.returncode == 0, proc.stderr
+    objs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert {o["kind"] for o in objs} <= set(_PATHS), "a kind the API server test does not know"
+    for o in objs:
+        resp = controlplane.request("POST", _PATHS[o["kind"]].format(ns=namespace), o)
+        assert resp.status == 201, f"{o['kind']}/{o['metadata']['name']}: {resp.status} {resp.body.get('message')}"
+    return objs
+
+
+@pytest.mark.parametrize("allow_create", [True, False], ids=["allowSecretCreate", "noSecretCreate"])
+def test_rendered_rbac_on_a_real_api_server(controlplane: Any, namespace: str, allow_create: bool) -> None:
+    objs = _install(controlplane, namespace, {"rbac.allowSecretCreate": allow_create})
+    sa = only(objs, "ServiceAccount")["metadata"]["name"]
+    token = controlplane.request_token(namespace, sa)
+
+    def call(method: str, path: str, body: dict[str, Any] | None = None) -> int:
+        return int(controlplane.request(method, path, body, token=token).status)
+
+    secrets = f"/api/v1/namespaces/{namespace}/secrets"
+    leases = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+
+    # the one Secret: read, list/watch by field selector, update
+    assert call("GET", f"{secrets}/kong-license") == 200
+    assert call("GET", f"{secrets}?fieldSelector=metadata.name%3Dkong-license") == 200
+    assert call("GET", f"{secrets}?fieldSelector=metadata.name%3Dkong-license&watch=1&timeoutSeconds=1") == 200
+    current = controlplane.request("GET", f"{secrets}/kong-license", token=token).body
+    current["data"] = {"license": "e30="}
+    assert call("PUT", f"{secrets}/kong-license", current) == 200
+    # nothing else, and never delete
+    assert call("GET", secrets) == 403
+    assert call("GET", f"{secrets}/someone-elses") == 403
+    assert call("DELETE", f"{secrets}/kong-license") == 403
+    # recreate after deletion only when allowed
+    assert controlplane.request("DELETE", f"{secrets}/kong-license").status == 200
+    fresh = {"metadata": {"name": "kong-license", "labels": {"app.kubernetes.io/managed-by": "license-keeper"}},
+             "data": {"license": "e30="}}
+    assert call("POST", secrets, fresh) == (201 if allow_create else 403)
+
+    # leader election
+    lease = {"metadata": {"name": "kong-license-keeper"},
+             "spec": {"holderIdentity": "lk-0", "leaseDurationSeconds": 15}}
+    assert call("POST", leases, lease) == 201
+    got = controlplane.request("GET", f"{leases}/kong-license-keeper", token=token)
+    assert got.status == 200
+    got.body["spec"]["holderIdentity"] = "lk-1"
+    assert call("PUT", f"{leases}/kong-license-keeper", got.body) == 200
+    assert call("GET", f"{leases}/another-lease") == 403
+    assert call("DELETE", f"{leases}/kong-license-keeper") == 403
+
+    # events, both APIs
+    ref = {"kind": "Secret", "namespace": namespace, "name": "kong-license", "apiVersion": "v1"}
+    core_event = {"metadata": {"name": "kong-license.1"}, "involvedObject": ref, "reason": "Test",
+                  "message": "m", "type": "Normal"}
+    assert call("POST", f"/api/v1/namespaces/{namespace}/events", core_event) == 201
+    new_event = {"metadata": {"name": "kong-license.2"}, "regarding": ref, "reason": "Test", "note": "m",
+                 "type": "Normal", "action": "Test", "reportingController": "license-keeper",
+                 "reportingInstance": "lk-0", "eventTime": "2026-01-01T00:00:00.000000Z"}
+    assert call("POST", f"/apis/events.k8s.io/v1/namespaces/{namespace}/events", new_event) == 201
