@@ -56,10 +56,11 @@ def next_delay(
     After an error: exponential backoff with full jitter (AWS architecture blog's "full jitter":
     uniform between 0 and the ceiling), so a Konnect outage is not met by synchronized retries.
     """
-    period = applicable_period(held, now, cfg)
+    fast = needs_fast_polling(held, now, cfg.renew_before)
+    period = cfg.initial_period if fast else cfg.regular_period
     if consecutive_failures > 0:
         return max(MIN_DELAY_SECONDS, rng.uniform(0.0, backoff_ceiling(consecutive_failures, period, cfg.backoff_base)))
-    if period == cfg.regular_period:
+    if not fast:
         return period * (1.0 - REGULAR_JITTER_FRACTION * rng.random())
     return period
 
