@@ -181,6 +181,22 @@ def lease_expired(observation: Observation, now: float, default_duration: float)
     return now >= observation.observed_at + seconds
 
 
+def next_attempt_at(
+    observation: Observation | None, started: float, retry_period: float, default_duration: float
+) -> float:
+    """When a follower tries again: after a retry period, or the moment the observed lease runs out
+    if that comes sooner, so a takeover after a crash costs the lease duration plus at most one
+    retry period of observation lag, not two."""
+    at = started + retry_period
+    if observation is not None and observation.record.holder is not None:
+        duration = observation.record.lease_duration_seconds
+        seconds = duration if duration is not None and duration > 0 else default_duration
+        expiry = observation.observed_at + seconds
+        if started < expiry < at:
+            return expiry
+    return at
+
+
 def may_acquire(observation: Observation | None, identity: str, now: float, default_duration: float) -> bool:
     """May we write ourselves into this Lease? (None = the Lease does not exist: create it.)
 
@@ -484,7 +500,8 @@ class LeaderElector:
                 pass
             except TRANSPORT_ERRORS as e:
                 self._note_error("acquire", "unreachable", f"cannot reach the API server: {_short(e)}")
-            if await self._sleep_until(started + self.retry_period):
+            wake = next_attempt_at(self._observation, started, self.retry_period, self.lease_duration)
+            if await self._sleep_until(wake):
                 return False
         return False
 

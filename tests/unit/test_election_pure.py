@@ -306,3 +306,13 @@ def test_default_identity_without_pod_name_is_unique(monkeypatch: pytest.MonkeyP
     first, second = default_identity(), default_identity()
     assert first.startswith("host_") and second.startswith("host_")
     assert first != second
+
+
+def test_follower_wakes_at_lease_expiry_when_it_comes_before_the_next_retry() -> None:
+    from license_keeper.election import next_attempt_at
+
+    held = Observation(rec("other", 15), observed_at=100.0)
+    assert next_attempt_at(held, started=114.2, retry_period=2.0, default_duration=15.0) == 115.0
+    assert next_attempt_at(held, started=110.0, retry_period=2.0, default_duration=15.0) == 112.0
+    assert next_attempt_at(held, started=116.0, retry_period=2.0, default_duration=15.0) == 118.0
+    assert next_attempt_at(None, started=5.0, retry_period=2.0, default_duration=15.0) == 7.0
