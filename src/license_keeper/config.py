@@ -67,12 +67,11 @@ class Settings(BaseSettings):
 
     konnect_address: str = Field(
         DEFAULT_KONNECT_ADDRESS,
-        validation_alias=_env("konnect_address", "LICENSE_KEEPER_KONNECT_ADDRESS", "CONTROLLER_KONNECT_ADDRESS"),
+        validation_alias=_env("LICENSE_KEEPER_KONNECT_ADDRESS", "CONTROLLER_KONNECT_ADDRESS"),
     )
     konnect_control_plane_id: str = Field(
         "",
         validation_alias=_env(
-            "konnect_control_plane_id",
             "LICENSE_KEEPER_KONNECT_CONTROL_PLANE_ID",
             "CONTROLLER_KONNECT_CONTROL_PLANE_ID",
         ),
@@ -80,7 +79,6 @@ class Settings(BaseSettings):
     konnect_tls_client_cert_file: Path | None = Field(
         None,
         validation_alias=_env(
-            "konnect_tls_client_cert_file",
             "LICENSE_KEEPER_KONNECT_TLS_CLIENT_CERT_FILE",
             "CONTROLLER_KONNECT_TLS_CLIENT_CERT_FILE",
         ),
@@ -88,7 +86,6 @@ class Settings(BaseSettings):
     konnect_tls_client_key_file: Path | None = Field(
         None,
         validation_alias=_env(
-            "konnect_tls_client_key_file",
             "LICENSE_KEEPER_KONNECT_TLS_CLIENT_KEY_FILE",
             "CONTROLLER_KONNECT_TLS_CLIENT_KEY_FILE",
         ),
@@ -214,10 +211,18 @@ def load_settings(**given: Any) -> Settings:
         raise ConfigError(_one_line(e)) from None
 
 
+def _field_name(loc: str) -> str:
+    """Errors on the aliased Konnect fields are located by the alias (an env name): name the flag."""
+    for name, info in Settings.model_fields.items():
+        if isinstance(info.validation_alias, AliasChoices) and loc in info.validation_alias.choices:
+            return name
+    return loc
+
+
 def _one_line(e: ValidationError) -> str:
     parts = []
     for err in e.errors(include_input=False, include_url=False):
-        loc = "-".join(str(p) for p in err["loc"]).replace("_", "-")
+        loc = "-".join(_field_name(str(p)) for p in err["loc"]).replace("_", "-")
         msg = str(err["msg"]).removeprefix("Value error, ")
         parts.append(f"--{loc}: {msg}" if loc else msg)
     return "invalid settings: " + "; ".join(parts)
