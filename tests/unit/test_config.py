@@ -1,0 +1,285 @@
+"""license_keeper.config: durations, addresses, and where each setting comes from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from license_keeper import config
+from license_keeper.config import ConfigError, load_settings, parse_addr, parse_duration
+
+ENV_PREFIXES = ("LICENSE_KEEPER_", "CONTROLLER_KONNECT_", "KONNECT_")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees only the variables it sets itself."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIXES) or name in ("POD_NAMESPACE", "POLLING_PERIOD"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90.0),
+        ("90s", 90.0),
+        ("5m", 300.0),
+        ("12h", 43200.0),
+        ("7d", 604800.0),
+        ("250ms", 0.25),
+        ("1.5h", 5400.0),
+        (" 30s ", 30.0),
+        (90, 90.0),
+        (2.5, 2.5),
+    ],
+)
+def test_parse_duration(text: str | float, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "5x", "s", "5 minutes", "1e3", "-5s", "5m30s", "nan", "inf", "True"])
+def test_parse_duration_rejects_malformed(bad: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(bad)
+
+
+@pytest.mark.parametrize("nonpositive", ["0", "0s", "0ms", "0.0h", 0, 0.0, -1, -0.5])
+def test_parse_duration_rejects_zero_and_negative(nonpositive: str | float) -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        parse_duration(nonpositive)
+
+
+def test_parse_duration_rejects_bool() -> None:
+    with pytest.raises(ValueError):
+        parse_duration(True)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("addr", "expected"),
+    [
+        (":8080", ("0.0.0.0", 8080)),
+        ("127.0.0.1:9402", ("127.0.0.1", 9402)),
+        ("0.0.0.0:0", ("0.0.0.0", 0)),
+        ("[::1]:8081", ("::1", 8081)),
+        ("localhost:65535", ("localhost", 65535)),
+    ],
+)
+def test_parse_addr(addr: str, expected: tuple[str, int]) -> None:
+    assert parse_addr(addr) == expected
+
+
+@pytest.mark.parametrize("bad", ["8080", "host:", ":", ":abc", ":65536", ":-1", ""])
+def test_parse_addr_rejects(bad: str) -> None:
+    with pytest.raises(ValueError, match="not an address"):
+        parse_addr(bad)
+
+
+def test_defaults() -> None:
+    s = load_settings()
+    assert s.konnect_address == "https://us.kic.api.konghq.com"
+    assert (s.initial_polling_period, s.polling_period, s.renew_before) == (60.0, 43200.0, 604800.0)
+    assert (s.leader_elect_lease_duration, s.leader_elect_renew_deadline, s.leader_elect_retry_period) == (
+        15.0,
+        10.0,
+        2.0,
+    )
+    assert s.leader_elect is True
+    assert (s.probe_addr, s.metrics_addr, s.log_format, s.log_level) == (":8081", ":8080", "text", "info")
+    assert s.konnect_timeout == 30.0
+
+
+KONNECT_FIELDS = [
+    ("konnect_address", "KONNECT_ADDRESS", "https://{}.example"),
+    ("konnect_control_plane_id", "KONNECT_CONTROL_PLANE_ID", "cp-{}"),
+    ("konnect_tls_client_cert_file", "KONNECT_TLS_CLIENT_CERT_FILE", "/certs/{}.crt"),
+    ("konnect_tls_client_key_file", "KONNECT_TLS_CLIENT_KEY_FILE", "/certs/{}.key"),
+]
+
+
+def _value(field: str, raw: str) -> object:
+    return Path(raw) if field.endswith("_file") else raw
+
+
+@pytest.mark.parametrize(("field", "suffix", "fmt"), KONNECT_FIELDS)
+def test_precedence_flag_then_ours_then_kic_then_default(
+    monkeypatch: pytest.MonkeyPatch, field: str, suffix: str, fmt: str
+) -> None:
+    default = getattr(load_settings(), field)
+    # An unprefixed variable of the same name is nobody's setting for us.
+    monkeypatch.setenv(suffix, fmt.format("bare"))
+    assert getattr(load_settings(), field) == default
+
+    monkeypatch.setenv(f"CONTROLLER_{suffix}", fmt.format("kic"))
+    assert getattr(load_settings(), field) == _value(field, fmt.format("kic"))
+
+    monkeypatch.setenv(f"LICENSE_KEEPER_{suffix}", fmt.format("ours"))
+    assert getattr(load_settings(), field) == _value(field, fmt.format("ours"))
+
+    assert getattr(load_settings(**{field: fmt.format("flag")}), field) == _value(field, fmt.format("flag"))
+    # None means "flag not given": the environment still applies.
+    assert getattr(load_settings(**{field: None}), field) == _value(field, fmt.format("ours"))
+
+
+@pytest.mark.parametrize(
+    ("field", "env", "raw", "parsed"),
+    [
+        ("polling_period", "LICENSE_KEEPER_POLLING_PERIOD", "6h", 21600.0),
+        ("initial_polling_period", "LICENSE_KEEPER_INITIAL_POLLING_PERIOD", "30s", 30.0),
+        ("renew_before", "LICENSE_KEEPER_RENEW_BEFORE", "14d", 14 * 86400.0),
+        ("leader_elect", "LICENSE_KEEPER_LEADER_ELECT", "false", False),
+        ("log_format", "LICENSE_KEEPER_LOG_FORMAT", "JSON", "json"),
+        ("controller_name", "LICENSE_KEEPER_CONTROLLER_NAME", "edge", "edge"),
+        ("metrics_addr", "LICENSE_KEEPER_METRICS_ADDR", "127.0.0.1:9402", "127.0.0.1:9402"),
+    ],
+)
+def test_prefixed_env_and_flag(
+    monkeypatch: pytest.MonkeyPatch, field: str, env: str, raw: str, parsed: object
+) -> None:
+    monkeypatch.setenv(env, raw)
+    assert getattr(load_settings(), field) == parsed
+    flag_value = {"polling_period": "1h", "initial_polling_period": "2m", "renew_before": "1d"}.get(field)
+    if flag_value:
+        assert getattr(load_settings(**{field: flag_value}), field) == parse_duration(flag_value)
+
+
+def test_kic_env_is_read_for_konnect_settings_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTROLLER_POLLING_PERIOD", "1s")
+    assert load_settings().polling_period == 43200.0
+
+
+@pytest.mark.parametrize(
+    ("given", "env", "flag"),
+    [
+        ({"polling_period": "abc"}, {}, "--polling-period"),
+        ({}, {"LICENSE_KEEPER_POLLING_PERIOD": "abc"}, "--polling-period"),
+        ({"initial_polling_period": "0s"}, {}, "--initial-polling-period"),
+        ({"renew_before": "-1d"}, {}, "--renew-before"),
+        ({"konnect_timeout": "soon"}, {}, "--konnect-timeout"),
+        ({"probe_addr": "8081"}, {}, "--probe-addr"),
+        ({"metrics_addr": ":99999"}, {}, "--metrics-addr"),
+        ({"log_level": "loud"}, {}, "--log-level"),
+        ({"log_format": "xml"}, {}, "--log-format"),
+        ({"konnect_address": "http://plain.example"}, {}, "--konnect-address"),
+        ({}, {"CONTROLLER_KONNECT_ADDRESS": "http://plain.example"}, "--konnect-address"),
+        ({}, {"LICENSE_KEEPER_KONNECT_ADDRESS": "ftp://x"}, "--konnect-address"),
+        ({"namespace": "Not_A_Name"}, {}, "--namespace"),
+        ({"secret_name": "UPPER"}, {}, "--secret-name"),
+        ({}, {"LICENSE_KEEPER_LEADER_ELECT": "maybe"}, "--leader-elect"),
+        ({"no_such_flag": "1"}, {}, "--no-such-flag"),
+    ],
+)
+def test_config_errors_are_one_line_and_name_the_flag(
+    monkeypatch: pytest.MonkeyPatch, given: dict[str, str], env: dict[str, str], flag: str
+) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as info:
+        load_settings(**given)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("invalid settings: ")
+    assert f"{flag}:" in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_several_errors_in_one_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(polling_period="x", probe_addr="y")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "--polling-period:" in message and "--probe-addr:" in message
+
+
+@pytest.mark.parametrize(
+    ("lease", "renew", "retry", "ok"),
+    [
+        ("15s", "10s", "2s", True),
+        ("3s", "2s", "500ms", True),
+        ("10s", "10s", "2s", False),
+        ("5s", "10s", "2s", False),
+        ("15s", "2s", "2s", False),
+        ("15s", "10s", "11s", False),
+    ],
+)
+def test_lease_durations_must_be_ordered(lease: str, renew: str, retry: str, ok: bool) -> None:
+    kw = {
+        "leader_elect_lease_duration": lease,
+        "leader_elect_renew_deadline": renew,
+        "leader_elect_retry_period": retry,
+    }
+    if ok:
+        s = load_settings(**kw)
+        assert s.leader_elect_lease_duration > s.leader_elect_renew_deadline > s.leader_elect_retry_period
+    else:
+        with pytest.raises(ConfigError, match=r"lease-duration > renew-deadline > retry-period") as info:
+            load_settings(**kw)
+        assert "\n" not in str(info.value)
+
+
+def test_secret_and_lease_names() -> None:
+    s = load_settings()
+    assert (s.effective_secret_name, s.effective_lease_name) == ("kong-license", "kong-license-keeper")
+    s = load_settings(controller_name="edge")
+    assert (s.effective_secret_name, s.effective_lease_name) == ("edge-license", "edge-license-keeper")
+    s = load_settings(controller_name="edge", secret_name="konnect-license-abc", lease_name="my-lease")
+    assert (s.effective_secret_name, s.effective_lease_name) == ("konnect-license-abc", "my-lease")
+
+
+def test_effective_namespace(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    sa_file = tmp_path / "namespace"
+    monkeypatch.setattr(config, "SERVICE_ACCOUNT_NAMESPACE_FILE", sa_file)
+    with pytest.raises(ConfigError, match="no namespace: pass --namespace, set POD_NAMESPACE"):
+        load_settings().effective_namespace()
+
+    sa_file.write_text("from-sa-file\n")
+    assert load_settings().effective_namespace() == "from-sa-file"
+
+    monkeypatch.setenv("POD_NAMESPACE", "from-pod")
+    assert load_settings().effective_namespace() == "from-pod"
+
+    monkeypatch.setenv("LICENSE_KEEPER_NAMESPACE", "from-env")
+    assert load_settings().effective_namespace() == "from-env"
+    assert load_settings(namespace="from-flag").effective_namespace() == "from-flag"
+
+
+def test_empty_service_account_file_is_no_namespace(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    sa_file = tmp_path / "namespace"
+    sa_file.write_text("  \n")
+    monkeypatch.setattr(config, "SERVICE_ACCOUNT_NAMESPACE_FILE", sa_file)
+    with pytest.raises(ConfigError, match="no namespace"):
+        load_settings().effective_namespace()
+
+
+def test_require_konnect() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings().require_konnect()
+    assert str(info.value) == (
+        "missing required setting(s): --konnect-control-plane-id, --konnect-tls-client-cert-file, "
+        "--konnect-tls-client-key-file"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(konnect_control_plane_id="cp", konnect_tls_client_cert_file="/c").require_konnect()
+    assert str(info.value) == "missing required setting(s): --konnect-tls-client-key-file"
+    complete = load_settings(
+        konnect_control_plane_id="cp", konnect_tls_client_cert_file="/c", konnect_tls_client_key_file="/k"
+    )
+    assert complete.require_konnect() is None
+
+
+def test_require_konnect_accepts_kic_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTROLLER_KONNECT_CONTROL_PLANE_ID", "cp")
+    monkeypatch.setenv("CONTROLLER_KONNECT_TLS_CLIENT_CERT_FILE", "/c")
+    monkeypatch.setenv("CONTROLLER_KONNECT_TLS_CLIENT_KEY_FILE", "/k")
+    s = load_settings()
+    s.require_konnect()
+    assert (s.konnect_control_plane_id, s.konnect_tls_client_cert_file) == ("cp", Path("/c"))
+
+
+def test_konnect_address_trailing_slash_is_trimmed() -> None:
+    assert load_settings(konnect_address="https://eu.kic.api.konghq.com/").konnect_address == (
+        "https://eu.kic.api.konghq.com"
+    )
