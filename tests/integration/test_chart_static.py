@@ -489,3 +489,27 @@ def test_rendered_rbac_on_a_real_api_server(controlplane: Any, namespace: str, a
                  "type": "Normal", "action": "Test", "reportingController": "license-keeper",
                  "reportingInstance": "lk-0", "eventTime": "2026-01-01T00:00:00.000000Z"}
     assert call("POST", f"/apis/events.k8s.io/v1/namespaces/{namespace}/events", new_event) == 201
+
+
+def test_rendered_environment_is_accepted_by_the_keeper_settings(
+    variant: tuple[str, dict[str, Any], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every LICENSE_KEEPER_* variable the chart sets is a setting `license-keeper run` knows, with a valid value."""
+    from license_keeper.config import Settings
+
+    _, values, objs = variant
+    _, c = _container(objs)
+    for name in list(os.environ):
+        if name.startswith(("LICENSE_KEEPER_", "CONTROLLER_KONNECT_")):
+            monkeypatch.delenv(name)
+    env = {e["name"]: e["value"] for e in c["env"] if e["name"].startswith("LICENSE_KEEPER_")}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    known = {"LICENSE_KEEPER_" + f.upper() for f in Settings.model_fields}
+    assert set(env) <= known, f"unknown settings: {set(env) - known}"
+    settings = Settings()
+    secret_name, lease = _expected_names(values)
+    assert settings.effective_secret_name == secret_name
+    assert settings.effective_lease_name == lease
+    assert settings.leader_elect is values.get("leaderElection.enabled", True)
+    assert settings.polling_period == {"12h": 43200, "6h": 21600}[values.get("pollingPeriod", "12h")]
