@@ -212,10 +212,12 @@ def _decode_text(raw: bytes | None) -> str | None:
 
 
 def _decode_updated_at(raw: bytes | None) -> int:
-    text = _decode_text(raw)
-    if text is None or not text.strip().isdigit():
+    text = (_decode_text(raw) or "").strip()
+    # ASCII digits only, as KIC writes them: str.isdigit() also accepts "²" (which int() rejects),
+    # and int() refuses more than 4300 digits; a hand-edited Secret must not crash the reader.
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:
         return 0
-    return int(text.strip())
+    return int(text)
 
 
 def record_from_secret(s: SecretSnapshot, source: str = "secret") -> LicenseRecord | None:
@@ -297,7 +299,8 @@ def plan_write(s: SecretSnapshot, held: LicenseRecord | None, *, existed_before:
     current = record_from_secret(s)
     if current is None:
         return WritePlan(WriteAction.UPDATE, "create")
-    if current.valid and current != held:
+    # rotate: the Secret gets another license document; repair: same document, keys or metadata fixed.
+    if current.valid and current.document != held.document:
         return WritePlan(WriteAction.UPDATE, "rotate")
     return WritePlan(WriteAction.UPDATE, "repair")
 
