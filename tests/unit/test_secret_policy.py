@@ -1,0 +1,452 @@
+"""license_keeper.policy, the Secret part: what the Secret holds, what it should hold, whether to write."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from license_keeper.license import LicenseRecord
+from license_keeper.policy import (
+    ADOPT_ANNOTATION,
+    EXPIRATION_ANNOTATION,
+    FINGERPRINT_ANNOTATION,
+    LICENSE_KEYS,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    DesiredSecret,
+    SecretSnapshot,
+    SecretState,
+    WriteAction,
+    WritePlan,
+    content_matches,
+    desired_secret,
+    may_write,
+    merged_secret_fields,
+    plan_write,
+    record_from_secret,
+    secret_state,
+)
+from license_keeper.testing.licenses import make_document, make_record
+
+PROPS = settings(max_examples=1000, deadline=None)
+OURS = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
+KIC_LABELS = {"konghq.com/managed-by": "kong-ingress-controller"}
+
+HELD = make_record(updated_at=1_700_000_000, id="held-id", source="konnect")
+OTHER = make_record(updated_at=1_600_000_000, id="other-id", source="konnect")
+GARBAGE = b'{"license": "garbage"}'
+
+
+def snap(
+    data: dict[str, bytes] | None = None,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    *,
+    immutable: bool = False,
+) -> SecretSnapshot:
+    return SecretSnapshot(
+        exists=True, data=data or {}, labels=labels or {}, annotations=annotations or {}, immutable=immutable
+    )
+
+
+def kic_data(r: LicenseRecord) -> dict[str, bytes]:
+    return {"payload": r.document.encode(), "id": r.id.encode(), "updated_at": str(r.updated_at).encode()}
+
+
+def full_data(r: LicenseRecord) -> dict[str, bytes]:
+    return {**kic_data(r), "license": r.document.encode()}
+
+
+def written(r: LicenseRecord, **extra: object) -> SecretSnapshot:
+    """Exactly what the keeper would have written for ``r``."""
+    d = desired_secret(r)
+    base = SecretSnapshot(exists=True, data=dict(d.data), labels=dict(d.labels), annotations=dict(d.annotations))
+    return dataclasses.replace(base, **extra)  # type: ignore[arg-type]
+
+
+NON_UTF8 = b"\xff\xfe\x00garbage\xc3"
+
+
+# name: (snapshot, may_write, secret_state, record_from_secret, plan_write(snapshot, HELD))
+CASES: dict[str, tuple[SecretSnapshot, bool, SecretState, LicenseRecord | str | None, WritePlan]] = {
+    "missing": (
+        SecretSnapshot.missing(),
+        True,
+        SecretState.MISSING,
+        None,
+        WritePlan(WriteAction.CREATE, "create"),
+    ),
+    "ours, current": (written(HELD), True, SecretState.PRESENT, HELD, WritePlan(WriteAction.NONE)),
+    "ours, older license": (
+        written(OTHER),
+        True,
+        SecretState.PRESENT,
+        OTHER,
+        WritePlan(WriteAction.UPDATE, "rotate"),
+    ),
+    "empty, pre-created by a chart": (snap(), True, SecretState.MISSING, None, WritePlan(WriteAction.UPDATE, "create")),
+    "empty values, pre-created": (
+        snap({"license": b"", "payload": b""}, {"helm.sh/chart": "kong"}),
+        True,
+        SecretState.MISSING,
+        None,
+        WritePlan(WriteAction.UPDATE, "create"),
+    ),
+    "foreign": (
+        snap({"license": b"someone's"}, {"owner": "them"}),
+        False,
+        SecretState.FOREIGN,
+        "invalid",
+        WritePlan(WriteAction.REFUSE, refusal=SecretState.FOREIGN),
+    ),
+    "foreign holding a valid license": (
+        snap(full_data(OTHER)),
+        False,
+        SecretState.FOREIGN,
+        OTHER,
+        WritePlan(WriteAction.REFUSE, refusal=SecretState.FOREIGN),
+    ),
+    "foreign, adopt annotation": (
+        snap({"license": b"someone's"}, {"owner": "them"}, {ADOPT_ANNOTATION: "true"}),
+        True,
+        SecretState.INVALID,
+        "invalid",
+        WritePlan(WriteAction.UPDATE, "repair"),
+    ),
+    "adopt annotation, case and spaces": (
+        snap(full_data(OTHER), annotations={ADOPT_ANNOTATION: " True "}),
+        True,
+        SecretState.PRESENT,
+        OTHER,
+        WritePlan(WriteAction.UPDATE, "rotate"),
+    ),
+    "adopt annotation not 'true'": (
+        snap(full_data(OTHER), annotations={ADOPT_ANNOTATION: "yes"}),
+        False,
+        SecretState.FOREIGN,
+        OTHER,
+        WritePlan(WriteAction.REFUSE, refusal=SecretState.FOREIGN),
+    ),
+    "KIC 3.5's Secret (its label, its keys)": (
+        snap(kic_data(OTHER), KIC_LABELS),
+        False,
+        SecretState.FOREIGN,
+        OTHER,
+        WritePlan(WriteAction.REFUSE, refusal=SecretState.FOREIGN),
+    ),
+    "ours, immutable, other content": (
+        written(OTHER, immutable=True),
+        True,
+        SecretState.IMMUTABLE,
+        OTHER,
+        WritePlan(WriteAction.REFUSE, refusal=SecretState.IMMUTABLE),
+    ),
+    "ours, immutable, already the held license": (
+        written(HELD, immutable=True),
+        True,
+        SecretState.IMMUTABLE,
+        HELD,
+        WritePlan(WriteAction.NONE),
+    ),
+    "empty and immutable": (
+        snap(immutable=True),
+        True,
+        SecretState.IMMUTABLE,
+        None,
+        WritePlan(WriteAction.REFUSE, refusal=SecretState.IMMUTABLE),
+    ),
+    "ours, corrupt payload": (
+        snap({**full_data(HELD), "payload": GARBAGE}, OURS),
+        True,
+        SecretState.INVALID,
+        "invalid",
+        WritePlan(WriteAction.UPDATE, "repair"),
+    ),
+    "ours, payload not JSON at all": (
+        snap({"payload": b"{not json", "id": b"x", "updated_at": b"1"}, OURS),
+        True,
+        SecretState.INVALID,
+        "invalid",
+        WritePlan(WriteAction.UPDATE, "repair"),
+    ),
+    "ours, only payload (id and updated_at missing)": (
+        snap({"payload": HELD.document.encode()}, OURS),
+        True,
+        SecretState.PRESENT,
+        LicenseRecord(document=HELD.document, id="", updated_at=0),
+        WritePlan(WriteAction.UPDATE, "repair"),
+    ),
+    "ours, KIC-only keys (payload, id, updated_at), same license": (
+        snap(kic_data(HELD), OURS, desired_secret(HELD).annotations),
+        True,
+        SecretState.PRESENT,
+        HELD,
+        WritePlan(WriteAction.UPDATE, "repair"),
+    ),
+    "ours, KIC-only keys, older license": (
+        snap(kic_data(OTHER), OURS),
+        True,
+        SecretState.PRESENT,
+        OTHER,
+        WritePlan(WriteAction.UPDATE, "rotate"),
+    ),
+    "ours, Kong-only key (license)": (
+        snap({"license": HELD.document.encode()}, OURS),
+        True,
+        SecretState.PRESENT,
+        LicenseRecord(document=HELD.document, id="", updated_at=0),
+        WritePlan(WriteAction.UPDATE, "repair"),
+    ),
+    "ours, Kong-only key holding another license": (
+        snap({"license": OTHER.document.encode()}, OURS),
+        True,
+        SecretState.PRESENT,
+        LicenseRecord(document=OTHER.document, id="", updated_at=0),
+        WritePlan(WriteAction.UPDATE, "rotate"),
+    ),
+    "ours, non-UTF-8 payload and license": (
+        snap({"payload": NON_UTF8, "license": NON_UTF8, "id": b"x", "updated_at": b"5"}, OURS),
+        True,
+        SecretState.INVALID,
+        "invalid",
+        WritePlan(WriteAction.UPDATE, "repair"),
+    ),
+    "ours, non-UTF-8 payload, good license key": (
+        snap({**full_data(HELD), "payload": NON_UTF8}, OURS),
+        True,
+        SecretState.PRESENT,
+        HELD,
+        WritePlan(WriteAction.UPDATE, "repair"),
+    ),
+    "ours, label missing but annotations ours (label removed by hand)": (
+        snap(full_data(HELD), annotations=desired_secret(HELD).annotations),
+        False,
+        SecretState.FOREIGN,
+        HELD,
+        WritePlan(WriteAction.REFUSE, refusal=SecretState.FOREIGN),
+    ),
+    "ours, stale annotations": (
+        written(HELD, annotations={EXPIRATION_ANNOTATION: "1999-01-01", FINGERPRINT_ANNOTATION: "0" * 16}),
+        True,
+        SecretState.PRESENT,
+        HELD,
+        WritePlan(WriteAction.UPDATE, "repair"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_secret_table(case: str) -> None:
+    s, writable, state, record, plan = CASES[case]
+    assert may_write(s) is writable
+    assert secret_state(s) is state
+    got = record_from_secret(s)
+    if record == "invalid":
+        assert got is not None and not got.valid
+    else:
+        assert got == record
+        if got is not None:
+            assert got.source == "secret"
+    assert plan_write(s, HELD) == plan
+
+
+def test_missing_after_it_existed_is_a_recreate() -> None:
+    assert plan_write(SecretSnapshot.missing(), HELD, existed_before=True) == WritePlan(WriteAction.CREATE, "recreate")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("held", [None, LicenseRecord(document="{}", id="x", updated_at=9)], ids=["none", "invalid"])
+def test_nothing_to_write_without_a_valid_license(case: str, held: LicenseRecord | None) -> None:
+    assert plan_write(CASES[case][0], held) == WritePlan(WriteAction.NONE)
+
+
+@pytest.mark.parametrize(
+    ("updated_at", "expected"),
+    [
+        (b"1700000000", 1_700_000_000),
+        (b" 42\n", 42),
+        (b"", 0),
+        (b"-5", 0),
+        (b"1.5", 0),
+        (b"0x10", 0),
+        (b"soon", 0),
+        (b"\xff", 0),
+        ("²".encode(), 0),  # str.isdigit() says yes, int() says no
+        ("١٢".encode(), 0),  # Arabic-Indic digits: not what KIC writes
+        (b"9" * 5000, 0),  # beyond Python's int-from-string limit
+    ],
+)
+def test_updated_at_is_read_leniently_and_never_raises(updated_at: bytes, expected: int) -> None:
+    s = snap({"payload": HELD.document.encode(), "id": b"i", "updated_at": updated_at}, OURS)
+    record = record_from_secret(s)
+    assert record is not None and record.updated_at == expected
+    assert plan_write(s, HELD).action is WriteAction.UPDATE
+
+
+def test_desired_secret_refuses_an_invalid_license() -> None:
+    with pytest.raises(ValueError, match="invalid license") as info:
+        desired_secret(LicenseRecord(document='{"license": {"payload": {"customer": "Leaky"}}}', id="", updated_at=1))
+    assert "Leaky" not in str(info.value)
+
+
+def test_desired_secret_layout() -> None:
+    d = desired_secret(HELD)
+    assert tuple(d.data) == LICENSE_KEYS
+    assert d.data["payload"] == d.data["license"] == HELD.document.encode()
+    assert d.data["id"] == b"held-id"
+    assert d.data["updated_at"] == b"1700000000"
+    assert d.labels == OURS
+    assert d.annotations == {
+        EXPIRATION_ANNOTATION: HELD.license.expiration_date.isoformat(),
+        FINGERPRINT_ANNOTATION: hashlib.sha256(HELD.document.encode()).hexdigest()[:16],
+    }
+
+
+def test_content_matches() -> None:
+    d = desired_secret(HELD)
+    assert not content_matches(SecretSnapshot.missing(), d)
+    assert content_matches(written(HELD), d)
+    extra = written(HELD, labels={**OURS, "team": "edge"}, annotations={**d.annotations, "note": "x"})
+    extra = dataclasses.replace(extra, data={**extra.data, "other": b"kept"})
+    assert content_matches(extra, d)  # other people's keys, labels and annotations are not ours to compare
+    for key in d.data:
+        broken = dataclasses.replace(written(HELD), data={**d.data, key: b"changed"})
+        assert not content_matches(broken, d), key
+
+
+def test_merged_secret_fields_keeps_others_and_overrides_ours() -> None:
+    s = snap(
+        {"payload": b"old", "ca.crt": b"theirs"},
+        {MANAGED_BY_LABEL: "helm", "team": "edge"},
+        {"meta.helm.sh/release-name": "kong", FINGERPRINT_ANNOTATION: "stale"},
+    )
+    d = desired_secret(HELD)
+    merged = merged_secret_fields(s, d)
+    assert merged.data == {"ca.crt": b"theirs", **d.data}
+    assert merged.labels == {"team": "edge", **OURS}
+    assert merged.annotations == {"meta.helm.sh/release-name": "kong", **d.annotations}
+    assert isinstance(merged, DesiredSecret)
+
+
+# --- properties ------------------------------------------------------------------------------------
+
+printable = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=30).filter(
+    lambda t: t.strip() != ""
+)
+
+
+@st.composite
+def valid_records(draw: st.DrawFn) -> LicenseRecord:
+    import datetime
+
+    created = draw(st.dates(datetime.date(2015, 1, 1), datetime.date(2040, 1, 1)))
+    expires = created + datetime.timedelta(days=draw(st.integers(-30, 3000)))
+    document = make_document(
+        customer=draw(printable),
+        product=draw(printable),
+        creation_date=created,
+        expiration_date=expires,
+        license_key=draw(printable),
+        signature=draw(st.text("0123456789abcdefABCDEF", min_size=1, max_size=80)),
+        version=draw(st.one_of(st.just("1"), st.integers(0, 5))),
+    )
+    return LicenseRecord(
+        document=document,
+        id=draw(st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)),
+        updated_at=draw(st.integers(0, 2**40)),
+        source=draw(st.sampled_from(["konnect", "secret", "backup", "file"])),
+    )
+
+
+others = st.dictionaries(
+    st.text("abcdefghijklmnopqrstuvwxyz./-", min_size=1, max_size=12).filter(lambda k: k not in LICENSE_KEYS),
+    st.text(max_size=10),
+    max_size=3,
+)
+
+
+@PROPS
+@given(
+    record=valid_records(),
+    extra_labels=others,
+    extra_annotations=others,
+    immutable=st.booleans(),
+    existed_before=st.booleans(),
+)
+def test_no_write_when_the_secret_already_holds_it(
+    record: LicenseRecord,
+    extra_labels: dict[str, str],
+    extra_annotations: dict[str, str],
+    immutable: bool,
+    existed_before: bool,
+) -> None:
+    assert record.valid
+    d = desired_secret(record)
+    s = SecretSnapshot(
+        exists=True,
+        data={**{k: v.encode() for k, v in extra_labels.items()}, **d.data},
+        labels={**extra_labels, **d.labels},
+        annotations={**extra_annotations, **d.annotations},
+        immutable=immutable,
+        resource_version="7",
+    )
+    assert plan_write(s, record, existed_before=existed_before) == WritePlan(WriteAction.NONE)
+    assert secret_state(s) is (SecretState.IMMUTABLE if immutable else SecretState.PRESENT)
+    # and it reads back as the very same record
+    assert record_from_secret(s) == record
+
+
+@PROPS
+@given(record=valid_records(), other_source=st.sampled_from(["konnect", "secret", "backup", "restore", ""]))
+def test_desired_secret_never_depends_on_source(record: LicenseRecord, other_source: str) -> None:
+    assert desired_secret(record) == desired_secret(dataclasses.replace(record, source=other_source))
+
+
+@PROPS
+@given(record=valid_records(), id=st.text(max_size=20), updated_at=st.integers(0, 2**40))
+def test_annotations_derive_from_the_document_only(record: LicenseRecord, id: str, updated_at: int) -> None:
+    same_document = LicenseRecord(document=record.document, id=id, updated_at=updated_at, source="backup")
+    a = desired_secret(record).annotations
+    assert a == desired_secret(same_document).annotations
+    assert a[EXPIRATION_ANNOTATION] == record.license.expiration_date.isoformat()
+    assert a[FINGERPRINT_ANNOTATION] == record.license.fingerprint
+
+
+snapshot_data = st.dictionaries(
+    st.sampled_from([*LICENSE_KEYS, "other"]),
+    st.one_of(st.binary(max_size=40), st.sampled_from([HELD.document.encode(), b"1700000000", "²".encode()])),
+    max_size=5,
+)
+
+
+@PROPS
+@given(
+    data=snapshot_data,
+    labels=st.sampled_from([{}, OURS, KIC_LABELS]),
+    annotations=st.sampled_from([{}, {ADOPT_ANNOTATION: "true"}]),
+    immutable=st.booleans(),
+    held=st.sampled_from([None, HELD, OTHER]),
+)
+def test_any_secret_content_is_classified_without_raising(
+    data: dict[str, bytes],
+    labels: dict[str, str],
+    annotations: dict[str, str],
+    immutable: bool,
+    held: LicenseRecord | None,
+) -> None:
+    s = snap(data, labels, annotations, immutable=immutable)
+    state = secret_state(s)
+    plan = plan_write(s, held)
+    if state is SecretState.FOREIGN:
+        assert plan.action in (WriteAction.NONE, WriteAction.REFUSE)
+    if plan.action is WriteAction.UPDATE:
+        assert may_write(s) and not s.immutable
+        # carrying the plan out leaves nothing more to do
+        assert held is not None
+        d = merged_secret_fields(s, desired_secret(held))
+        after = SecretSnapshot(exists=True, data=d.data, labels=d.labels, annotations=d.annotations)
+        assert plan_write(after, held) == WritePlan(WriteAction.NONE)
