@@ -136,9 +136,7 @@ def test_precedence_flag_then_ours_then_kic_then_default(
         ("metrics_addr", "LICENSE_KEEPER_METRICS_ADDR", "127.0.0.1:9402", "127.0.0.1:9402"),
     ],
 )
-def test_prefixed_env_and_flag(
-    monkeypatch: pytest.MonkeyPatch, field: str, env: str, raw: str, parsed: object
-) -> None:
+def test_prefixed_env_and_flag(monkeypatch: pytest.MonkeyPatch, field: str, env: str, raw: str, parsed: object) -> None:
     monkeypatch.setenv(env, raw)
     assert getattr(load_settings(), field) == parsed
     flag_value = {"polling_period": "1h", "initial_polling_period": "2m", "renew_before": "1d"}.get(field)
