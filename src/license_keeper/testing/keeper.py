@@ -155,7 +155,12 @@ class KeeperProcess:
             return default
 
     def writes(self) -> float:
-        return sum(v for k, v in self.metrics().items() if k.startswith("license_keeper_secret_writes_total"))
+        """Secret writes by this process (0 while its metrics server is not up yet)."""
+        try:
+            samples = self.metrics()
+        except RuntimeError:
+            return 0.0
+        return sum(v for k, v in samples.items() if k.startswith("license_keeper_secret_writes_total"))
 
     # ending
     def kill(self) -> None:
