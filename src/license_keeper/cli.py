@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from kubernetes_asyncio import client, config
@@ -33,7 +33,7 @@ EXIT_VALID, EXIT_EXPIRING, EXIT_BAD = 0, 1, 2
 BACKUP_FORMAT = "license-keeper/backup/v1"
 
 
-def _fail(message: str, code: int = EXIT_BAD) -> None:
+def _fail(message: str, code: int = EXIT_BAD) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
@@ -599,10 +599,10 @@ def restore(file: Path, force: bool, **flags: Any) -> None:
             now = datetime.now(UTC)
             if current.exists and not may_write(current):
                 _fail(f"{what} is not managed by license-keeper; left untouched")
-            if is_better(in_secret, record, now) and not force:
+            if in_secret is not None and is_better(in_secret, record, now) and not force:
                 _fail(
                     f"{what} holds a better license ({describe_short(in_secret)}); refusing to downgrade (use --force)"
-                )  # type: ignore[arg-type]
+                )
             if force and in_secret is not None and in_secret != record:
                 await (
                     store.create(desired_secret(record))

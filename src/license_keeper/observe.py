@@ -182,8 +182,7 @@ async def start_site(app: web.Application, addr: str) -> tuple[web.AppRunner, in
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server  # aiohttp keeps the bound socket here; needed for port 0
-    bound = server.sockets[0].getsockname()[1] if server is not None and server.sockets else port
+    bound = runner.addresses[0][1] if runner.addresses else port  # the real port when asked for :0
     return runner, int(bound)
 
 

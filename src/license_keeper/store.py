@@ -148,7 +148,7 @@ class SecretStore:
 
     async def replace(self, current: SecretSnapshot, desired: DesiredSecret) -> SecretSnapshot:
         merged = merged_secret_fields(current, desired)
-        body = {
+        body: Any = {
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {
