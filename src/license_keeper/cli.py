@@ -149,6 +149,9 @@ def main() -> None:
     The Secret (<controller-name>-license) is readable by Kong (key `license`, for
     KONG_LICENSE_DATA) and by Kong Ingress Controller (keys `payload`, `id`, `updated_at`),
     so gateways start even while Konnect is down and the controller restarts.
+
+    Every option also reads LICENSE_KEEPER_<OPTION> (upper-cased, '-' -> '_'); the Konnect
+    options also read Kong Ingress Controller's CONTROLLER_KONNECT_* names. A flag wins over both.
     """
 
 
@@ -353,6 +356,7 @@ def validate(file: Path, output: str, renew_before: str | None) -> None:
     except OSError as e:
         _fail(f"cannot read {file}: {e.strerror}")
         return
+    renew_before = renew_before or os.environ.get("LICENSE_KEEPER_RENEW_BEFORE")  # as its --help says
     try:
         window = parse_duration(renew_before) if renew_before else 7 * 86400.0
     except ValueError as e:
