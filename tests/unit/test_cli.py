@@ -1,0 +1,231 @@
+"""The `license-keeper` command line, in process with click's CliRunner (no cluster needed here)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from license_keeper.cli import BACKUP_FORMAT, main
+from license_keeper.testing.licenses import make_document
+
+TODAY = datetime.datetime.now(datetime.UTC).date()
+CUSTOMER = "Ochre Pangolin Shipping AG"
+
+# Every variable that could change what a command does is unset, so results do not depend on the shell.
+CLEAN_ENV = {
+    k: None
+    for k in os.environ
+    if k.startswith(("LICENSE_KEEPER_", "CONTROLLER_KONNECT_")) or k in ("POD_NAMESPACE", "KUBECONFIG")
+}
+
+
+def invoke(*args: str, env: dict[str, str] | None = None, input: str | bytes | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), env={**CLEAN_ENV, **(env or {})}, input=input, terminal_width=200)
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def assert_one_line_error(result: Result, *needles: str) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_main_help_names_the_environment_convention() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    text = flat(result.output)
+    for name in ("LICENSE_KEEPER_", "CONTROLLER_KONNECT_"):
+        assert name in text
+    for command in ("run", "status", "validate", "sync", "export", "restore"):
+        assert command in text
+
+
+HELP_ENV = {
+    "run": [
+        "LICENSE_KEEPER_KONNECT_ADDRESS",
+        "CONTROLLER_KONNECT_ADDRESS",
+        "CONTROLLER_KONNECT_CONTROL_PLANE_ID",
+        "CONTROLLER_KONNECT_TLS_CLIENT_CERT_FILE",
+        "CONTROLLER_KONNECT_TLS_CLIENT_KEY_FILE",
+        "LICENSE_KEEPER_POLLING_PERIOD",
+        "LICENSE_KEEPER_INITIAL_POLLING_PERIOD",
+        "LICENSE_KEEPER_RENEW_BEFORE",
+        "LICENSE_KEEPER_NAMESPACE",
+        "LICENSE_KEEPER_SECRET_NAME",
+        "LICENSE_KEEPER_LEADER_ELECT",
+        "LICENSE_KEEPER_LEADER_ELECT_LEASE_DURATION",
+        "LICENSE_KEEPER_PROBE_ADDR",
+        "LICENSE_KEEPER_METRICS_ADDR",
+    ],
+    "status": ["LICENSE_KEEPER_KUBECONFIG", "LICENSE_KEEPER_NAMESPACE", "LICENSE_KEEPER_RENEW_BEFORE"],
+    "validate": ["LICENSE_KEEPER_RENEW_BEFORE"],
+    "sync": ["LICENSE_KEEPER_PROBE_ADDR", "CONTROLLER_KONNECT_CONTROL_PLANE_ID", "LICENSE_KEEPER_NAMESPACE"],
+    "export": ["LICENSE_KEEPER_NAMESPACE", "LICENSE_KEEPER_SECRET_NAME", "LICENSE_KEEPER_KUBECONFIG"],
+    "restore": ["LICENSE_KEEPER_NAMESPACE", "LICENSE_KEEPER_SECRET_NAME", "LICENSE_KEEPER_KUBECONFIG"],
+}
+
+
+@pytest.mark.parametrize("command", list(HELP_ENV))
+def test_subcommand_help_names_env_vars(command: str) -> None:
+    result = invoke(command, "--help")
+    assert result.exit_code == 0, result.output
+    text = flat(result.output)
+    for name in HELP_ENV[command]:
+        assert name in text, name
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--polling-period=abc"], "--polling-period: not a duration"),
+        (["--initial-polling-period=0s"], "--initial-polling-period: duration must be positive"),
+        (["--probe-addr=8081"], "--probe-addr: not an address"),
+        (["--log-level=loud"], "--log-level:"),
+        (["--konnect-address=http://konnect.example"], "--konnect-address: must be an https:// URL"),
+        (["--leader-elect-lease-duration=5s"], "lease-duration > renew-deadline > retry-period"),
+        (["--namespace=x"], "missing required setting(s): --konnect-control-plane-id"),
+    ],
+)
+def test_run_with_bad_settings_exits_2_with_one_line(args: list[str], needle: str) -> None:
+    assert_one_line_error(invoke("run", *args), needle)
+
+
+def test_run_reads_bad_settings_from_the_environment_too() -> None:
+    result = invoke("run", env={"LICENSE_KEEPER_POLLING_PERIOD": "often"})
+    assert_one_line_error(result, "--polling-period: not a duration")
+
+
+def _konnect_args(cert: Path, key: Path) -> list[str]:
+    return [
+        "--namespace=x",
+        "--konnect-control-plane-id=cp",
+        f"--konnect-tls-client-cert-file={cert}",
+        f"--konnect-tls-client-key-file={key}",
+    ]
+
+
+def test_run_with_a_missing_cert_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.crt"
+    assert_one_line_error(invoke("run", *_konnect_args(missing, missing)), str(missing), "cannot read")
+
+
+def test_run_with_an_unreadable_cert_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    # A directory cannot be read as a file, even by root (a chmod 000 file can).
+    unreadable = tmp_path / "cert-dir"
+    unreadable.mkdir()
+    assert_one_line_error(invoke("run", *_konnect_args(unreadable, unreadable)), str(unreadable))
+
+
+def test_run_with_a_garbage_cert_exits_2_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    line = assert_one_line_error(invoke("run", *_konnect_args(bad, bad)), "not a valid PEM")
+    assert "not base64" not in line
+
+
+# --- validate --------------------------------------------------------------------------------------
+
+
+def document(days: int, **kw: object) -> str:
+    fields: dict[str, object] = {
+        "customer": CUSTOMER,
+        "creation_date": TODAY - datetime.timedelta(days=400),
+        "expiration_date": TODAY + datetime.timedelta(days=days),
+        **kw,
+    }
+    return make_document(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("days", "args", "code", "state"),
+    [
+        (200, [], 0, "valid"),
+        (3, [], 1, "expiring"),
+        (20, ["--renew-before=30d"], 1, "expiring"),
+        (20, ["--renew-before=1d"], 0, "valid"),
+        (-1, [], 2, "expired"),
+    ],
+)
+def test_validate_exit_codes(tmp_path: Path, days: int, args: list[str], code: int, state: str) -> None:
+    f = tmp_path / "license.json"
+    f.write_text(document(days))
+    result = invoke("validate", str(f), "-o", "json", *args)
+    assert result.exit_code == code, result.output
+    assert json.loads(result.stdout)["state"] == state
+
+
+def test_validate_reads_renew_before_from_the_environment(tmp_path: Path) -> None:
+    f = tmp_path / "license.json"
+    f.write_text(document(20))
+    assert invoke("validate", str(f)).exit_code == 0
+    assert invoke("validate", str(f), env={"LICENSE_KEEPER_RENEW_BEFORE": "30d"}).exit_code == 1
+    assert invoke("validate", str(f), "--renew-before=1d", env={"LICENSE_KEEPER_RENEW_BEFORE": "30d"}).exit_code == 0
+
+
+def test_validate_a_backup_file_and_stdin(tmp_path: Path) -> None:
+    doc = document(200)
+    backup = tmp_path / "backup.json"
+    backup.write_text(json.dumps({"format": BACKUP_FORMAT, "id": "i", "updated_at": 1, "document": doc}))
+    result = invoke("validate", str(backup), "-o", "json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["state"] == "valid"
+    result = invoke("validate", "-", input=doc)
+    assert result.exit_code == 0 and "valid" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "field"),
+    [
+        (b"", "document"),
+        (b"   \n", "document"),
+        (b"{not json", "document"),
+        (b"\xff\xfe\x00\x01", "document"),
+        (b"[1, 2, 3]", "document"),
+        (b'{"license": "nope"}', "license"),
+        (document(200, expiration_date="2031-02-30").encode(), "license_expiration_date"),
+        (document(200, signature="zz-not-hex").encode(), "signature"),
+        (document(200).replace(CUSTOMER, "").encode(), "customer"),
+        (json.dumps({"format": BACKUP_FORMAT, "id": "i"}).encode(), "document"),
+    ],
+)
+def test_validate_malformed_input_names_the_field_not_the_value(tmp_path: Path, content: bytes, field: str) -> None:
+    f = tmp_path / "license.json"
+    f.write_bytes(content)
+    for output in ("text", "json"):
+        result = invoke("validate", str(f), "-o", output)
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        assert field in result.stdout
+        for value in (CUSTOMER, "2031-02-30", "zz-not-hex"):
+            assert value not in result.output
+    summary = json.loads(invoke("validate", str(f), "-o", "json").stdout)
+    assert summary["state"] == "invalid" and set(summary) == {"state", "problem"}
+
+
+def test_validate_missing_file_and_bad_window(tmp_path: Path) -> None:
+    assert_one_line_error(invoke("validate", str(tmp_path / "absent.json")), "cannot read")
+    f = tmp_path / "license.json"
+    f.write_text(document(200))
+    assert_one_line_error(invoke("validate", str(f), "--renew-before=soon"), "--renew-before")
+
+
+def test_restore_of_a_file_that_is_not_a_backup_exits_2(tmp_path: Path) -> None:
+    f = tmp_path / "license.json"
+    f.write_text(document(200))
+    assert_one_line_error(invoke("restore", "-f", str(f), "--namespace=x"), "not a license-keeper backup")
+    f.write_text(json.dumps({"format": BACKUP_FORMAT, "document": document(200, signature="zz")}))
+    line = assert_one_line_error(invoke("restore", "-f", str(f), "--namespace=x"), "signature")
+    assert CUSTOMER not in line
