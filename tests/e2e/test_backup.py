@@ -1,0 +1,289 @@
+"""Backup, restore and offline validation with the real `license-keeper` CLI, as the keeper's ServiceAccount.
+
+Each command runs as its own process (`python -m license_keeper ...`) in a worker thread, so the
+Konnect stand-in, which lives on the test's event loop, keeps answering meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
+
+from license_keeper.cli import BACKUP_FORMAT
+from license_keeper.license import LicenseRecord
+from license_keeper.policy import MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from license_keeper.store import SecretStore
+from license_keeper.testing.controlplane import ServiceAccountAccess
+from license_keeper.testing.konnect import KonnectStandIn
+from license_keeper.testing.licenses import make_document, make_record
+
+from .conftest import SECRET, KeeperFactory, leaks, ready, wait_for, writes
+
+TODAY = datetime.datetime.now(datetime.UTC).date()
+CUSTOMER = "Saffron Narwhal Freight Inc"
+
+
+def lic(updated_at: int, days: int = 365) -> LicenseRecord:
+    return make_record(
+        updated_at=updated_at,
+        customer=CUSTOMER,
+        creation_date=TODAY - datetime.timedelta(days=400),
+        expiration_date=TODAY + datetime.timedelta(days=days),
+    )
+
+
+async def cli(*args: str, access: ServiceAccountAccess | None = None) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LICENSE_KEEPER_", "CONTROLLER_KONNECT_"))
+        and k not in ("KUBECONFIG", "POD_NAMESPACE", "KUBERNETES_SERVICE_HOST")
+    }
+    cluster = [f"--kubeconfig={access.kubeconfig}", f"--namespace={access.namespace}"] if access else []
+    command = [sys.executable, "-m", "license_keeper", *args, *cluster]
+    return await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, env=env, timeout=60)
+
+
+async def read_secret(api: client.ApiClient, namespace: str) -> client.V1Secret | None:
+    try:
+        return await client.CoreV1Api(api).read_namespaced_secret(SECRET, namespace)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def data_of(secret: client.V1Secret) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+
+
+def assert_gateway_ready(secret: client.V1Secret | None, record: LicenseRecord) -> None:
+    """What Kong's chart (key `license`) and KIC 3.5 (payload/id/updated_at) read."""
+    assert secret is not None
+    data = data_of(secret)
+    assert data == {
+        "license": record.document,
+        "payload": record.document,
+        "id": record.id,
+        "updated_at": str(record.updated_at),
+    }
+    assert secret.metadata.labels[MANAGED_BY_LABEL] == MANAGED_BY_VALUE
+
+
+async def store_as_admin(admin_api: client.ApiClient, namespace: str, record: LicenseRecord) -> client.V1Secret:
+    outcome = await SecretStore(admin_api, namespace, SECRET).sync(record)
+    assert outcome.wrote
+    secret = await read_secret(admin_api, namespace)
+    assert secret is not None
+    return secret
+
+
+def assert_no_license_text(text: str, record: LicenseRecord) -> None:
+    assert record.document not in text
+    assert CUSTOMER not in text
+    assert record.license is not None
+    assert record.license.license_key not in text and record.license.signature[:32] not in text
+    assert not leaks(text.replace(record.license.fingerprint, ""))
+
+
+async def test_export_writes_a_private_backup(
+    keeper_access: ServiceAccountAccess, admin_api: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    record = lic(1_718_000_000)
+    await store_as_admin(admin_api, namespace, record)
+    backup = tmp_path / "backup.json"
+    out = await cli("export", "-o", str(backup), access=keeper_access)
+    assert out.returncode == 0, out.stderr
+    assert "warning" in out.stderr.lower() and "holds the license" in out.stderr
+    assert_no_license_text(out.stdout + out.stderr, record)
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+    content = json.loads(backup.read_text())
+    assert content["format"] == BACKUP_FORMAT == "license-keeper/backup/v1"
+    assert content["document"] == record.document
+    assert content["id"] == record.id and content["updated_at"] == record.updated_at
+    assert content["secret"] == f"{namespace}/{SECRET}"
+    assert content["fingerprint"] == record.license.fingerprint
+    assert content["expiration_date"] == record.license.expiration_date.isoformat()
+
+
+async def test_export_over_an_existing_readable_file_leaves_it_private(
+    keeper_access: ServiceAccountAccess, admin_api: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    await store_as_admin(admin_api, namespace, lic(1_718_000_000))
+    backup = tmp_path / "backup.json"
+    backup.write_text("old")
+    backup.chmod(0o644)
+    out = await cli("export", "-o", str(backup), access=keeper_access)
+    assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+
+
+async def test_export_of_a_missing_secret_fails(keeper_access: ServiceAccountAccess, tmp_path: Path) -> None:
+    backup = tmp_path / "backup.json"
+    out = await cli("export", "-o", str(backup), access=keeper_access)
+    assert out.returncode == 2
+    assert "holds no valid license" in out.stderr and "Traceback" not in out.stderr
+    assert not backup.exists()
+
+
+async def test_restore_into_a_missing_secret_creates_it(
+    keeper_access: ServiceAccountAccess, admin_api: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    record = lic(1_718_000_000)
+    backup = tmp_path / "backup.json"
+    backup.write_text(
+        json.dumps(
+            {"format": BACKUP_FORMAT, "id": record.id, "updated_at": record.updated_at, "document": record.document}
+        )
+    )
+    assert await read_secret(admin_api, namespace) is None
+    out = await cli("restore", "-f", str(backup), access=keeper_access)
+    assert out.returncode == 0, out.stderr
+    assert "restored" in out.stdout
+    assert_no_license_text(out.stdout + out.stderr, record)
+    assert_gateway_ready(await read_secret(admin_api, namespace), record)
+
+    again = await cli("restore", "-f", str(backup), access=keeper_access)
+    assert again.returncode == 0 and "already holds this license" in again.stdout
+
+
+async def test_restore_refuses_to_downgrade_unless_forced(
+    keeper_access: ServiceAccountAccess, admin_api: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    older, newer = lic(1_600_000_000), lic(1_700_000_000)
+    await store_as_admin(admin_api, namespace, older)
+    backup = tmp_path / "older.json"
+    out = await cli("export", "-o", str(backup), access=keeper_access)
+    assert out.returncode == 0, out.stderr
+
+    current = await store_as_admin(admin_api, namespace, newer)
+    out = await cli("restore", "-f", str(backup), access=keeper_access)
+    assert out.returncode == 2
+    assert "refusing to downgrade" in out.stderr and "--force" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert_no_license_text(out.stdout + out.stderr, older)
+    untouched = await read_secret(admin_api, namespace)
+    assert untouched is not None and untouched.metadata.resource_version == current.metadata.resource_version
+    assert_gateway_ready(untouched, newer)
+
+    out = await cli("restore", "-f", str(backup), "--force", access=keeper_access)
+    assert out.returncode == 0, out.stderr
+    assert "by force" in out.stdout
+    assert_gateway_ready(await read_secret(admin_api, namespace), older)
+
+
+async def test_restore_leaves_a_foreign_secret_alone(
+    keeper_access: ServiceAccountAccess, admin_api: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    foreign = await client.CoreV1Api(admin_api).create_namespaced_secret(
+        namespace,
+        client.V1Secret(metadata=client.V1ObjectMeta(name=SECRET), data={"license": base64.b64encode(b"x").decode()}),
+    )
+    record = lic(1_700_000_000)
+    backup = tmp_path / "backup.json"
+    backup.write_text(
+        json.dumps(
+            {"format": BACKUP_FORMAT, "id": record.id, "updated_at": record.updated_at, "document": record.document}
+        )
+    )
+    for extra in ([], ["--force"]):
+        out = await cli("restore", "-f", str(backup), *extra, access=keeper_access)
+        assert out.returncode == 2 and "not managed by license-keeper" in out.stderr
+    after = await read_secret(admin_api, namespace)
+    assert after is not None and after.metadata.resource_version == foreign.metadata.resource_version
+
+
+async def test_validate_backups_and_documents(
+    keeper_access: ServiceAccountAccess, admin_api: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    record = lic(1_718_000_000, days=365)
+    await store_as_admin(admin_api, namespace, record)
+    backup = tmp_path / "backup.json"
+    assert (await cli("export", "-o", str(backup), access=keeper_access)).returncode == 0
+    raw = tmp_path / "license.json"
+    raw.write_text(record.document)
+    expired = tmp_path / "expired.json"
+    expired.write_text(
+        make_document(
+            customer=CUSTOMER,
+            creation_date=TODAY - datetime.timedelta(days=800),
+            expiration_date=TODAY - datetime.timedelta(days=1),
+        )
+    )
+    invalid = tmp_path / "invalid.json"
+    invalid.write_text(make_document(customer=CUSTOMER, expiration_date="2031-13-01"))
+
+    for path in (backup, raw):
+        out = await cli("validate", str(path))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "valid" in out.stdout and record.license.fingerprint in out.stdout
+        out = await cli("validate", str(path), "--renew-before=400d")
+        assert out.returncode == 1 and "expiring" in out.stdout
+    out = await cli("validate", str(expired))
+    assert out.returncode == 2 and "expired" in out.stdout
+    for output in ("text", "json"):
+        out = await cli("validate", str(invalid), "-o", output)
+        assert out.returncode == 2
+        assert "license_expiration_date" in out.stdout  # the field ...
+        assert "2031-13-01" not in out.stdout + out.stderr  # ... never the value
+        assert CUSTOMER not in out.stdout + out.stderr
+
+
+async def test_restore_drill_konnect_down_secret_deleted_keeper_killed(
+    keepers: KeeperFactory,
+    konnect: KonnectStandIn,
+    keeper_access: ServiceAccountAccess,
+    admin_api: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    record = konnect.record
+    assert record is not None
+    first = keepers("keeper-0")
+    await ready(first)
+    await wait_for(lambda: _holds(admin_api, namespace, record), 20)
+
+    backup = tmp_path / "drill-backup.json"
+    out = await cli("export", "-o", str(backup), access=keeper_access)
+    assert out.returncode == 0, out.stderr
+
+    # The bad day: Konnect fails, the Secret is deleted, and the only keeper dies before recreating it.
+    await konnect.set_mode("server_error")
+    first.kill()
+    await client.CoreV1Api(admin_api).delete_namespaced_secret(SECRET, namespace)
+    await asyncio.sleep(1)
+    assert await read_secret(admin_api, namespace) is None  # nothing brought it back
+
+    out = await cli("restore", "-f", str(backup), access=keeper_access)
+    assert out.returncode == 0, out.stderr
+    restored = await read_secret(admin_api, namespace)
+    assert_gateway_ready(restored, record)
+    assert restored is not None
+
+    second = keepers("keeper-1")
+    seconds = await ready(second, timeout=10)
+    print(f"\nready {seconds:.2f} s after start from the restored Secret, Konnect failing")
+    assert seconds < 5.0
+    assert await writes(second) == 0
+    # Once it leads and has asked the failing Konnect, it still has written nothing.
+    failed_before = konnect.requests_by_mode.get("server_error", 0)
+    await wait_for(lambda: asyncio.to_thread(lambda: second.metric("license_keeper_leader") == 1), 40)
+    await wait_for(lambda: konnect.requests_by_mode.get("server_error", 0) > failed_before, 30)
+    assert await writes(second) == 0
+    after = await read_secret(admin_api, namespace)
+    assert after is not None and after.metadata.resource_version == restored.metadata.resource_version
+
+
+async def _holds(api: client.ApiClient, namespace: str, record: LicenseRecord) -> bool:
+    secret = await read_secret(api, namespace)
+    return secret is not None and data_of(secret).get("license") == record.document
