@@ -513,3 +513,44 @@ def test_rendered_environment_is_accepted_by_the_keeper_settings(
     assert settings.effective_lease_name == lease
     assert settings.leader_elect is values.get("leaderElection.enabled", True)
     assert settings.polling_period == {"12h": 43200, "6h": 21600}[values.get("pollingPeriod", "12h")]
+
+
+def test_helm_lifecycle_keeps_the_license(controlplane: Any, namespace: str) -> None:
+    """install -> the keeper writes -> upgrade -> uninstall, with the real helm on a real API server.
+
+    Helm forces `app.kubernetes.io/managed-by: Helm` on every object it installs or upgrades, so the
+    pre-created Secret carries the adopt annotation: the keeper must still count it as its own.
+    """
+    from license_keeper.policy import may_write
+    from license_keeper.store import snapshot_from
+
+    helm = tool("helm", "helm")
+    kube = ["--kubeconfig", str(controlplane.admin_kubeconfig), "--namespace", namespace]
+    secret_path = f"/api/v1/namespaces/{namespace}/secrets/kong-license"
+
+    def helm_run(*args: str) -> None:
+        proc = run([helm, *args, *kube])
+        assert proc.returncode == 0, f"helm {args[0]} failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+    helm_run("install", RELEASE, str(CHART), *set_args(REQUIRED))
+    live = controlplane.must("GET", secret_path)
+    assert not live.get("data")
+    assert live["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert may_write(snapshot_from(live))
+
+    # the keeper fills it (its own label, data)
+    live["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "license-keeper"
+    live["data"] = {"license": "e30=", "payload": "e30=", "id": "YQ==", "updated_at": "MQ=="}
+    controlplane.must("PUT", secret_path, live)
+
+    helm_run("upgrade", RELEASE, str(CHART), *set_args({**REQUIRED, "logLevel": "debug"}))
+    after = controlplane.must("GET", secret_path)
+    assert after["data"] == live["data"], "helm upgrade must not touch the license"
+    assert may_write(snapshot_from(after)), "after an upgrade the keeper must still own the Secret"
+
+    helm_run("uninstall", RELEASE)
+    kept = controlplane.request("GET", secret_path)
+    assert kept.status == 200 and kept.body["data"] == live["data"], "helm uninstall must keep the Secret"
+    deployments = f"/apis/apps/v1/namespaces/{namespace}/deployments"
+    assert controlplane.must("GET", deployments)["items"] == []
