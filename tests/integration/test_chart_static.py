@@ -41,9 +41,7 @@ RELEASE = "lk"
 # ------------------------------------------------------------------------------------------ tools
 @functools.cache
 def tool(component: str, binary: str) -> str:
-    proc = subprocess.run(
-        [str(BUILD_SH), "--print-dir", component], capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run([str(BUILD_SH), "--print-dir", component], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         pytest.fail(f"{BUILD_SH} --print-dir {component} failed (rc={proc.returncode}): {proc.stderr.strip()}")
     path = Path(proc.stdout.strip()) / binary
@@ -59,8 +57,14 @@ def tool(component: str, binary: str) -> str:
 def run(args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     # keep helm away from the user's config and any cluster
-    env.update({"HELM_CACHE_HOME": "/tmp/lk-helm/cache", "HELM_CONFIG_HOME": "/tmp/lk-helm/config",
-                "HELM_DATA_HOME": "/tmp/lk-helm/data", "KUBECONFIG": "/dev/null"})
+    env.update(
+        {
+            "HELM_CACHE_HOME": "/tmp/lk-helm/cache",
+            "HELM_CONFIG_HOME": "/tmp/lk-helm/config",
+            "HELM_DATA_HOME": "/tmp/lk-helm/data",
+            "KUBECONFIG": "/dev/null",
+        }
+    )
     return subprocess.run(args, capture_output=True, text=True, check=False, cwd=REPO, env=env, **kw)
 
 
@@ -79,8 +83,7 @@ def set_args(values: dict[str, Any]) -> list[str]:
 def template(values: dict[str, Any] | None = None, *, required: bool = True) -> subprocess.CompletedProcess[str]:
     merged = dict(REQUIRED) if required else {}
     merged.update(values or {})
-    return run([tool("helm", "helm"), "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-                *set_args(merged)])
+    return run([tool("helm", "helm"), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *set_args(merged)])
 
 
 def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -105,7 +108,7 @@ def walk(node: Any) -> Iterator[tuple[Any, Any]]:
             yield from walk(v)
 
 
-NON_DEFAULT = {
+NON_DEFAULT: dict[str, Any] = {
     "controllerName": "edge",
     "rbac.allowSecretCreate": False,
     "licenseSecret.excludeFromBackup": True,
@@ -124,7 +127,7 @@ NON_DEFAULT = {
     "replicaCount": 3,
 }
 
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "non-default": NON_DEFAULT,
     "secret-name-override": {"secretName": "my-kong-license", "leaderElection.leaseName": "my-lease"},
@@ -157,8 +160,12 @@ def test_every_alert_has_a_firing_and_a_non_firing_case() -> None:
     tests = yaml.safe_load(ALERT_TESTS.read_text())["tests"]
     cases = [c for t in tests for c in t.get("alert_rule_test", [])]
     expected = {
-        "LicenseKeeperLicenseExpiringSoon", "LicenseKeeperLicenseExpiryCritical", "LicenseKeeperLicenseExpired",
-        "LicenseKeeperKonnectSyncStale", "LicenseKeeperSecretNotPresent", "LicenseKeeperNoLeader",
+        "LicenseKeeperLicenseExpiringSoon",
+        "LicenseKeeperLicenseExpiryCritical",
+        "LicenseKeeperLicenseExpired",
+        "LicenseKeeperKonnectSyncStale",
+        "LicenseKeeperSecretNotPresent",
+        "LicenseKeeperNoLeader",
         "LicenseKeeperGatewayLicenseMismatch",
     }
     assert set(_alert_names()) == expected
@@ -252,8 +259,12 @@ def test_role_rules(variant: tuple[str, dict[str, Any], list[dict[str, Any]]]) -
     lease_rules = [r for r in rules if "leases" in r["resources"]]
     assert all(r["apiGroups"] == ["coordination.k8s.io"] for r in lease_rules)
     assert [r for r in lease_rules if r.get("resourceNames")] == [
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [lease],
-         "verbs": ["get", "update"]}
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [lease],
+            "verbs": ["get", "update"],
+        }
     ]
     assert [r["verbs"] for r in lease_rules if not r.get("resourceNames")] == [["create"]]
 
@@ -266,10 +277,12 @@ def test_role_rules(variant: tuple[str, dict[str, Any], list[dict[str, Any]]]) -
 
     binding = only(objs, "RoleBinding")
     sa = only(objs, "ServiceAccount")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": role["metadata"]["name"]}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
-                                    "namespace": NAMESPACE}]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}]
 
 
 def test_license_secret(variant: tuple[str, dict[str, Any], list[dict[str, Any]]]) -> None:
@@ -429,8 +442,17 @@ _PATHS = {
 
 def _install(controlplane: Any, namespace: str, values: dict[str, Any]) -> list[dict[str, Any]]:
     """`helm template` into the namespace and create every object on the API server (as admin)."""
-    proc = run([tool("helm", "helm"), "template", RELEASE, str(CHART), "--namespace", namespace,
-                *set_args({**REQUIRED, **values})])
+    proc = run(
+        [
+            tool("helm", "helm"),
+            "template",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            namespace,
+            *set_args({**REQUIRED, **values}),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     objs = [d for d in yaml.safe_load_all(proc.stdout) if d]
     assert {o["kind"] for o in objs} <= set(_PATHS), "a kind the API server test does not know"
@@ -465,13 +487,17 @@ def test_rendered_rbac_on_a_real_api_server(controlplane: Any, namespace: str, a
     assert call("DELETE", f"{secrets}/kong-license") == 403
     # recreate after deletion only when allowed
     assert controlplane.request("DELETE", f"{secrets}/kong-license").status == 200
-    fresh = {"metadata": {"name": "kong-license", "labels": {"app.kubernetes.io/managed-by": "license-keeper"}},
-             "data": {"license": "e30="}}
+    fresh = {
+        "metadata": {"name": "kong-license", "labels": {"app.kubernetes.io/managed-by": "license-keeper"}},
+        "data": {"license": "e30="},
+    }
     assert call("POST", secrets, fresh) == (201 if allow_create else 403)
 
     # leader election
-    lease = {"metadata": {"name": "kong-license-keeper"},
-             "spec": {"holderIdentity": "lk-0", "leaseDurationSeconds": 15}}
+    lease = {
+        "metadata": {"name": "kong-license-keeper"},
+        "spec": {"holderIdentity": "lk-0", "leaseDurationSeconds": 15},
+    }
     assert call("POST", leases, lease) == 201
     got = controlplane.request("GET", f"{leases}/kong-license-keeper", token=token)
     assert got.status == 200
@@ -482,12 +508,25 @@ def test_rendered_rbac_on_a_real_api_server(controlplane: Any, namespace: str, a
 
     # events, both APIs
     ref = {"kind": "Secret", "namespace": namespace, "name": "kong-license", "apiVersion": "v1"}
-    core_event = {"metadata": {"name": "kong-license.1"}, "involvedObject": ref, "reason": "Test",
-                  "message": "m", "type": "Normal"}
+    core_event = {
+        "metadata": {"name": "kong-license.1"},
+        "involvedObject": ref,
+        "reason": "Test",
+        "message": "m",
+        "type": "Normal",
+    }
     assert call("POST", f"/api/v1/namespaces/{namespace}/events", core_event) == 201
-    new_event = {"metadata": {"name": "kong-license.2"}, "regarding": ref, "reason": "Test", "note": "m",
-                 "type": "Normal", "action": "Test", "reportingController": "license-keeper",
-                 "reportingInstance": "lk-0", "eventTime": "2026-01-01T00:00:00.000000Z"}
+    new_event = {
+        "metadata": {"name": "kong-license.2"},
+        "regarding": ref,
+        "reason": "Test",
+        "note": "m",
+        "type": "Normal",
+        "action": "Test",
+        "reportingController": "license-keeper",
+        "reportingInstance": "lk-0",
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+    }
     assert call("POST", f"/apis/events.k8s.io/v1/namespaces/{namespace}/events", new_event) == 201
 
 
@@ -531,7 +570,6 @@ def test_helm_lifecycle_keeps_the_license(controlplane: Any, namespace: str) -> 
     def helm_run(*args: str) -> None:
         proc = run([helm, *args, *kube])
         assert proc.returncode == 0, f"helm {args[0]} failed:\n{proc.stdout}\n{proc.stderr}"
-
 
     helm_run("install", RELEASE, str(CHART), *set_args(REQUIRED))
     live = controlplane.must("GET", secret_path)
