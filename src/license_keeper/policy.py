@@ -275,11 +275,21 @@ def desired_secret(record: LicenseRecord) -> DesiredSecret:
     )
 
 
+def labels_to_impose(s: SecretSnapshot, desired: DesiredSecret) -> dict[str, str]:
+    """Our label, unless the Secret was handed over with the adopt annotation.
+
+    A Secret pre-created by Helm carries ``app.kubernetes.io/managed-by: Helm``, which Helm resets on
+    every upgrade and requires when the release is installed again; imposing ours would mean a
+    repair write after each upgrade and a failed re-install. The annotation is the ownership mark then.
+    """
+    return {} if adoption_requested(s) else desired.labels
+
+
 def content_matches(s: SecretSnapshot, desired: DesiredSecret) -> bool:
     return (
         s.exists
         and all(s.data.get(k) == v for k, v in desired.data.items())
-        and all(s.labels.get(k) == v for k, v in desired.labels.items())
+        and all(s.labels.get(k) == v for k, v in labels_to_impose(s, desired).items())
         and all(s.annotations.get(k) == v for k, v in desired.annotations.items())
     )
 
@@ -309,6 +319,6 @@ def merged_secret_fields(s: SecretSnapshot, desired: DesiredSecret) -> DesiredSe
     """Our keys over whatever else the Secret carries (a chart's labels, other tools' annotations)."""
     return DesiredSecret(
         data={**s.data, **desired.data},
-        labels={**s.labels, **desired.labels},
+        labels={**s.labels, **labels_to_impose(s, desired)},
         annotations={**s.annotations, **desired.annotations},
     )

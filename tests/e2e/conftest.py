@@ -101,3 +101,15 @@ async def writes(k: KeeperProcess) -> float:
 async def events_text(api: client.ApiClient, namespace: str) -> str:
     events = await client.CoreV1Api(api).list_namespaced_event(namespace)
     return "\n".join(f"{e.reason} {e.message}" for e in events.items)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_license_material_in_any_event(controlplane: ControlPlane) -> Iterator[None]:
+    """After the whole suite: every Event in every namespace is free of license text, keys, signatures."""
+    yield
+    resp = controlplane.request("GET", "/api/v1/events")
+    assert resp.status == 200
+    text = "\n".join(f"{e.get('reason')} {e.get('message')}" for e in resp.body.get("items", []))
+    assert "LicenseStored" in text  # the suite did produce Events to scan
+    found = leaks(text)
+    assert not found, f"Events carry license material: {found}"

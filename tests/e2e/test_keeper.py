@@ -289,3 +289,52 @@ async def test_status_reports_the_secret(
     assert report["keys"] == ["id", "license", "payload", "updated_at"]
     assert report["leader"] == "keeper-0"
     assert not leaks(out.stdout.replace(konnect.record.license.fingerprint, ""))
+
+
+async def _sync_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "license_keeper", "sync", *args], capture_output=True, text=True
+    )
+
+
+async def test_sync_asks_the_running_leader_and_polls_once_without_one(
+    keepers: KeeperFactory,
+    konnect: KonnectStandIn,
+    admin_api: client.ApiClient,
+    namespace: str,
+    keeper_access: ServiceAccountAccess,
+) -> None:
+    # No keeper runs: `sync` polls Konnect itself and persists through the policy.
+    idle = keepers("unused", start=False)
+    konnect_flags = [
+        f"--konnect-address={konnect.address}",
+        f"--konnect-control-plane-id={konnect.control_plane_id}",
+        f"--konnect-tls-client-cert-file={konnect.tls.client_cert_file}",
+        f"--konnect-tls-client-key-file={konnect.tls.client_key_file}",
+        f"--konnect-ca-file={konnect.tls.ca_file}",
+        f"--kubeconfig={keeper_access.kubeconfig}",
+        f"--namespace={namespace}",
+    ]
+    out = await _sync_cli(f"--probe-addr=127.0.0.1:{idle.probe_port}", *konnect_flags)
+    assert out.returncode == 0, out.stderr
+    assert "no keeper answers" in out.stderr and "written (create)" in out.stdout
+    assert await holds(admin_api, namespace, konnect.record.document)
+    again = await _sync_cli("--once", *konnect_flags)
+    assert again.returncode == 0 and "unchanged" in again.stdout
+
+    # A running leader is asked to poll now.
+    leader = keepers("keeper-0")
+    await ready(leader)
+    await wait_for(lambda: asyncio.to_thread(lambda: leader.metric("license_keeper_leader") == 1), 20)
+    await wait_for(lambda: konnect.requests >= 3, 10)
+    before = konnect.requests
+    asked = await _sync_cli(f"--probe-addr=127.0.0.1:{leader.probe_port}")
+    assert asked.returncode == 0 and "poll requested" in asked.stdout
+    await wait_for(lambda: konnect.requests > before, 10)
+
+    # A follower says who leads instead.
+    follower = keepers("keeper-1")
+    await ready(follower)
+    refused = await _sync_cli(f"--probe-addr=127.0.0.1:{follower.probe_port}")
+    assert refused.returncode == 2 and "keeper-0" in refused.stderr
+    assert not leaks(out.stdout + out.stderr + again.stdout + asked.stdout + refused.stderr)

@@ -9,6 +9,7 @@ is a FAILURE with instructions, never a skip: a chart nobody rendered must not l
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -560,8 +561,11 @@ def test_helm_lifecycle_keeps_the_license(controlplane: Any, namespace: str) -> 
     Helm forces `app.kubernetes.io/managed-by: Helm` on every object it installs or upgrades, so the
     pre-created Secret carries the adopt annotation: the keeper must still count it as its own.
     """
-    from license_keeper.policy import may_write
-    from license_keeper.store import snapshot_from
+    from license_keeper.policy import WriteAction, may_write, plan_write
+    from license_keeper.store import SecretStore, SyncOutcome, snapshot_from
+    from license_keeper.testing.licenses import make_record
+
+    from ..conftest import api_client_for
 
     helm = tool("helm", "helm")
     kube = ["--kubeconfig", str(controlplane.admin_kubeconfig), "--namespace", namespace]
@@ -577,18 +581,34 @@ def test_helm_lifecycle_keeps_the_license(controlplane: Any, namespace: str) -> 
     assert live["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert may_write(snapshot_from(live))
 
-    # the keeper fills it (its own label, data)
-    live["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "license-keeper"
-    live["data"] = {"license": "e30=", "payload": "e30=", "id": "YQ==", "updated_at": "MQ=="}
-    controlplane.must("PUT", secret_path, live)
+    # the keeper fills it, with its own store code
+    record = make_record(updated_at=1_700_000_000)
+
+    async def keeper_sync() -> SyncOutcome:
+        api = await api_client_for(controlplane.admin_kubeconfig)
+        try:
+            return await SecretStore(api, namespace, "kong-license").sync(record)
+        finally:
+            await api.close()
+
+    assert asyncio.run(keeper_sync()).wrote == "create"
+    live = controlplane.must("GET", secret_path)
+    # Helm's label stays: Helm resets it on upgrade and demands it when installing again.
+    assert live["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
 
     helm_run("upgrade", RELEASE, str(CHART), *set_args({**REQUIRED, "logLevel": "debug"}))
     after = controlplane.must("GET", secret_path)
     assert after["data"] == live["data"], "helm upgrade must not touch the license"
     assert may_write(snapshot_from(after)), "after an upgrade the keeper must still own the Secret"
+    assert plan_write(snapshot_from(after), record).action == WriteAction.NONE, "no repair write after an upgrade"
 
     helm_run("uninstall", RELEASE)
     kept = controlplane.request("GET", secret_path)
     assert kept.status == 200 and kept.body["data"] == live["data"], "helm uninstall must keep the Secret"
+    helm_run("install", RELEASE, str(CHART), *set_args(REQUIRED))  # the kept Secret is adopted again
+    again = controlplane.must("GET", secret_path)
+    assert again["data"] == live["data"], "a re-install must not empty the license"
+    assert plan_write(snapshot_from(again), record).action == WriteAction.NONE
+    helm_run("uninstall", RELEASE)
     deployments = f"/apis/apps/v1/namespaces/{namespace}/deployments"
     assert controlplane.must("GET", deployments)["items"] == []

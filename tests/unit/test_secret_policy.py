@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -61,11 +62,11 @@ def full_data(r: LicenseRecord) -> dict[str, bytes]:
     return {**kic_data(r), "license": r.document.encode()}
 
 
-def written(r: LicenseRecord, **extra: object) -> SecretSnapshot:
+def written(r: LicenseRecord, **extra: Any) -> SecretSnapshot:
     """Exactly what the keeper would have written for ``r``."""
     d = desired_secret(r)
     base = SecretSnapshot(exists=True, data=dict(d.data), labels=dict(d.labels), annotations=dict(d.annotations))
-    return dataclasses.replace(base, **extra)  # type: ignore[arg-type]
+    return dataclasses.replace(base, **extra)
 
 
 NON_UTF8 = b"\xff\xfe\x00garbage\xc3"
@@ -295,6 +296,7 @@ def test_desired_secret_refuses_an_invalid_license() -> None:
 
 def test_desired_secret_layout() -> None:
     d = desired_secret(HELD)
+    assert HELD.license is not None
     assert tuple(d.data) == LICENSE_KEYS
     assert d.data["payload"] == d.data["license"] == HELD.document.encode()
     assert d.data["id"] == b"held-id"
@@ -356,7 +358,7 @@ def valid_records(draw: st.DrawFn) -> LicenseRecord:
     )
     return LicenseRecord(
         document=document,
-        id=draw(st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)),
+        id=draw(st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)),
         updated_at=draw(st.integers(0, 2**40)),
         source=draw(st.sampled_from(["konnect", "secret", "backup", "file"])),
     )
@@ -412,6 +414,7 @@ def test_annotations_derive_from_the_document_only(record: LicenseRecord, id: st
     same_document = LicenseRecord(document=record.document, id=id, updated_at=updated_at, source="backup")
     a = desired_secret(record).annotations
     assert a == desired_secret(same_document).annotations
+    assert record.license is not None
     assert a[EXPIRATION_ANNOTATION] == record.license.expiration_date.isoformat()
     assert a[FINGERPRINT_ANNOTATION] == record.license.fingerprint
 
@@ -450,3 +453,35 @@ def test_any_secret_content_is_classified_without_raising(
         d = merged_secret_fields(s, desired_secret(held))
         after = SecretSnapshot(exists=True, data=d.data, labels=d.labels, annotations=d.annotations)
         assert plan_write(after, held) == WritePlan(WriteAction.NONE)
+
+
+def test_an_adopted_helm_secret_keeps_helms_label_and_needs_no_write_for_it() -> None:
+    from license_keeper.policy import (
+        ADOPT_ANNOTATION,
+        MANAGED_BY_LABEL,
+        SecretSnapshot,
+        WriteAction,
+        desired_secret,
+        merged_secret_fields,
+        plan_write,
+    )
+    from license_keeper.testing.licenses import make_record
+
+    record = make_record(updated_at=1_700_000_000)
+    desired = desired_secret(record)
+    helm_owned = SecretSnapshot(
+        exists=True,
+        data=dict(desired.data),
+        labels={MANAGED_BY_LABEL: "Helm"},
+        annotations={**desired.annotations, ADOPT_ANNOTATION: "true"},
+    )
+    assert plan_write(helm_owned, record).action == WriteAction.NONE
+    assert merged_secret_fields(helm_owned, desired).labels[MANAGED_BY_LABEL] == "Helm"
+    not_adopted = SecretSnapshot(
+        exists=True,
+        data=dict(desired.data),
+        labels={MANAGED_BY_LABEL: "license-keeper"},
+        annotations=dict(desired.annotations),
+    )
+    assert plan_write(not_adopted, record).action == WriteAction.NONE
+    assert merged_secret_fields(not_adopted, desired).labels[MANAGED_BY_LABEL] == "license-keeper"
