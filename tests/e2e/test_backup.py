@@ -112,6 +112,7 @@ async def test_export_writes_a_private_backup(
     assert content["document"] == record.document
     assert content["id"] == record.id and content["updated_at"] == record.updated_at
     assert content["secret"] == f"{namespace}/{SECRET}"
+    assert record.license is not None
     assert content["fingerprint"] == record.license.fingerprint
     assert content["expiration_date"] == record.license.expiration_date.isoformat()
 
@@ -220,6 +221,7 @@ async def test_validate_backups_and_documents(
             expiration_date=TODAY - datetime.timedelta(days=1),
         )
     )
+    assert record.license is not None
     invalid = tmp_path / "invalid.json"
     invalid.write_text(make_document(customer=CUSTOMER, expiration_date="2031-13-01"))
 

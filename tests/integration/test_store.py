@@ -82,7 +82,8 @@ async def restricted_store(
 
 async def admin_create(admin_api: client.ApiClient, namespace: str, body: dict[str, Any]) -> client.V1Secret:
     return await client.CoreV1Api(admin_api).create_namespaced_secret(
-        namespace, {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", **body}
+        namespace,
+        {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", **body},  # type: ignore[arg-type]
     )
 
 
@@ -95,7 +96,9 @@ async def admin_replace(admin_api: client.ApiClient, namespace: str, record: Lic
     body = keeper_format(record)
     body["metadata"]["name"] = SECRET
     return await client.CoreV1Api(admin_api).replace_namespaced_secret(
-        SECRET, namespace, {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", **body}
+        SECRET,
+        namespace,
+        {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", **body},  # type: ignore[arg-type]
     )
 
 
@@ -143,6 +146,7 @@ async def test_sync_writes_a_secret_that_reads_back_identically(
     assert data["payload"] == data["license"] == record.document.encode()
     assert data["id"] == record.id.encode() and data["updated_at"] == str(record.updated_at).encode()
     assert raw.metadata.labels == {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
+    assert record.license is not None
     assert raw.metadata.annotations == {
         EXPIRATION_ANNOTATION: record.license.expiration_date.isoformat(),
         FINGERPRINT_ANNOTATION: record.license.fingerprint,
@@ -289,6 +293,7 @@ async def test_forbidden_raises_store_forbidden_without_license_text(
     service_account: ServiceAccountFactory, admin_api: client.ApiClient, namespace: str
 ) -> None:
     record = lic(1_718_000_000)
+    assert record.license is not None
     body = keeper_format(record)
     body["metadata"]["name"] = SECRET
     await admin_create(admin_api, namespace, body)

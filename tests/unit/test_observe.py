@@ -31,7 +31,7 @@ KEY = "0014SECRETKEYabcdef_a1V4SECRETKEYabcdef"
 SIGNATURE = "deadbeef" * 64
 
 
-def record(days: int, **kw: object) -> LicenseRecord:
+def record(days: int, **kw: str) -> LicenseRecord:
     return make_record(
         updated_at=1_700_000_000,
         customer=CUSTOMER,
@@ -69,6 +69,7 @@ def test_license_state_and_readiness(state: str) -> None:
 def test_expiry_boundaries() -> None:
     held = record(0)  # expires at the end of today
     s = KeeperState(renew_before=1.0, held=held)
+    assert held.license is not None
     end = held.license.expires_at
     assert s.license_state(end - datetime.timedelta(seconds=2)) == "valid"
     assert s.license_state(end - datetime.timedelta(seconds=1)) == "expiring"
@@ -102,6 +103,7 @@ def test_license_info_and_values(source: str) -> None:
     state = KeeperState(held=held, leader=True, last_konnect_success=1_800_000_000.0, polling_period=3600.0)
     f = families(Metrics(state))
     [(labels, value)] = f["license_keeper_license_info"]
+    assert held.license is not None
     assert labels == {"fingerprint": held.license.fingerprint, "source": source}
     assert value == 1.0
     assert f["license_keeper_license_expiration_timestamp_seconds"] == [({}, held.license.expires_at.timestamp())]
@@ -179,7 +181,7 @@ def _log_record(
             exc_info = sys.exc_info()
     rec = logging.LogRecord("license_keeper.agent", logging.WARNING, __file__, 1, msg, (), exc_info)
     if fields is not None:
-        rec.fields = fields  # type: ignore[attr-defined]
+        rec.fields = fields
     return rec
 
 

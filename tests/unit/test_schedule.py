@@ -65,6 +65,7 @@ def test_needs_fast_polling_and_applicable_period(held: LicenseRecord | None, fa
 
 def test_exact_renew_before_boundary_is_fast() -> None:
     held = expiring_in(10)
+    assert held.license is not None
     left = held.license.seconds_left(NOW)
     assert needs_fast_polling(held, NOW, renew_before=left) is True
     assert needs_fast_polling(held, NOW, renew_before=left - 1) is False
