@@ -12,7 +12,6 @@ import contextlib
 import logging
 import random
 import signal
-import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -112,6 +111,7 @@ class Keeper:
         self._konnect_down = False
         self._announced: set[str] = set()  # once-per-condition Events (foreign, expiring, expired)
         self._runners: list[web.AppRunner] = []
+        self._event_tasks: set[asyncio.Task[None]] = set()  # strong refs until each Event is sent
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -341,6 +341,7 @@ class Keeper:
                 self._now(),
                 existed_before=self._secret_seen,
                 may_write=self.may_write,
+                snapshot=snapshot,  # a stale one costs a 409 and a re-read, never a lost update
             )
         except StoreError as e:
             log.error("could not write the Secret: %s", e)
@@ -390,13 +391,15 @@ class Keeper:
                 self._announced.add(condition)
                 text = "expires soon" if condition == "expiring" else "has expired"
                 log.warning("the held %s %s", describe(self.state.held), text)
-                asyncio.get_running_loop().create_task(
+                task = asyncio.get_running_loop().create_task(
                     self.events.emit(
                         "LicenseExpiringSoon" if condition == "expiring" else "LicenseExpired",
                         f"Held {describe(self.state.held)} {text}",
                         warning=True,
                     )
                 )
+                self._event_tasks.add(task)
+                task.add_done_callback(self._event_tasks.discard)
             elif state != condition:
                 self._announced.discard(condition)
 
@@ -415,6 +418,3 @@ class Keeper:
     def _now() -> datetime:
         return datetime.now(UTC)
 
-
-def hostname() -> str:
-    return socket.gethostname()

@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from kubernetes_asyncio import client, config
@@ -26,6 +26,9 @@ from .policy import (
     record_from_secret,
     secret_state,
 )
+
+if TYPE_CHECKING:
+    from .konnect import KonnectClient
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -126,6 +129,30 @@ async def api_client(settings: Settings) -> client.ApiClient:
         raise ConfigError(f"cannot load Kubernetes credentials: {e}") from None
 
 
+async def connect(settings: Settings) -> tuple[str, client.ApiClient]:
+    """The namespace and an API client, or one clear line and exit 2."""
+    try:
+        return resolve_namespace(settings), await api_client(settings)
+    except ConfigError as e:
+        _fail(str(e))
+
+
+def konnect_client(settings: Settings) -> KonnectClient:
+    """The Konnect client from the settings; raises ConfigError/KonnectConfigError when incomplete."""
+    from .konnect import KonnectClient
+
+    settings.require_konnect()
+    assert settings.konnect_tls_client_cert_file and settings.konnect_tls_client_key_file
+    return KonnectClient(
+        settings.konnect_address,
+        settings.konnect_control_plane_id,
+        settings.konnect_tls_client_cert_file,
+        settings.konnect_tls_client_key_file,
+        ca_file=settings.konnect_ca_file,
+        total_timeout=settings.konnect_timeout,
+    )
+
+
 def resolve_namespace(settings: Settings) -> str:
     try:
         return settings.effective_namespace()
@@ -190,25 +217,17 @@ def run(**flags: Any) -> None:
     Lease was lost (the pod restarts clean), 2 on bad settings.
     """
     from .agent import Keeper
-    from .konnect import KonnectClient, KonnectConfigError, load_client_ssl_context
+    from .konnect import KonnectConfigError, load_client_ssl_context
     from .observe import setup_logging
 
     settings = _settings(**flags)
     try:
-        settings.require_konnect()
+        konnect = konnect_client(settings)
         namespace = resolve_namespace(settings)
         assert settings.konnect_tls_client_cert_file and settings.konnect_tls_client_key_file
         # Fail at start, in one line, rather than on the first poll.
         load_client_ssl_context(
             settings.konnect_tls_client_cert_file, settings.konnect_tls_client_key_file, settings.konnect_ca_file
-        )
-        konnect = KonnectClient(
-            settings.konnect_address,
-            settings.konnect_control_plane_id,
-            settings.konnect_tls_client_cert_file,
-            settings.konnect_tls_client_key_file,
-            ca_file=settings.konnect_ca_file,
-            total_timeout=settings.konnect_timeout,
         )
     except (ConfigError, KonnectConfigError) as e:
         _fail(str(e))
@@ -269,11 +288,7 @@ def status(output: str, **flags: Any) -> None:
     settings = _settings(**flags)
 
     async def go() -> int:
-        try:
-            namespace = resolve_namespace(settings)
-            api = await api_client(settings)
-        except ConfigError as e:
-            _fail(str(e))
+        namespace, api = await connect(settings)
         try:
             store = SecretStore(api, namespace, settings.effective_secret_name)
             try:
@@ -418,26 +433,15 @@ def sync(once: bool, probe_addr: str | None, **flags: Any) -> None:
 
 
 async def _sync_once(settings: Settings) -> int:
-    from .konnect import KonnectClient, KonnectConfigError, LicenseFetched
+    from .konnect import KonnectConfigError, LicenseFetched
     from .policy import choose
     from .store import SecretStore, StoreError
 
     try:
-        settings.require_konnect()
-        namespace = resolve_namespace(settings)
-        assert settings.konnect_tls_client_cert_file and settings.konnect_tls_client_key_file
-        konnect = KonnectClient(
-            settings.konnect_address,
-            settings.konnect_control_plane_id,
-            settings.konnect_tls_client_cert_file,
-            settings.konnect_tls_client_key_file,
-            ca_file=settings.konnect_ca_file,
-            total_timeout=settings.konnect_timeout,
-        )
-        api = await api_client(settings)
+        konnect = konnect_client(settings)
     except (ConfigError, KonnectConfigError) as e:
         _fail(str(e))
-        return EXIT_BAD
+    namespace, api = await connect(settings)
     try:
         async with konnect:
             result = await konnect.fetch()
@@ -485,11 +489,7 @@ def export_(output: Path, **flags: Any) -> None:
     settings = _settings(**flags)
 
     async def go() -> int:
-        try:
-            namespace = resolve_namespace(settings)
-            api = await api_client(settings)
-        except ConfigError as e:
-            _fail(str(e))
+        namespace, api = await connect(settings)
         try:
             snapshot = await SecretStore(api, namespace, settings.effective_secret_name).read()
         except StoreError as e:
@@ -590,11 +590,7 @@ def restore(file: Path, force: bool, **flags: Any) -> None:
         return
 
     async def go() -> int:
-        try:
-            namespace = resolve_namespace(settings)
-            api = await api_client(settings)
-        except ConfigError as e:
-            _fail(str(e))
+        namespace, api = await connect(settings)
         what = f"Secret {namespace}/{settings.effective_secret_name}"
         try:
             store = SecretStore(api, namespace, settings.effective_secret_name)

@@ -63,7 +63,10 @@ def _env(*names: str) -> AliasChoices:
 class Settings(BaseSettings):
     """Everything `license-keeper run` needs. Field names are the flag names with `_` for `-`."""
 
-    model_config = SettingsConfigDict(env_prefix="LICENSE_KEEPER_", populate_by_name=True, extra="forbid")
+    # An empty LICENSE_KEEPER_X (a chart value left blank) must not hide a set CONTROLLER_KONNECT_X.
+    model_config = SettingsConfigDict(
+        env_prefix="LICENSE_KEEPER_", populate_by_name=True, extra="forbid", env_ignore_empty=True
+    )
 
     konnect_address: str = Field(
         DEFAULT_KONNECT_ADDRESS,

@@ -282,3 +282,9 @@ def test_konnect_address_trailing_slash_is_trimmed() -> None:
     assert load_settings(konnect_address="https://eu.kic.api.konghq.com/").konnect_address == (
         "https://eu.kic.api.konghq.com"
     )
+
+
+def test_an_empty_prefixed_variable_does_not_hide_kics_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LICENSE_KEEPER_KONNECT_ADDRESS", "")
+    monkeypatch.setenv("CONTROLLER_KONNECT_ADDRESS", "https://eu.kic.api.konghq.com")
+    assert load_settings().konnect_address == "https://eu.kic.api.konghq.com"

@@ -14,6 +14,7 @@ Usage from the shell::
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import ctypes
@@ -26,10 +27,11 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,12 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+def _child_guard() -> Callable[[], None] | None:
+    """PDEATHSIG fires when the *thread* that started the child ends, so it is only safe from the main
+    thread; a child started from a worker thread (asyncio.to_thread) relies on stop() and atexit."""
+    return _die_with_parent if threading.current_thread() is threading.main_thread() else None
+
+
 def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -145,6 +153,7 @@ class ControlPlane:
         self._etcd: subprocess.Popen[bytes] | None = None
         self._apiserver: subprocess.Popen[bytes] | None = None
         self._ssl: ssl.SSLContext | None = None
+        atexit.register(self.stop)
 
     # paths
     @property
@@ -194,7 +203,7 @@ class ControlPlane:
             [str(binary("kubernetes", "kube-apiserver")), *self._apiserver_args()],
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_child_guard(),
         )
         log.close()
         self.wait_ready(timeout)
@@ -291,7 +300,7 @@ class ControlPlane:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_child_guard(),
         )
         log.close()
 
