@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
@@ -338,3 +339,56 @@ async def test_sync_asks_the_running_leader_and_polls_once_without_one(
     refused = await _sync_cli(f"--probe-addr=127.0.0.1:{follower.probe_port}")
     assert refused.returncode == 2 and "keeper-0" in refused.stderr
     assert not leaks(out.stdout + out.stderr + again.stdout + asked.stdout + refused.stderr)
+
+
+async def test_konnect_without_a_license_keeps_the_held_one(
+    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: client.ApiClient, namespace: str
+) -> None:
+    k = keepers("keeper-0", *FAST, "--no-leader-elect")
+    await ready(k)
+    await wait_for(lambda: holds(admin_api, namespace, konnect.record.document), 20)
+    version = (await read_secret(admin_api, namespace)).metadata.resource_version
+    await konnect.set_mode("not_found")
+    await wait_for(
+        lambda: asyncio.to_thread(lambda: k.metric('license_keeper_konnect_requests_total{result="no_license"}') >= 3),
+        20,
+    )
+    assert (await read_secret(admin_api, namespace)).metadata.resource_version == version
+    assert await asyncio.to_thread(k.ready)
+    assert "no license for this control plane" in k.logs()
+
+
+async def test_immutable_secret_gets_a_clear_state_and_no_retry_loop(
+    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: client.ApiClient, namespace: str
+) -> None:
+    old = make_record(updated_at=1, expiration_date=datetime.date.today() + datetime.timedelta(days=30))
+    await client.CoreV1Api(admin_api).create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name=SECRET, labels={MANAGED_BY_LABEL: "license-keeper"}),
+            immutable=True,
+            data={"payload": base64.b64encode(old.document.encode()).decode()},
+        ),
+    )
+    k = keepers("keeper-0", *FAST, "--no-leader-elect")
+    await wait_for(
+        lambda: asyncio.to_thread(lambda: k.metric('license_keeper_secret_state{state="immutable"}') == 1), 30
+    )
+    start = konnect.requests
+    await wait_for(lambda: konnect.requests >= start + 10, 30)
+    assert await writes(k) == 0
+    assert payload(await read_secret(admin_api, namespace)) == old.document
+    assert "SecretImmutable" in await events_text(admin_api, namespace)
+    # One error line for the condition, not one per poll.
+    assert k.logs().count("immutable") <= 2
+
+
+@pytest.mark.controlplane
+async def test_the_demo_runs_end_to_end() -> None:
+    out = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "license_keeper.demo"], capture_output=True, text=True, timeout=240
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "Secret writes by the new keeper: 0; resourceVersion unchanged: True" in out.stdout
+    assert "Secret writes: 1 (rotate)" in out.stdout
+    assert out.stdout.count("proves:") == 4
