@@ -20,7 +20,7 @@ from aiohttp import web
 from kubernetes_asyncio import client
 
 from .config import Settings
-from .election import LeaderElector, default_identity
+from .election import TRANSPORT_ERRORS, LeaderElector, default_identity
 from .konnect import KonnectClient, KonnectFailure, KonnectResult, LicenseFetched, NoLicense
 from .license import LicenseRecord
 from .observe import EventRecorder, KeeperState, Metrics, metrics_app, probe_app, start_site
@@ -150,6 +150,9 @@ class Keeper:
                 self.state.leader = True
                 leader = asyncio.create_task(self._lead(), name="lead")
                 code = await self._wait_while_leading(leader)
+            elif not self._stopping.is_set():
+                log.error("leader election ended without leading; exiting so the pod restarts clean")
+                code = EXIT_LOST_LEASE
         finally:
             self._leading = False
             self.state.leader = False
@@ -243,6 +246,8 @@ class Keeper:
                     await self._on_snapshot(await self.store.read())
                 except StoreError as e:
                     log.warning("re-reading the Secret failed: %s", e)
+                except TRANSPORT_ERRORS as e:
+                    log.warning("re-reading the Secret failed: API server unreachable (%s)", type(e).__name__)
 
         resyncer = asyncio.create_task(resync())
         try:
@@ -341,10 +346,16 @@ class Keeper:
                 self._now(),
                 existed_before=self._secret_seen,
                 may_write=self.may_write,
-                snapshot=snapshot,  # a stale one costs a 409 and a re-read, never a lost update
+                # The watch keeps our last snapshot fresh, so an unchanged poll costs no API call at all;
+                # a stale snapshot costs a 409 and a re-read, never a lost update.
+                snapshot=snapshot if snapshot is not None else (None if self._first_snapshot else self._secret),
             )
         except StoreError as e:
-            log.error("could not write the Secret: %s", e)
+            log.error("could not sync the Secret: %s", e)
+            return
+        except TRANSPORT_ERRORS as e:
+            # The watch or the next poll tries again; an API server outage must not end the loop.
+            log.error("could not sync the Secret: API server unreachable (%s)", type(e).__name__)
             return
         await self._after_sync(outcome)
 

@@ -125,6 +125,7 @@ async def test_apiserver_outage_never_leaves_two_writers_and_recovers(
         await wait_for(lambda: leader.proc.poll() is not None, 20)
         lost_after = time.monotonic() - down
         assert leader.proc.returncode == 1
+        assert "lost the leader Lease" in leader.logs() and "Traceback" not in leader.logs()
         await asyncio.sleep(1)  # a request the leader sent just before exiting may still be answered
         calls_at_exit = konnect.requests
         await asyncio.sleep(max(0.0, 15 - lost_after))
