@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
 
 from license_keeper.testing.controlplane import ControlPlane, ServiceAccountAccess
 from license_keeper.testing.keeper import KeeperProcess, KonnectEndpoint, keeper_rules
@@ -96,6 +97,15 @@ async def metrics(k: KeeperProcess) -> dict[str, float]:
 
 async def writes(k: KeeperProcess) -> float:
     return await asyncio.to_thread(k.writes)
+
+
+async def read_secret(api: client.ApiClient, namespace: str) -> client.V1Secret | None:
+    try:
+        return await client.CoreV1Api(api).read_namespaced_secret(SECRET, namespace)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
 
 
 async def events_text(api: client.ApiClient, namespace: str) -> str:

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 from kubernetes_asyncio import client
-from kubernetes_asyncio.client.rest import ApiException
 
 from license_keeper.cli import BACKUP_FORMAT
 from license_keeper.license import LicenseRecord
@@ -27,7 +26,7 @@ from license_keeper.testing.controlplane import ServiceAccountAccess
 from license_keeper.testing.konnect import KonnectStandIn
 from license_keeper.testing.licenses import make_document, make_record
 
-from .conftest import SECRET, KeeperFactory, leaks, ready, wait_for, writes
+from .conftest import SECRET, KeeperFactory, leaks, read_secret, ready, wait_for, writes
 
 TODAY = datetime.datetime.now(datetime.UTC).date()
 CUSTOMER = "Saffron Narwhal Freight Inc"
@@ -52,15 +51,6 @@ async def cli(*args: str, access: ServiceAccountAccess | None = None) -> subproc
     cluster = [f"--kubeconfig={access.kubeconfig}", f"--namespace={access.namespace}"] if access else []
     command = [sys.executable, "-m", "license_keeper", *args, *cluster]
     return await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, env=env, timeout=60)
-
-
-async def read_secret(api: client.ApiClient, namespace: str) -> client.V1Secret | None:
-    try:
-        return await client.CoreV1Api(api).read_namespaced_secret(SECRET, namespace)
-    except ApiException as e:
-        if e.status == 404:
-            return None
-        raise
 
 
 def data_of(secret: client.V1Secret) -> dict[str, str]:

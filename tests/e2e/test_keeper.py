@@ -13,25 +13,15 @@ import time
 
 import pytest
 from kubernetes_asyncio import client
-from kubernetes_asyncio.client.rest import ApiException
 
 from license_keeper.policy import MANAGED_BY_LABEL
 from license_keeper.testing.controlplane import ControlPlane, ServiceAccountAccess
 from license_keeper.testing.konnect import KonnectStandIn
 from license_keeper.testing.licenses import make_record
 
-from .conftest import SECRET, KeeperFactory, events_text, leaks, metrics, ready, wait_for, writes
+from .conftest import SECRET, KeeperFactory, events_text, leaks, metrics, read_secret, ready, wait_for, writes
 
 FAST = ("--polling-period=300ms", "--initial-polling-period=300ms")
-
-
-async def read_secret(api: client.ApiClient, namespace: str) -> client.V1Secret | None:
-    try:
-        return await client.CoreV1Api(api).read_namespaced_secret(SECRET, namespace)
-    except ApiException as e:
-        if e.status == 404:
-            return None
-        raise
 
 
 def payload(secret: client.V1Secret | None) -> str | None:
