@@ -279,3 +279,41 @@ async def test_restore_drill_konnect_down_secret_deleted_keeper_killed(
 async def _holds(api: client.ApiClient, namespace: str, record: LicenseRecord) -> bool:
     secret = await read_secret(api, namespace)
     return secret is not None and data_of(secret).get("license") == record.document
+
+
+async def test_a_running_keeper_picks_up_a_restored_newer_license(
+    keepers: KeeperFactory,
+    konnect: KonnectStandIn,
+    keeper_access: ServiceAccountAccess,
+    admin_api: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    served = lic(updated_at=1_800_000_000, days=200)
+    konnect.serve(served)
+    k = keepers("keeper-0", "--polling-period=300ms", "--initial-polling-period=300ms")
+    await ready(k)
+    await wait_for(lambda: _holds(admin_api, namespace, served), 20)
+
+    newer = lic(updated_at=served.updated_at + 3600, days=400)
+    backup = tmp_path / "newer.json"
+    backup.write_text(
+        json.dumps(
+            {
+                "format": "license-keeper/backup/v1",
+                "id": newer.id,
+                "updated_at": newer.updated_at,
+                "document": newer.document,
+            }
+        )
+    )
+    backup.chmod(0o600)
+    out = await cli("restore", "-f", str(backup), access=keeper_access)
+    assert out.returncode == 0, out.stderr
+    key = f'license_keeper_license_info{{fingerprint="{newer.license.fingerprint}",source="secret"}}'
+    await wait_for(lambda: asyncio.to_thread(lambda: k.metric(key) == 1), 10)
+    # The keeper now holds the restored license; Konnect's older one does not overwrite it.
+    seen = konnect.requests
+    await wait_for(lambda: konnect.requests >= seen + 5, 20)
+    assert await _holds(admin_api, namespace, newer)
+    assert await writes(k) == 1  # only its own first create; the restore was the CLI's write
