@@ -290,6 +290,7 @@ class Keeper:
         async with self._lock:
             await self._persist()  # the Secret may have been lost while nobody led
         while True:
+            self.state.beat_poll_loop()
             result = await self._fetch()
             await self._handle(result)
             delay = next_delay(self.state.held, self._failures, self._now(), self.schedule, self.rng)
@@ -416,6 +417,7 @@ class Keeper:
 
     async def _sleep(self, due_wall: float) -> None:
         while not self._stopping.is_set():
+            self.state.beat_poll_loop()
             wait = sleep_slice(due_wall, time.time())
             if wait <= 0:
                 return

@@ -34,6 +34,9 @@ LICENSE_STATES = ("valid", "expiring", "expired", "missing", "invalid")
 KONNECT_RESULTS = ("ok", "no_license", "unreachable", "timeout", "auth", "server_error", "invalid_response")
 WRITE_REASONS = ("create", "rotate", "repair", "recreate", "restore")
 HEALTH_STALE_SECONDS = 120.0
+# The leader's poll loop beats at least once a sleep slice (60 s) and once per Konnect call (30 s
+# timeout by default); five minutes without a beat means it is stuck, not slow.
+POLL_LOOP_STALE_SECONDS = 300.0
 
 
 @dataclass
@@ -49,8 +52,22 @@ class KeeperState:
     heartbeat: float = field(default_factory=time.monotonic)
     started: float = field(default_factory=time.monotonic)
 
+    poll_beat: float | None = None  # the leader's poll loop; None while not leading
+
     def beat(self) -> None:
         self.heartbeat = time.monotonic()
+
+    def beat_poll_loop(self) -> None:
+        self.poll_beat = time.monotonic()
+
+    def health(self, now: float | None = None) -> tuple[bool, str]:
+        """Alive: the event loop runs, and on the leader the poll loop is not stuck."""
+        now = time.monotonic() if now is None else now
+        if now - self.heartbeat > HEALTH_STALE_SECONDS:
+            return False, f"event loop stalled: no heartbeat for {now - self.heartbeat:.0f} s"
+        if self.leader and self.poll_beat is not None and now - self.poll_beat > POLL_LOOP_STALE_SECONDS:
+            return False, f"poll loop stalled: no progress for {now - self.poll_beat:.0f} s"
+        return True, "ok"
 
     def license_state(self, now: datetime | None = None) -> str:
         now = now or datetime.now(UTC)
@@ -188,10 +205,8 @@ async def start_site(app: web.Application, addr: str) -> tuple[web.AppRunner, in
 
 def probe_app(state: KeeperState, on_sync: Callable[[], Awaitable[tuple[int, str]]]) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
-        age = time.monotonic() - state.heartbeat
-        if age > HEALTH_STALE_SECONDS:
-            return web.Response(status=503, text=f"loop stalled: no heartbeat for {age:.0f} s\n")
-        return web.Response(text="ok\n")
+        ok, reason = state.health()
+        return web.Response(status=200 if ok else 503, text=f"{reason}\n")
 
     async def readyz(_: web.Request) -> web.Response:
         ok, reason = state.ready()

@@ -210,6 +210,7 @@ async def test_sigterm_exits_zero_and_sighup_polls(
     await ready(k)
     await wait_for(lambda: konnect.requests >= 1, 10)
     before = konnect.requests
+    assert await asyncio.to_thread(k.healthy)
     k.signal(signal.SIGHUP)
     await wait_for(lambda: konnect.requests > before, 10)
     assert await asyncio.to_thread(k.terminate) == 0

@@ -211,3 +211,23 @@ def test_text_formatter_keeps_only_the_exception_type() -> None:
     text = TextFormatter().format(_log_record("poll failed", exc=RuntimeError(leak)))
     assert "RuntimeError" in text
     assert CUSTOMER not in text and KEY not in text and "Traceback" not in text
+
+
+def test_health_tells_a_stuck_poll_loop_from_a_quiet_one() -> None:
+    from license_keeper.observe import HEALTH_STALE_SECONDS, POLL_LOOP_STALE_SECONDS, KeeperState
+
+    s = KeeperState()
+    s.heartbeat = 1000.0
+    assert s.health(now=1000.0 + HEALTH_STALE_SECONDS - 1) == (True, "ok")
+    ok, reason = s.health(now=1000.0 + HEALTH_STALE_SECONDS + 1)
+    assert not ok and "event loop stalled" in reason
+
+    s.poll_beat = 1000.0
+    s.heartbeat = 1000.0 + POLL_LOOP_STALE_SECONDS
+    assert s.health(now=s.heartbeat + 1) == (True, "ok")  # a follower's poll loop does not run
+    s.leader = True
+    ok, reason = s.health(now=s.heartbeat + 1)
+    assert not ok and "poll loop stalled" in reason
+    s.beat_poll_loop()
+    s.heartbeat = s.poll_beat
+    assert s.health(now=s.poll_beat + 1) == (True, "ok")
