@@ -36,6 +36,7 @@ from .policy import (
 log = logging.getLogger("license_keeper.store")
 
 MAX_CONFLICT_RETRIES = 5
+API_TIMEOUT_SECONDS = 30  # a hung connection to the API server must not stall the loop forever
 WATCH_TIMEOUT_SECONDS = 300
 
 
@@ -126,7 +127,9 @@ class SecretStore:
 
     async def read(self) -> SecretSnapshot:
         try:
-            obj = await self._core.read_namespaced_secret(self.name, self.namespace)
+            obj = await self._core.read_namespaced_secret(
+                self.name, self.namespace, _request_timeout=API_TIMEOUT_SECONDS
+            )
         except ApiException as e:
             if e.status == 404:
                 return SecretSnapshot.missing()
@@ -142,7 +145,9 @@ class SecretStore:
             data=_encode(desired.data),
         )
         try:
-            return snapshot_from(await self._core.create_namespaced_secret(self.namespace, body))
+            return snapshot_from(
+                await self._core.create_namespaced_secret(self.namespace, body, _request_timeout=API_TIMEOUT_SECONDS)
+            )
         except ApiException as e:
             raise _explain(e, "create", self.what) from None
 
@@ -163,7 +168,11 @@ class SecretStore:
             "data": _encode(merged.data),
         }
         try:
-            return snapshot_from(await self._core.replace_namespaced_secret(self.name, self.namespace, body))
+            return snapshot_from(
+                await self._core.replace_namespaced_secret(
+                    self.name, self.namespace, body, _request_timeout=API_TIMEOUT_SECONDS
+                )
+            )
         except ApiException as e:
             raise _explain(e, "update", self.what) from None
 
@@ -224,7 +233,9 @@ class SecretStore:
             try:
                 if resource_version is None:
                     listing = await self._core.list_namespaced_secret(
-                        self.namespace, field_selector=f"metadata.name={self.name}"
+                        self.namespace,
+                        field_selector=f"metadata.name={self.name}",
+                        _request_timeout=API_TIMEOUT_SECONDS,
                     )
                     resource_version = listing.metadata.resource_version
                     yield snapshot_from(listing.items[0] if listing.items else None)
