@@ -23,6 +23,7 @@ from .policy import (
     LICENSE_KEYS,
     SecretSnapshot,
     is_better,
+    license_state,
     record_from_secret,
     secret_state,
 )
@@ -257,9 +258,8 @@ def license_summary(record: LicenseRecord | None, now: datetime, renew_before: f
     if lic is None:
         return {"state": "invalid", "problem": record.problem}
     days = lic.days_left(now)
-    state = "expired" if lic.is_expired(now) else "expiring" if lic.seconds_left(now) <= renew_before else "valid"
     return {
-        "state": state,
+        "state": license_state(record, now, renew_before),
         "customer": lic.customer,
         "product": lic.product,
         "expiration_date": lic.expiration_date.isoformat(),

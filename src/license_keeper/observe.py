@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from .config import parse_addr
 from .license import LicenseRecord
-from .policy import SecretState
+from .policy import SecretState, license_state
 
 log = logging.getLogger("license_keeper.observe")
 
@@ -70,17 +70,7 @@ class KeeperState:
         return True, "ok"
 
     def license_state(self, now: datetime | None = None) -> str:
-        now = now or datetime.now(UTC)
-        if self.held is None:
-            return "missing"
-        lic = self.held.license
-        if lic is None:
-            return "invalid"
-        if lic.is_expired(now):
-            return "expired"
-        if lic.seconds_left(now) <= self.renew_before:
-            return "expiring"
-        return "valid"
+        return license_state(self.held, now or datetime.now(UTC), self.renew_before)
 
     def ready(self, now: datetime | None = None) -> tuple[bool, str]:
         state = self.license_state(now)

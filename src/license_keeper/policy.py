@@ -123,6 +123,19 @@ def choose(
     return held
 
 
+
+def license_state(record: LicenseRecord | None, now: datetime.datetime, renew_before: float) -> str:
+    """missing, invalid, expired, expiring (within ``renew_before`` seconds) or valid."""
+    if record is None:
+        return "missing"
+    lic = record.license
+    if lic is None:
+        return "invalid"
+    if lic.is_expired(now):
+        return "expired"
+    return "expiring" if lic.seconds_left(now) <= renew_before else "valid"
+
+
 # --- What the Secret should hold, and whether to write it ------------------------------------------
 #
 # The Secret is read as a plain snapshot (decoded data, labels, annotations). These functions decide
