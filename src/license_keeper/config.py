@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .delivery import TargetSpec, parse_target
 
 DEFAULT_KONNECT_ADDRESS = "https://us.kic.api.konghq.com"
 SERVICE_ACCOUNT_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -110,6 +112,16 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # Delivery to running gateways (none by default): --deliver admin-api=URL | konglicense=NAME |
+    # restart=deployment/NAME (repeatable; LICENSE_KEEPER_DELIVER is comma-separated).
+    deliver: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    deliver_admin_token_file: Path | None = None
+    deliver_admin_client_cert_file: Path | None = None
+    deliver_admin_client_key_file: Path | None = None
+    deliver_admin_ca_file: Path | None = None
+    deliver_admin_timeout: float = 10.0
+    delivery_period: float = 600.0
+
     leader_elect: bool = True
     lease_name: str = ""
     leader_elect_lease_duration: float = 15.0
@@ -118,6 +130,8 @@ class Settings(BaseSettings):
 
     @field_validator(
         "konnect_timeout",
+        "deliver_admin_timeout",
+        "delivery_period",
         "initial_polling_period",
         "polling_period",
         "renew_before",
@@ -129,6 +143,16 @@ class Settings(BaseSettings):
     @classmethod
     def _duration(cls, v: Any) -> float:
         return parse_duration(v)
+
+    @field_validator("deliver", mode="before")
+    @classmethod
+    def _targets(cls, v: Any) -> list[str]:
+        items = v.split(",") if isinstance(v, str) else list(v or [])
+        specs = [parse_target(str(item)) for part in items for item in str(part).split(",") if item.strip()]
+        labels = [spec.label for spec in specs]
+        if len(set(labels)) != len(labels):
+            raise ValueError("the same delivery target is given twice")
+        return labels
 
     @field_validator("probe_addr", "metrics_addr")
     @classmethod
@@ -164,6 +188,15 @@ class Settings(BaseSettings):
                 f"{self.leader_elect_retry_period:g}s)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _admin_client_cert(self) -> Settings:
+        if bool(self.deliver_admin_client_cert_file) != bool(self.deliver_admin_client_key_file):
+            raise ValueError("--deliver-admin-client-cert-file and --deliver-admin-client-key-file go together")
+        return self
+
+    def delivery_targets(self) -> list[TargetSpec]:
+        return [parse_target(label) for label in self.deliver]
 
     # derived values
     @property

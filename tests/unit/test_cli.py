@@ -229,3 +229,11 @@ def test_restore_of_a_file_that_is_not_a_backup_exits_2(tmp_path: Path) -> None:
     f.write_text(json.dumps({"format": BACKUP_FORMAT, "document": document(200, signature="zz")}))
     line = assert_one_line_error(invoke("restore", "-f", str(f), "--namespace=x"), "signature")
     assert CUSTOMER not in line
+
+
+def test_run_help_lists_delivery_options() -> None:
+    result = invoke("run", "--help")
+    assert result.exit_code == 0
+    for flag in ("--deliver ", "--deliver-admin-token-file", "--deliver-admin-ca-file", "--delivery-period"):
+        assert flag in result.output
+    assert "LICENSE_KEEPER_DELIVER]" in result.output
