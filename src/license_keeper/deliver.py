@@ -2,8 +2,8 @@
 
 Interface for the agent (leader only; the Secret stays the source of truth)::
 
-    targets = build_targets(settings, kube, namespace=ns, secret_name=settings.effective_secret_name)
-    deliverer = Deliverer(targets)                  # no I/O yet
+    deliverer = deliverer_from_settings(settings, kube, namespace=ns, on_report=...)  # no I/O yet
+    if deliverer.targets: ...                        # nothing to run without --deliver
     registry.register(DeliveryCollector(deliverer))  # license_keeper_delivery_* at scrape time
     task = asyncio.create_task(deliverer.run_periodic(lambda: state.held, stop, period=settings.delivery_period))
     deliverer.kick()                                 # after every Secret write: deliver now (no second loop)
@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -53,6 +53,9 @@ from .delivery import (
 )
 from .license import License, LicenseRecord
 
+if TYPE_CHECKING:
+    from .config import Settings
+
 __all__ = [
     "AdminApiOptions",
     "AdminApiTarget",
@@ -63,6 +66,7 @@ __all__ = [
     "Target",
     "TargetFailure",
     "build_targets",
+    "deliverer_from_settings",
     "delivery_event",
     "render_reports",
 ]
@@ -593,3 +597,28 @@ def build_targets(
         else:
             out.append(RestartTarget(spec, kube, namespace))
     return out
+
+
+def deliverer_from_settings(
+    settings: Settings,
+    kube: KubeLike | None,
+    *,
+    namespace: str,
+    on_report: Callable[[TargetReport | None, TargetReport], None] | None = None,
+) -> Deliverer:
+    """The Deliverer for ``--deliver`` (no targets: a Deliverer with none, whose rounds do nothing)."""
+    admin = AdminApiOptions(
+        token_file=settings.deliver_admin_token_file,
+        client_cert_file=settings.deliver_admin_client_cert_file,
+        client_key_file=settings.deliver_admin_client_key_file,
+        ca_file=settings.deliver_admin_ca_file,
+        timeout=settings.deliver_admin_timeout,
+    )
+    targets = build_targets(
+        settings.delivery_targets(),
+        kube=kube,
+        namespace=namespace,
+        secret_name=settings.effective_secret_name,
+        admin=admin,
+    )
+    return Deliverer(targets, on_report=on_report)

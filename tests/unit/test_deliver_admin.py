@@ -237,3 +237,19 @@ async def test_deliverer_metrics_events_render_and_loop(kong: KongStandIn, token
     rec = held[0]
     assert rec is not None
     no_secrets(generate_latest(registry).decode() + render_reports(deliverer.reports()) + repr(events), rec)
+
+
+def test_deliverer_from_settings(token_file: Path) -> None:
+    from license_keeper.config import load_settings
+    from license_keeper.deliver import deliverer_from_settings
+
+    settings = load_settings(
+        deliver=("admin-api=https://kong:8444",), deliver_admin_token_file=token_file, secret_name="kong-license"
+    )
+    deliverer = deliverer_from_settings(settings, None, namespace="kong")
+    (target,) = deliverer.targets
+    assert isinstance(target, AdminApiTarget)
+    assert target.row_id == OURS and target.options.token_file == token_file and target.options.timeout == 10.0
+    assert deliverer_from_settings(load_settings(), None, namespace="kong").targets == []
+    with pytest.raises(ValueError, match="needs a Kubernetes client"):
+        deliverer_from_settings(load_settings(deliver=("konglicense=kl",)), None, namespace="kong")
