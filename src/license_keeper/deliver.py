@@ -128,6 +128,7 @@ class AdminApiTarget:
         self.options = options or AdminApiOptions()
         self.clock = clock
         self.wrote_at: float | None = None
+        self.unsupported: str | None = None  # why the node refused our write (405), once seen
 
     async def close(self) -> None:
         return None
@@ -149,8 +150,12 @@ class AdminApiTarget:
                     rows = await self._rows(session)
                 report = await self._report(session)
         except TargetFailure as failure:
+            self.unsupported = failure.reason if failure.state is DeliveryState.UNSUPPORTED else self.unsupported
             return TargetReport(self.label, failure.state, failure.reason, at=self.clock())
         state, reason = diagnose_admin(lic, rows, report, self.row_id, wrote_at=self.wrote_at, now=self.clock())
+        if state is not DeliveryState.DELIVERED and self.unsupported and not write:
+            # a read-only check of a node that refused our write: say so, not "drift"
+            state, reason = DeliveryState.UNSUPPORTED, self.unsupported
         return TargetReport(self.label, state, reason, wrote=wrote, at=self.clock())
 
     def _session(self) -> aiohttp.ClientSession:

@@ -132,8 +132,12 @@ async def test_dbless_is_unsupported(tls_material: TLSMaterial) -> None:
     async with KongStandIn(tls=tls_material, database="off") as kong:
         rec = record()
         assert rec.license is not None
-        report = await target_for(kong, None).deliver(rec.license)
+        target = target_for(kong, None)
+        report = await target.deliver(rec.license)
         assert report.state is D.UNSUPPORTED and "405" in report.reason
+        assert (await target.check(rec.license)).state is D.UNSUPPORTED
+        kong.node.env_license = rec.document  # the gateway got it some other way (its env)
+        assert (await target.check(rec.license)).state is D.DELIVERED
 
 
 async def test_hybrid_control_plane_reaches_data_planes(tls_material: TLSMaterial) -> None:
