@@ -36,6 +36,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .delivery import (
+    DEFAULT_GRACE_SECONDS,
     DELIVERY_STATES,
     DeliveryState,
     ReportedLicense,
@@ -105,6 +106,7 @@ class AdminApiOptions:
     client_key_file: Path | None = None
     ca_file: Path | None = None
     timeout: float = 10.0
+    grace: float = DEFAULT_GRACE_SECONDS  # a write not shown by then is drift
 
 
 class AdminApiTarget:
@@ -152,7 +154,9 @@ class AdminApiTarget:
         except TargetFailure as failure:
             self.unsupported = failure.reason if failure.state is DeliveryState.UNSUPPORTED else self.unsupported
             return TargetReport(self.label, failure.state, failure.reason, at=self.clock())
-        state, reason = diagnose_admin(lic, rows, report, self.row_id, wrote_at=self.wrote_at, now=self.clock())
+        state, reason = diagnose_admin(
+            lic, rows, report, self.row_id, wrote_at=self.wrote_at, now=self.clock(), grace=self.options.grace
+        )
         if state is not DeliveryState.DELIVERED and self.unsupported and not write:
             # a read-only check of a node that refused our write: say so, not "drift"
             state, reason = DeliveryState.UNSUPPORTED, self.unsupported
@@ -316,9 +320,17 @@ async def _kube(what: str, op: Awaitable[dict[str, Any]], *, missing_ok: bool = 
 class KongLicenseTarget:
     """A cluster-scoped KongLicense that KIC / Kong Operator push to their gateways."""
 
-    def __init__(self, spec: TargetSpec, kube: KubeLike, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        spec: TargetSpec,
+        kube: KubeLike,
+        *,
+        clock: Callable[[], float] = time.time,
+        grace: float = DEFAULT_GRACE_SECONDS,
+    ) -> None:
         self.label = spec.label
         self.name = spec.value
+        self.grace = grace
         self.kube = kube
         self.clock = clock
         self.wrote_at: float | None = None
@@ -361,7 +373,9 @@ class KongLicenseTarget:
             winner = await self._winner()
         except TargetFailure as failure:
             return TargetReport(self.label, failure.state, failure.reason, at=self.clock())
-        state, reason = diagnose_konglicense(obj, lic.document, winner, wrote_at=self.wrote_at, now=self.clock())
+        state, reason = diagnose_konglicense(
+            obj, lic.document, winner, wrote_at=self.wrote_at, now=self.clock(), grace=self.grace
+        )
         return TargetReport(self.label, state, reason, wrote=wrote, at=self.clock())
 
     async def _winner(self) -> str | None:
@@ -589,16 +603,18 @@ def build_targets(
     namespace: str,
     secret_name: str,
     admin: AdminApiOptions | None = None,
+    grace: float = DEFAULT_GRACE_SECONDS,
 ) -> list[Target]:
     """One target object per ``--deliver`` spec; Kubernetes targets need ``kube``."""
     out: list[Target] = []
     for spec in specs:
         if spec.kind == "admin-api":
-            out.append(AdminApiTarget(spec, license_row_id(namespace, secret_name), admin))
+            options = AdminApiOptions(grace=grace) if admin is None else admin
+            out.append(AdminApiTarget(spec, license_row_id(namespace, secret_name), options))
         elif kube is None:
             raise ValueError(f"{spec.label} needs a Kubernetes client")
         elif spec.kind == "konglicense":
-            out.append(KongLicenseTarget(spec, kube))
+            out.append(KongLicenseTarget(spec, kube, grace=grace))
         else:
             out.append(RestartTarget(spec, kube, namespace))
     return out
@@ -611,8 +627,14 @@ def deliverer_from_settings(
     namespace: str,
     on_report: Callable[[TargetReport | None, TargetReport], None] | None = None,
 ) -> Deliverer:
-    """The Deliverer for ``--deliver`` (no targets: a Deliverer with none, whose rounds do nothing)."""
+    """The Deliverer for ``--deliver`` (no targets: a Deliverer with none, whose rounds do nothing).
+
+    A write the gateway does not show within min(2 min, the delivery period) is drift: by the next
+    round at the latest, so a short period (the demo's) shows drift quickly too.
+    """
+    grace = min(DEFAULT_GRACE_SECONDS, settings.delivery_period)
     admin = AdminApiOptions(
+        grace=grace,
         token_file=settings.deliver_admin_token_file,
         client_cert_file=settings.deliver_admin_client_cert_file,
         client_key_file=settings.deliver_admin_client_key_file,
@@ -625,5 +647,6 @@ def deliverer_from_settings(
         namespace=namespace,
         secret_name=settings.effective_secret_name,
         admin=admin,
+        grace=grace,
     )
     return Deliverer(targets, on_report=on_report)

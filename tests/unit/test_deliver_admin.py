@@ -254,6 +254,10 @@ def test_deliverer_from_settings(token_file: Path) -> None:
     (target,) = deliverer.targets
     assert isinstance(target, AdminApiTarget)
     assert target.row_id == OURS and target.options.token_file == token_file and target.options.timeout == 10.0
+    assert target.options.grace == 120.0
+    short = load_settings(deliver=("admin-api=https://kong:8444",), delivery_period="5s")
+    (fast,) = deliverer_from_settings(short, None, namespace="kong").targets
+    assert isinstance(fast, AdminApiTarget) and fast.options.grace == 5.0
     assert deliverer_from_settings(load_settings(), None, namespace="kong").targets == []
     with pytest.raises(ValueError, match="needs a Kubernetes client"):
         deliverer_from_settings(load_settings(deliver=("konglicense=kl",)), None, namespace="kong")
