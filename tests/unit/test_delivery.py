@@ -318,3 +318,34 @@ def test_rollout_finished(obj: dict[str, Any], finished: bool) -> None:
 def test_diagnose_rollout(obj: dict[str, Any] | None, state: DeliveryState, words: str) -> None:
     got, reason = diagnose_rollout(obj, FP, "deployment kong")
     assert got is state and words in reason
+
+
+# ------------------------------------------------------------------------------------------ events
+
+
+def rep(state: DeliveryState, wrote: bool = False) -> Any:
+    from license_keeper.delivery import TargetReport
+
+    return TargetReport("admin-api=https://kong:8444", state, "why", wrote=wrote)
+
+
+@pytest.mark.parametrize(
+    ("previous", "current", "event"),
+    [
+        (None, rep(D.DELIVERED, wrote=True), ("LicenseDelivered", False)),
+        (rep(D.DELIVERED), rep(D.DELIVERED, wrote=True), ("LicenseDelivered", False)),  # a rotation
+        (None, rep(D.DELIVERED), None),  # found in place at start: nothing to tell
+        (rep(D.DELIVERED), rep(D.DELIVERED), None),
+        (rep(D.DRIFT), rep(D.DELIVERED), ("LicenseDelivered", False)),
+        (None, rep(D.DRIFT), ("LicenseDeliveryDrift", True)),
+        (rep(D.DELIVERED), rep(D.ERROR), ("LicenseDeliveryDrift", True)),
+        (rep(D.ERROR), rep(D.ERROR), None),  # once per change, not per round
+        (rep(D.DELIVERED), rep(D.UNSUPPORTED), ("LicenseDeliveryDrift", True)),
+        (rep(D.DELIVERED), rep(D.PENDING), None),
+    ],
+)
+def test_delivery_event(previous: Any, current: Any, event: tuple[str, bool] | None) -> None:
+    from license_keeper.deliver import delivery_event
+
+    got = delivery_event(previous, current)
+    assert (None if got is None else (got[0], got[2])) == event
