@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import datetime
 import json
@@ -230,3 +231,37 @@ def test_help_runs() -> None:
         [sys.executable, "-m", "license_keeper.testing.kong", "serve", "--help"], capture_output=True, text=True
     )
     assert proc.returncode == 0 and "--database" in proc.stdout
+
+
+async def test_serve_in_another_process(tmp_path: Any) -> None:
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "license_keeper.testing.kong",
+        "serve",
+        "--dir",
+        str(tmp_path / "tls"),
+        "--token-file",
+        str(token),
+        "--control-port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        info = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+        ctx = ssl.create_default_context(cafile=info["ca_file"])
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+            async with s.put(info["control_url"] + "/env-license", json={"document": make_document()}) as r:
+                assert (await r.json())["active_source"] == "env"
+            async with s.get(info["address"] + "/license/report", ssl=ctx, headers={"Kong-Admin-Token": TOKEN}) as r:
+                assert r.status == 200 and (await r.json())["license"]["license_key"] != "UNLICENSED"
+            async with s.post(info["control_url"] + "/mode", json={"mode": "server_error"}) as r:
+                assert (await r.json())["mode"] == "server_error"
+            async with s.get(info["address"] + "/licenses", ssl=ctx) as r:
+                assert r.status == 500
+    finally:
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
