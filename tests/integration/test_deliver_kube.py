@@ -274,3 +274,24 @@ async def test_restart_of_an_unnamed_or_missing_workload(
     assert forbidden.state is D.ERROR and "forbidden" in forbidden.reason
     missing = await RestartTarget(parse_target("restart=deployment/gw"), kube, namespace).deliver(lic())
     assert missing.state is D.ERROR and "does not exist" in missing.reason
+
+
+@pytest.mark.parametrize(("strategy", "delivered"), [("RollingUpdate", True), ("OnDelete", False)])
+async def test_restart_statefulset(
+    controlplane: ControlPlane, namespace: str, kube_for: Any, strategy: str, delivered: bool
+) -> None:
+    name = "kong-sts"
+    body = deployment(name)
+    body.update(kind="StatefulSet")
+    body["spec"].pop("paused")
+    body["spec"].update(serviceName="kong", updateStrategy={"type": strategy})
+    path = f"/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}"
+    controlplane.must("POST", f"/apis/apps/v1/namespaces/{namespace}/statefulsets", body)
+    sa = await asyncio.to_thread(controlplane.service_account, namespace, "keeper", restart_rules("statefulset", name))
+    target = RestartTarget(parse_target(f"restart=statefulset/{name}"), kube_for(sa.kubeconfig), namespace)
+    held = lic()
+    assert (await target.deliver(held)).wrote is True
+    advance_rollout(controlplane, path, updated=2)
+    report = await target.check(held)
+    assert report.state is (D.DELIVERED if delivered else D.DRIFT), report.reason
+    assert delivered or "OnDelete" in report.reason
