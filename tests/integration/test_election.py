@@ -201,8 +201,8 @@ async def test_three_electors_exactly_one_leads(
 async def test_zero_microseconds_micro_time_is_accepted(
     replicas: Callable[..., Any], controlplane: ControlPlane, namespace: str
 ) -> None:
-    # kubernetes-asyncio's model serialization would send "…T05:06:07+00:00" here, which the API
-    # server rejects for a MicroTime; we send the RFC 3339 micro layout.
+    # Client model serialization drops a zero fraction here (kubernetes-asyncio sent "…T05:06:07+00:00"),
+    # which the API server rejects for a MicroTime; the keeper sends the RFC 3339 micro layout.
     fixed = datetime(2025, 3, 4, 5, 6, 7, 0, tzinfo=UTC)
     (replica,) = await replicas(1, wall_clock=lambda: fixed)
     await wait_for_leader([replica], within=5)
