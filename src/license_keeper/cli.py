@@ -154,19 +154,33 @@ def konnect_client(settings: Settings) -> KonnectClient:
     )
 
 
+SERVICE_ACCOUNT_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
 def resolve_namespace(settings: Settings) -> str:
+    """--namespace, else POD_NAMESPACE, else the ServiceAccount's namespace file, else the kubeconfig's.
+
+    The environment and files are read here, at the edge, so Settings stays a plain value.
+    """
+    if settings.namespace:
+        return settings.namespace
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
     try:
-        return settings.effective_namespace()
-    except ConfigError:
-        path = settings.kubeconfig or os.environ.get("KUBECONFIG")
-        try:
-            _, active = config.list_kube_config_contexts(config_file=str(path) if path else None)
-            ns = (active or {}).get("context", {}).get("namespace")
-        except Exception:
-            ns = None
-        if ns:
-            return str(ns)
-        raise
+        ns = SERVICE_ACCOUNT_NAMESPACE_FILE.read_text().strip()
+    except OSError:
+        ns = ""
+    if ns:
+        return ns
+    path = settings.kubeconfig or os.environ.get("KUBECONFIG")
+    try:
+        _, active = config.list_kube_config_contexts(config_file=str(path) if path else None)
+        ns = (active or {}).get("context", {}).get("namespace") or ""
+    except Exception:  # no or unreadable kubeconfig: the error below says what to do
+        ns = ""
+    if ns:
+        return str(ns)
+    raise ConfigError("no namespace: pass --namespace, set POD_NAMESPACE, or run in a pod with a ServiceAccount")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from license_keeper import cli
 from license_keeper.cli import BACKUP_FORMAT, main
+from license_keeper.config import ConfigError, load_settings
 from license_keeper.testing.licenses import make_document
 
 TODAY = datetime.datetime.now(datetime.UTC).date()
@@ -93,6 +95,8 @@ def test_subcommand_help_names_env_vars(command: str) -> None:
     [
         (["--polling-period=abc"], "--polling-period: not a duration"),
         (["--initial-polling-period=0s"], "--initial-polling-period: duration must be positive"),
+        (["--polling-period=5s"], "--polling-period: must be at least 10s"),
+        (["--initial-polling-period=100ms"], "--initial-polling-period: must be at least 1s"),
         (["--probe-addr=8081"], "--probe-addr: not an address"),
         (["--log-level=loud"], "--log-level:"),
         (["--konnect-address=http://konnect.example"], "--konnect-address: must be an https:// URL"),
@@ -107,6 +111,40 @@ def test_run_with_bad_settings_exits_2_with_one_line(args: list[str], needle: st
 def test_run_reads_bad_settings_from_the_environment_too() -> None:
     result = invoke("run", env={"LICENSE_KEEPER_POLLING_PERIOD": "often"})
     assert_one_line_error(result, "--polling-period: not a duration")
+
+
+def test_resolve_namespace_looks_at_flag_pod_env_service_account_then_kubeconfig(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    sa_file = tmp_path / "namespace"
+    monkeypatch.setattr(cli, "SERVICE_ACCOUNT_NAMESPACE_FILE", sa_file)
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    monkeypatch.delenv("LICENSE_KEEPER_NAMESPACE", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    with pytest.raises(ConfigError, match="no namespace: pass --namespace, set POD_NAMESPACE"):
+        cli.resolve_namespace(load_settings())
+    sa_file.write_text("  \n")  # empty: still none
+    with pytest.raises(ConfigError, match="no namespace"):
+        cli.resolve_namespace(load_settings())
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "contexts: [{name: c, context: {cluster: k, user: u, namespace: from-kubeconfig}}]\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\nusers: [{name: u, user: {}}]\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    assert cli.resolve_namespace(load_settings()) == "from-kubeconfig"
+
+    sa_file.write_text("from-sa-file\n")
+    assert cli.resolve_namespace(load_settings()) == "from-sa-file"
+
+    monkeypatch.setenv("POD_NAMESPACE", "from-pod")
+    assert cli.resolve_namespace(load_settings()) == "from-pod"
+
+    monkeypatch.setenv("LICENSE_KEEPER_NAMESPACE", "from-env")
+    assert cli.resolve_namespace(load_settings()) == "from-env"
+    assert cli.resolve_namespace(load_settings(namespace="from-flag")) == "from-flag"
 
 
 def _konnect_args(cert: Path, key: Path) -> list[str]:
