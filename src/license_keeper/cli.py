@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import os
+import secrets
 import sys
 import urllib.error
 import urllib.request
@@ -18,7 +21,7 @@ from kubernetes_asyncio import client, config
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings, parse_addr, parse_duration
-from .license import LicenseError, LicenseRecord, parse_license
+from .license import LicenseError, LicenseRecord, UpdatedAtError, parse_license, parse_updated_at
 from .policy import (
     LICENSE_KEYS,
     SecretSnapshot,
@@ -381,9 +384,9 @@ def validate(file: Path, output: str, renew_before: str | None) -> None:
     Exit 0 valid, 1 expiring, 2 expired or invalid.
     """
     try:
-        raw = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
-    except OSError as e:
-        _fail(f"cannot read {file}: {e.strerror}")
+        raw = read_capped(file)
+    except ConfigError as e:
+        _fail(str(e))
         return
     renew_before = renew_before or os.environ.get("LICENSE_KEEPER_RENEW_BEFORE")  # as its --help says
     try:
@@ -391,28 +394,37 @@ def validate(file: Path, output: str, renew_before: str | None) -> None:
     except ValueError as e:
         _fail(f"--renew-before: {e}")
         return
-    document = raw.decode("utf-8", errors="replace")
-    try:
-        maybe_backup = json.loads(document)
-        if isinstance(maybe_backup, dict) and maybe_backup.get("format") == BACKUP_FORMAT:
-            document = str(maybe_backup.get("document", ""))
-    except ValueError:
-        pass
-    try:
-        parse_license(document)
-    except LicenseError as e:
-        summary: dict[str, Any] = {"state": "invalid", "problem": str(e)}
-    else:
-        summary = license_summary(
-            LicenseRecord(document=document, id="", updated_at=0, source="file"), datetime.now(UTC), window
-        )
-        for k in ("id", "updated_at", "updated_at_iso"):
-            summary.pop(k, None)
+    summary = validate_summary(raw, window, datetime.now(UTC))
     if output == "json":
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo("\n".join(f"{k.replace('_', ' ').capitalize() + ':':<18}{v}" for k, v in summary.items()))
     sys.exit(exit_code_for(summary["state"]))
+
+
+def validate_summary(raw: bytes, window: float, now: datetime) -> dict[str, Any]:
+    """The report of `validate` for the bytes of a document or of a backup."""
+    try:
+        document = raw.decode("utf-8")  # strict: a Latin-1 file is not a license Kong would accept
+    except UnicodeDecodeError:
+        return {"state": "invalid", "problem": "license document: is not valid UTF-8"}
+    try:
+        maybe_backup = _load_json(raw)
+    except ValueError:
+        maybe_backup = None  # parse_license names the problem
+    if isinstance(maybe_backup, dict) and maybe_backup.get("format") == BACKUP_FORMAT:
+        inner = maybe_backup.get("document")
+        if not isinstance(inner, str):
+            return {"state": "invalid", "problem": "license document: is missing from the backup"}
+        document = inner
+    try:
+        parse_license(document)
+    except LicenseError as e:
+        return {"state": "invalid", "problem": str(e)}
+    summary = license_summary(LicenseRecord(document=document, id="", updated_at=0, source="file"), now, window)
+    for k in ("id", "updated_at", "updated_at_iso"):
+        summary.pop(k, None)
+    return summary
 
 
 # --- sync -------------------------------------------------------------------------------------------
@@ -539,33 +551,94 @@ def describe_short(record: LicenseRecord) -> str:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Create the file 0600 from the start: no window in which another user can read it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` atomically, readable by the owner only (0600) from the first byte.
 
-
-def read_backup(path: Path) -> LicenseRecord:
+    The temporary file has a unique name and is created with O_EXCL|O_NOFOLLOW, so a file or symlink
+    planted beside the target is never opened, followed or truncated; it is fsynced before the rename
+    over ``path`` (which replaces a symlink at ``path`` itself, never its target).
+    """
+    directory = path.parent
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(16):
+        tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o600)
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 16 collisions of 64 random bits
+        raise OSError(errno.EEXIST, "cannot create a unique temporary file", str(directory))
     try:
-        data = json.loads(path.read_text())
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is durable only once the directory is synced; not every filesystem allows it.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+MAX_INPUT_BYTES = 1024 * 1024  # a license document is a few KiB; a backup holds one document
+
+
+def read_capped(file: Path, limit: int = MAX_INPUT_BYTES) -> bytes:
+    """The bytes of ``file`` ('-' for stdin), at most ``limit``. Raises ConfigError with one line."""
+    try:
+        if str(file) == "-":
+            raw = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(file, "rb") as f:
+                raw = f.read(limit + 1)
     except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read {file}: {e.strerror}") from None
+    if len(raw) > limit:
+        raise ConfigError(f"{file} is larger than {limit // 1024} KiB; not a license document or backup")
+    return raw
+
+
+def _load_json(raw: bytes) -> Any:
+    """JSON from strict UTF-8. ValueError (with a one-line reason) for anything else, deep nesting too."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("not valid UTF-8") from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     except ValueError:
-        raise ConfigError(f"{path} is not a license-keeper backup (not JSON)") from None
+        raise ValueError("not JSON") from None
+
+
+def read_backup(path: Path, now: datetime | None = None) -> LicenseRecord:
+    raw = read_capped(path)
+    try:
+        data = _load_json(raw)
+    except ValueError as e:
+        raise ConfigError(f"{path} is not a license-keeper backup ({e})") from None
     if not isinstance(data, dict) or data.get("format") != BACKUP_FORMAT:
         raise ConfigError(f"{path} is not a license-keeper backup (format is not {BACKUP_FORMAT})")
+    document, record_id = data.get("document"), data.get("id", "")
+    if not isinstance(document, str) or not isinstance(record_id, str):
+        raise ConfigError(f"{path}: backup lacks the license document or has a bad id")
     try:
-        record = LicenseRecord(
-            document=str(data["document"]),
-            id=str(data.get("id", "")),
-            updated_at=int(data.get("updated_at", 0)),
-            source="backup",
-        )
-    except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"{path}: backup lacks the license document or has a bad updated_at") from None
+        updated_at = parse_updated_at(data.get("updated_at", 0), now or datetime.now(UTC))
+    except UpdatedAtError as e:
+        raise ConfigError(f"{path}: backup {e}") from None
+    record = LicenseRecord(document=document, id=record_id, updated_at=updated_at, source="backup")
     if not record.valid:
         raise ConfigError(f"{path}: {record.problem}")
     return record
