@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kubernetes_asyncio import client
 
-from license_keeper.cli import BACKUP_FORMAT
+from license_keeper.cli.backup import BACKUP_FORMAT
 from license_keeper.license import LicenseRecord
 from license_keeper.policy import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from license_keeper.store import SecretStore

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from license_keeper import cli
-from license_keeper.cli import BACKUP_FORMAT, main
+from license_keeper.cli import common, main
+from license_keeper.cli.backup import BACKUP_FORMAT, write_private
 from license_keeper.config import ConfigError, load_settings
 from license_keeper.testing.licenses import make_document
 
@@ -117,15 +117,15 @@ def test_resolve_namespace_looks_at_flag_pod_env_service_account_then_kubeconfig
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     sa_file = tmp_path / "namespace"
-    monkeypatch.setattr(cli, "SERVICE_ACCOUNT_NAMESPACE_FILE", sa_file)
+    monkeypatch.setattr(common, "SERVICE_ACCOUNT_NAMESPACE_FILE", sa_file)
     monkeypatch.delenv("POD_NAMESPACE", raising=False)
     monkeypatch.delenv("LICENSE_KEEPER_NAMESPACE", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
     with pytest.raises(ConfigError, match="no namespace: pass --namespace, set POD_NAMESPACE"):
-        cli.resolve_namespace(load_settings())
+        common.resolve_namespace(load_settings())
     sa_file.write_text("  \n")  # empty: still none
     with pytest.raises(ConfigError, match="no namespace"):
-        cli.resolve_namespace(load_settings())
+        common.resolve_namespace(load_settings())
 
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
@@ -134,17 +134,17 @@ def test_resolve_namespace_looks_at_flag_pod_env_service_account_then_kubeconfig
         "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\nusers: [{name: u, user: {}}]\n"
     )
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    assert cli.resolve_namespace(load_settings()) == "from-kubeconfig"
+    assert common.resolve_namespace(load_settings()) == "from-kubeconfig"
 
     sa_file.write_text("from-sa-file\n")
-    assert cli.resolve_namespace(load_settings()) == "from-sa-file"
+    assert common.resolve_namespace(load_settings()) == "from-sa-file"
 
     monkeypatch.setenv("POD_NAMESPACE", "from-pod")
-    assert cli.resolve_namespace(load_settings()) == "from-pod"
+    assert common.resolve_namespace(load_settings()) == "from-pod"
 
     monkeypatch.setenv("LICENSE_KEEPER_NAMESPACE", "from-env")
-    assert cli.resolve_namespace(load_settings()) == "from-env"
-    assert cli.resolve_namespace(load_settings(namespace="from-flag")) == "from-flag"
+    assert common.resolve_namespace(load_settings()) == "from-env"
+    assert common.resolve_namespace(load_settings(namespace="from-flag")) == "from-flag"
 
 
 def _konnect_args(cert: Path, key: Path) -> list[str]:
@@ -278,7 +278,7 @@ def test_write_private_never_follows_a_planted_symlink(tmp_path: Path) -> None:
     victim.write_text("precious\n")
     out = tmp_path / "backup.json"
     (tmp_path / ".backup.json.tmp").symlink_to(victim)
-    cli.write_private(out, '{"secret": true}\n')
+    write_private(out, '{"secret": true}\n')
     assert victim.read_text() == "precious\n"
     assert not out.is_symlink() and out.read_text() == '{"secret": true}\n'
     assert out.stat().st_mode & 0o777 == 0o600
@@ -292,7 +292,7 @@ def test_write_private_replaces_a_symlink_at_the_target_not_its_target(tmp_path:
     victim.write_text("precious\n")
     out = tmp_path / "backup.json"
     out.symlink_to(victim)
-    cli.write_private(out, "new\n")
+    write_private(out, "new\n")
     assert victim.read_text() == "precious\n"
     assert not out.is_symlink() and out.read_text() == "new\n"
 
