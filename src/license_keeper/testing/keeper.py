@@ -21,6 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .controlplane import free_port
 
+__all__ = ["KeeperProcess", "KonnectEndpoint", "keeper_rules"]
+
 
 def keeper_rules(secret_name: str, lease_name: str, *, allow_create: bool = True) -> list[dict[str, Any]]:
     """The least-privilege Role of a keeper: its Secret and Lease by name, Events; never delete."""
