@@ -23,7 +23,6 @@ __all__ = [
     "needs_fast_polling",
     "next_delay",
     "poll_wait",
-    "sleep_slice",
     "wall_jumped",
 ]
 
@@ -111,18 +110,6 @@ def poll_wait(
     if wall_jumped(mono_elapsed, wall_elapsed, tolerance):
         return 0.0
     remaining = due_mono - now_mono
-    if remaining <= 0:
-        return 0.0
-    return min(remaining, max_slice)
-
-
-def sleep_slice(due_wall: float, now_wall: float, max_slice: float = MAX_SLEEP_SLICE_SECONDS) -> float:
-    """Deprecated: due times on the wall clock (a clock step back of a day delays the poll by a day).
-
-    TODO(lead): agent.py still calls this; switch its ``_sleep`` to ``poll_wait`` on time.monotonic()
-    with ``wall_jumped`` fed from time.time(), then delete this function.
-    """
-    remaining = due_wall - now_wall
     if remaining <= 0:
         return 0.0
     return min(remaining, max_slice)

@@ -113,38 +113,43 @@ def test_run_reads_bad_settings_from_the_environment_too() -> None:
     assert_one_line_error(result, "--polling-period: not a duration")
 
 
-def test_resolve_namespace_looks_at_flag_pod_env_service_account_then_kubeconfig(
+def test_resolve_namespace_looks_at_flag_env_pod_then_kubeconfig(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    sa_file = tmp_path / "namespace"
-    monkeypatch.setattr(common, "SERVICE_ACCOUNT_NAMESPACE_FILE", sa_file)
+    """In a pod, lightkube's in-cluster config carries the ServiceAccount's namespace as the context's."""
+    from license_keeper.kube import Kube
+
     monkeypatch.delenv("POD_NAMESPACE", raising=False)
     monkeypatch.delenv("LICENSE_KEEPER_NAMESPACE", raising=False)
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+
+    def kubeconfig(namespace: str | None) -> Path:
+        path = tmp_path / f"kubeconfig-{namespace}"
+        context = f"{{cluster: k, user: u, namespace: {namespace}}}" if namespace else "{cluster: k, user: u}"
+        path.write_text(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+            f"contexts: [{{name: c, context: {context}}}]\n"
+            "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\nusers: [{name: u, user: {}}]\n"
+        )
+        return path
+
+    without = Kube.from_kubeconfig(kubeconfig(None))
     with pytest.raises(ConfigError, match="no namespace: pass --namespace, set POD_NAMESPACE"):
-        common.resolve_namespace(load_settings())
-    sa_file.write_text("  \n")  # empty: still none
-    with pytest.raises(ConfigError, match="no namespace"):
-        common.resolve_namespace(load_settings())
-
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        "contexts: [{name: c, context: {cluster: k, user: u, namespace: from-kubeconfig}}]\n"
-        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\nusers: [{name: u, user: {}}]\n"
-    )
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    assert common.resolve_namespace(load_settings()) == "from-kubeconfig"
-
-    sa_file.write_text("from-sa-file\n")
-    assert common.resolve_namespace(load_settings()) == "from-sa-file"
-
+        common.resolve_namespace(load_settings(), without)
+    kube = Kube.from_kubeconfig(kubeconfig("from-kubeconfig"))
+    assert common.resolve_namespace(load_settings(), kube) == "from-kubeconfig"
     monkeypatch.setenv("POD_NAMESPACE", "from-pod")
-    assert common.resolve_namespace(load_settings()) == "from-pod"
-
+    assert common.resolve_namespace(load_settings(), kube) == "from-pod"
+    assert common.resolve_namespace(load_settings(), without) == "from-pod"
     monkeypatch.setenv("LICENSE_KEEPER_NAMESPACE", "from-env")
-    assert common.resolve_namespace(load_settings()) == "from-env"
-    assert common.resolve_namespace(load_settings(namespace="from-flag")) == "from-flag"
+    assert common.resolve_namespace(load_settings(), kube) == "from-env"
+    assert common.resolve_namespace(load_settings(namespace="from-flag"), kube) == "from-flag"
+
+
+def test_a_missing_kubeconfig_is_one_clear_line(tmp_path: Path) -> None:
+    from license_keeper.kube import Kube, KubeConfigError
+
+    with pytest.raises(KubeConfigError, match=r"cannot load Kubernetes credentials from .*nope"):
+        Kube.from_kubeconfig(tmp_path / "nope")
 
 
 def _konnect_args(cert: Path, key: Path) -> list[str]:

@@ -20,7 +20,6 @@ from license_keeper.schedule import (
     needs_fast_polling,
     next_delay,
     poll_wait,
-    sleep_slice,
     wall_jumped,
 )
 from license_keeper.testing.licenses import make_record
@@ -143,28 +142,6 @@ def test_backoff_jitter_actually_spreads() -> None:
     rng = random.Random(7)
     delays = {next_delay(None, 6, NOW, CFG, rng) for _ in range(50)}
     assert len(delays) > 40  # full jitter: not one synchronized retry time
-
-
-wall = st.floats(min_value=0, max_value=4e9, allow_nan=False, allow_infinity=False)
-
-
-@PROPS
-@given(due=wall, now=wall)
-def test_sleep_slice_bounded_and_zero_when_due(due: float, now: float) -> None:
-    s = sleep_slice(due, now)
-    assert 0.0 <= s <= MAX_SLEEP_SLICE_SECONDS
-    if now >= due:
-        assert s == 0.0
-    else:
-        assert s == min(due - now, MAX_SLEEP_SLICE_SECONDS)
-
-
-@PROPS
-@given(now=wall, period=st.floats(min_value=61.0, max_value=30 * DAY), jump=st.floats(min_value=0.0, max_value=1e7))
-def test_a_wall_clock_jump_forward_past_the_due_time_makes_it_zero(now: float, period: float, jump: float) -> None:
-    due = now + period
-    assert sleep_slice(due, now) == MAX_SLEEP_SLICE_SECONDS  # a 12 h wait is slept in short slices
-    assert sleep_slice(due, now + period + jump) == 0.0  # suspended node / clock jump: due at once
 
 
 # --- sleeping on the monotonic clock (issue 9 item 10) ---------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -24,7 +23,6 @@ __all__ = [
     "EXIT_EXPIRING",
     "EXIT_VALID",
     "MAX_INPUT_BYTES",
-    "SERVICE_ACCOUNT_NAMESPACE_FILE",
     "api_client",
     "connect",
     "env_help",
