@@ -36,7 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from license_keeper.testing.kong_model import ApiAnswer, KongNode
-from license_keeper.testing.konnect import _TLSFront
+from license_keeper.testing.konnect_tls import TLSFront
 from license_keeper.testing.tls import TLSMaterial
 
 __all__ = ["MODES", "KongStandIn", "main"]
@@ -89,7 +89,7 @@ class KongStandIn:
         self.data_planes: list[KongStandIn] = []
         self.propagation_paused = False
         self._runner: web.AppRunner | None = None
-        self._front: _TLSFront | None = None
+        self._front: TLSFront | None = None
         self._release = asyncio.Event()
         self._untrusted: TLSMaterial | None = None
 
@@ -123,7 +123,7 @@ class KongStandIn:
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self._front = _TLSFront(self._ssl_context(), self._runner.addresses[0][1], self.port)
+        self._front = TLSFront(self._ssl_context(), self._runner.addresses[0][1], self.port)
         if self.mode != "closed":
             await asyncio.to_thread(self._front.listen)
             self.port = self._front.port
