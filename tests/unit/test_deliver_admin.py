@@ -54,7 +54,7 @@ class Clock:
 def target_for(
     kong: KongStandIn, token_file: Path | None, clock: Clock | None = None, **opts: object
 ) -> AdminApiTarget:
-    options = AdminApiOptions(token_file=token_file, ca_file=kong.tls.ca_file, timeout=2.0, **opts)  # type: ignore[arg-type]
+    options = AdminApiOptions(token_file=token_file, ca_file=kong.tls.ca_file, timeout=2.0, **opts)
     return AdminApiTarget(parse_target(f"admin-api={kong.address}"), OURS, options, clock=clock or Clock())
 
 
