@@ -380,13 +380,11 @@ class KongLicenseTarget:
 
     async def _winner(self) -> str | None:
         """Which KongLicense controllers pick; None when listing is not allowed (then status alone tells)."""
-        from .kube import Forbidden
+        from .kube import KubeError
 
         try:
             listing = await self.kube.request("GET", KONGLICENSES, what="list KongLicenses")
-        except Forbidden:
-            return None
-        except Exception as exc:  # any other KubeError: the status conditions still tell
+        except KubeError as exc:  # 403 without delivery.kongLicense.detectCompeting: the status still tells
             log.debug("cannot list KongLicenses: %s", exc)
             return None
         return konglicense_winner([o for o in listing.get("items") or [] if isinstance(o, dict)])
