@@ -349,3 +349,26 @@ def test_delivery_event(previous: Any, current: Any, event: tuple[str, bool] | N
 
     got = delivery_event(previous, current)
     assert (None if got is None else (got[0], got[2])) == event
+
+
+DOCS = [HELD, OTHER, HIDDEN]
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(DOCS), st.booleans(), st.integers(0, 5)), max_size=4),
+    st.sampled_from([*DOCS, None]),
+    st.one_of(st.none(), st.floats(0, 200)),
+)
+def test_diagnose_admin_properties(
+    rows_spec: list[tuple[str, bool, int]], runs: str | None, wrote_at: float | None
+) -> None:
+    held = parse_license(HELD)
+    rows = [row(doc, OURS if ours else None, updated) for doc, ours, updated in rows_spec]
+    state, reason = diagnose_admin(held, rows, reported(runs), OURS, wrote_at=wrote_at, now=200.0, grace=60)
+    # the gateway's own word decides "delivered"; a fresh write is never called drift
+    assert (state is D.DELIVERED) is (runs == HELD)
+    if runs != HELD and wrote_at is not None and 200.0 - wrote_at < 60:
+        assert state is D.PENDING
+    for doc in DOCS:
+        lic = parse_license(doc)
+        assert lic.license_key not in reason and lic.signature not in reason and doc not in reason
