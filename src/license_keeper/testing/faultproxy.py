@@ -451,6 +451,8 @@ class FaultProxy:
                     break
         except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError, _Malformed, ValueError):
             pass
+        except asyncio.CancelledError:
+            pass  # the proxy is stopping; the connection is cut below
         finally:
             self._conns.discard(conn)
             if not conn.cut_event.is_set():
