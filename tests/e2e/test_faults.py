@@ -177,11 +177,18 @@ async def test_unanswered_event_requests_never_stall_the_keeper(
     proxy.set_mode("pass")
 
 
+@pytest.mark.parametrize("mode", ["reset", "cut_after"])
 async def test_a_broken_event_connection_never_crashes_the_keeper(
-    proxied_keeper: ProxiedKeeper, proxy: FaultProxy, konnect: KonnectStandIn, admin_api: AsyncClient, namespace: str
+    proxied_keeper: ProxiedKeeper,
+    proxy: FaultProxy,
+    konnect: KonnectStandIn,
+    admin_api: AsyncClient,
+    namespace: str,
+    mode: str,
 ) -> None:
-    """Defect 3: a ServerDisconnectedError while sending an Event escaped serve() and ended the leader."""
-    proxy.set_mode("reset", path=r"/events")
+    """Defect 3: a broken connection while sending an Event (ServerDisconnectedError, a cut answer)
+    escaped serve() and ended the leader."""
+    proxy.set_mode(mode, path=r"/events")
     k = proxied_keeper()
     await ready(k)
     assert konnect.record is not None
