@@ -119,6 +119,7 @@ class Keeper:
         self._runners: list[web.AppRunner] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._died: tuple[str, str] | None = None  # (task, what ended it)
+        self._lost_leadership = False
         self._watch_error: tuple[str, float] | None = None  # last logged watch failure, when
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -181,17 +182,29 @@ class Keeper:
         self._ended.set()
 
     def _exit_code(self) -> int:
+        if self._died is None:
+            self._died = self._first_dead_task()  # its done callback may not have run yet
         if self._died is not None:
             name, what = self._died
             log.error("background task %r ended unexpectedly (%s); exiting so the pod restarts clean", name, what)
             return EXIT_TASK_DIED
-        if self.elector is not None and self.elector.lost.is_set() and not self._stopping.is_set():
+        if self._lost_leadership:
             log.error("lost the leader Lease; stopping all writes and exiting")
             return EXIT_LOST_LEASE
         return EXIT_OK
 
+    def _first_dead_task(self) -> tuple[str, str] | None:
+        if self._stopping.is_set():
+            return None
+        for name, task in self._tasks.items():
+            if task.done() and not task.cancelled():
+                error = task.exception()
+                if error is not None:
+                    return name, f"{type(error).__name__}: {_short(error)}"
+        return None
+
     async def _shutdown(self) -> None:
-        graceful = self._died is None and (self.elector is None or not self.elector.lost.is_set())
+        graceful = self._died is None and not self._lost_leadership
         self._leading = False
         self.state.leader = False
         election = self._tasks.pop("election", None)
@@ -220,6 +233,7 @@ class Keeper:
             self._begin_leading()
         elif not leading and self._leading:
             # Stop every write and Konnect call now; the election task ends and the process exits 1.
+            self._lost_leadership = not self._stopping.is_set()
             self._leading = False
             self.state.leader = False
             lead = self._tasks.pop("lead", None)

@@ -267,7 +267,7 @@ def test_role_rules(variant: tuple[str, dict[str, Any], list[dict[str, Any]]]) -
             "apiGroups": ["coordination.k8s.io"],
             "resources": ["leases"],
             "resourceNames": [lease],
-            "verbs": ["get", "update"],
+            "verbs": ["get", "update", "list", "watch"],
         }
     ]
     assert [r["verbs"] for r in lease_rules if not r.get("resourceNames")] == [["create"]]

@@ -191,9 +191,9 @@ def restore(file: Path, force: bool, **flags: Any) -> None:
             await api.close()
         if outcome.refused is SecretState.IMMUTABLE:
             fail(f"{what} is immutable; cannot restore into it")
-        click.echo(
-            f"{what}: " + ("restored" if outcome.wrote else "already holds this license") + f" ({describe(record)})"
-        )
+        forced = outcome.wrote and in_secret is not None and is_better(in_secret, record, now)
+        verb = "restored by force" if forced else "restored" if outcome.wrote else "already holds this license"
+        click.echo(f"{what}: {verb} ({describe(record)})")
         return 0
 
     sys.exit(run_async(go()))

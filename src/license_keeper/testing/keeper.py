@@ -37,7 +37,8 @@ def keeper_rules(secret_name: str, lease_name: str, *, allow_create: bool = True
             "apiGroups": ["coordination.k8s.io"],
             "resources": ["leases"],
             "resourceNames": [lease_name],
-            "verbs": ["get", "update"],
+            # list and watch with a metadata.name field selector: followers watch for the release.
+            "verbs": ["get", "update", "list", "watch"],
         },
         # RBAC cannot limit create by name: a new object has no name to match yet.
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
@@ -74,6 +75,9 @@ class KeeperProcess:
     env: Mapping[str, str] = field(default_factory=dict)
     probe_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    # The interpreter that runs the keeper: LICENSE_KEEPER_TEST_PYTHON runs the same tests against
+    # another build (an older checkout's virtualenv, to show a regression test failing before its fix).
+    python: str = field(default_factory=lambda: os.environ.get("LICENSE_KEEPER_TEST_PYTHON") or sys.executable)
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
 
@@ -83,7 +87,7 @@ class KeeperProcess:
 
     def command(self) -> list[str]:
         return [
-            sys.executable,
+            self.python,
             "-m",
             "license_keeper",
             "run",
