@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from license_keeper.agent import Keeper
-from license_keeper.config import Settings
+from license_keeper.config import load_settings
 from license_keeper.konnect import KonnectClient
 from license_keeper.kube import Kube
 from license_keeper.testing.controlplane import ControlPlane, ServiceAccountAccess
@@ -52,7 +52,7 @@ async def make_keeper(
     kubes: list[Kube] = []
 
     def make(**overrides: Any) -> Keeper:
-        settings = Settings(
+        settings = load_settings(
             namespace=namespace,
             probe_addr="127.0.0.1:0",
             metrics_addr="127.0.0.1:0",

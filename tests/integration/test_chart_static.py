@@ -10,6 +10,7 @@ is a FAILURE with instructions, never a skip: a chart nobody rendered must not l
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import os
@@ -540,7 +541,7 @@ def test_rendered_environment_is_accepted_by_the_keeper_settings(
     variant: tuple[str, dict[str, Any], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every LICENSE_KEEPER_* variable the chart sets is a setting `license-keeper run` knows, with a valid value."""
-    from license_keeper.config import Settings
+    from license_keeper.config import Settings, load_settings
 
     _, values, objs = variant
     _, c = _container(objs)
@@ -550,9 +551,9 @@ def test_rendered_environment_is_accepted_by_the_keeper_settings(
     env = {e["name"]: e["value"] for e in c["env"] if e["name"].startswith("LICENSE_KEEPER_")}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    known = {"LICENSE_KEEPER_" + f.upper() for f in Settings.model_fields}
+    known = {"LICENSE_KEEPER_" + f.name.upper() for f in dataclasses.fields(Settings)}
     assert set(env) <= known, f"unknown settings: {set(env) - known}"
-    settings = Settings()
+    settings = load_settings()
     secret_name, lease = _expected_names(values)
     assert settings.effective_secret_name == secret_name
     assert settings.effective_lease_name == lease
@@ -647,7 +648,7 @@ def test_delivery_is_off_by_default() -> None:
 
 
 def test_delivery_targets_render_settings_mounts_and_rbac(monkeypatch: pytest.MonkeyPatch) -> None:
-    from license_keeper.config import Settings
+    from license_keeper.config import load_settings
 
     objs = render(DELIVERY_ALL)
     env = _env(objs)
@@ -677,7 +678,7 @@ def test_delivery_targets_render_settings_mounts_and_rbac(monkeypatch: pytest.Mo
     for name, value in env.items():
         if name.startswith("LICENSE_KEEPER_"):
             monkeypatch.setenv(name, value)
-    settings = Settings()
+    settings = load_settings()
     assert [t.kind for t in settings.delivery_targets()] == [
         "admin-api",
         "admin-api",
