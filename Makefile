@@ -38,7 +38,7 @@ lint: dev
 
 ## demo: the whole job end to end on a local control plane, with the Konnect stand-in
 demo: dev controlplane
-	$(PY) -m license_keeper.demo
+	$(PY) -m license_keeper.testing.demo
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

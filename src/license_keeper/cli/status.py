@@ -80,10 +80,12 @@ def status(output: str, **flags: Any) -> None:
     """
     from ..deliver import deliverer_from_settings, render_reports
     from ..election import read_holder
+    from ..observe import setup_logging
     from ..kube import KubeError
     from ..store import SecretStore, StoreError
 
     settings = settings_from(**flags)
+    setup_logging("text", "error")  # the report says it all; the read-back's own log lines would repeat it
 
     async def go() -> int:
         namespace, api = await connect(settings)
