@@ -80,8 +80,8 @@ def status(output: str, **flags: Any) -> None:
     """
     from ..deliver import deliverer_from_settings, render_reports
     from ..election import read_holder
-    from ..observe import setup_logging
     from ..kube import KubeError
+    from ..observe import setup_logging
     from ..store import SecretStore, StoreError
 
     settings = settings_from(**flags)
