@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev test test-unit lint demo controlplane clean
+.PHONY: dev test test-unit lint demo controlplane clean lock lock-upgrade image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,27 @@ lint: dev
 ## demo: the whole job end to end on a local control plane, with the Konnect stand-in
 demo: dev controlplane
 	$(PY) -m license_keeper.demo
+
+## lock: pin the image's dependencies with hashes: requirements.lock from pyproject.toml's dependencies,
+## build-requirements.lock from its build-system (keeps existing pins that still fit; lock-upgrade takes the newest)
+UV_VERSION := 0.13.9
+UV         := $(VENV)/bin/uv
+LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --custom-compile-command 'make lock' --quiet
+
+$(UV): $(STAMP)
+	$(PY) -m pip install --quiet uv==$(UV_VERSION)
+
+lock: $(UV)
+	$(UV) pip compile pyproject.toml $(LOCK_FLAGS) $(LOCK_ARGS) -o requirements.lock
+	$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+	  | $(UV) pip compile - $(LOCK_FLAGS) $(LOCK_ARGS) -o build-requirements.lock
+
+lock-upgrade:
+	$(MAKE) lock LOCK_ARGS=--upgrade
+
+## image: build the container image (podman, else docker); IMAGE=name:tag, PYTHON_IMAGE=base to override
+image:
+	tools/image/build.sh
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
