@@ -39,7 +39,8 @@ if [[ -z "$base" ]]; then
     fi
 fi
 
-args=(build --network host --build-arg "PYTHON_IMAGE=$base" -t "$IMAGE" -f "$repo/Dockerfile")
+args=(build --network host --build-arg "PYTHON_IMAGE=$base" --label "org.opencontainers.image.base.name=$base"
+    -t "$IMAGE" -f "$repo/Dockerfile")
 if [[ "${engine[0]}" != docker && -s "$CA_BUNDLE" ]]; then
     # docker build has no -v; podman's volume covers RUN steps only and is never committed to a layer.
     args+=(-v "$CA_BUNDLE:/etc/ssl/certs/ca-certificates.crt:ro")
