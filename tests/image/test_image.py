@@ -28,18 +28,15 @@ import shutil
 import subprocess
 import tarfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from license_keeper.testing.container import KeeperContainer, PodFiles, hardened
 from license_keeper.testing.controlplane import ControlPlane, free_port
 from license_keeper.testing.konnect import KonnectStandIn
 
@@ -54,16 +51,7 @@ PODMAN = str(REPO / "tools" / "image" / "podman.sh")
 TAG = "localhost/license-keeper:test"
 UID = 10001
 ENTRYPOINT = ["/opt/license-keeper/bin/license-keeper"]
-SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"  # where the kubelet mounts the token
-# As the chart's securityContext: uid/gid 10001, read-only root, /tmp an emptyDir, no capabilities,
-# no privilege escalation (the runtime's default seccomp profile applies).
-HARDENED = [
-    f"--user={UID}:{UID}",
-    "--read-only",
-    "--tmpfs=/tmp:rw,size=64m,mode=1777",
-    "--cap-drop=ALL",
-    "--security-opt=no-new-privileges",
-]
+HARDENED = hardened(UID)  # as the chart's securityContext
 
 
 def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -182,79 +170,6 @@ def test_starts_hardened_without_network(image: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ end to end
-@dataclass
-class Container:
-    image: str
-    name: str
-    env: dict[str, str]
-    mounts: list[str]
-    probe_port: int
-    metrics_port: int
-    started_at: float = 0.0
-    ids: list[str] = field(default_factory=list)
-
-    def start(self) -> Container:
-        args = ["run", "--detach", f"--name={self.name}", "--network=host", *HARDENED, "--memory=192m"]
-        args += [f"--env={k}={v}" for k, v in self.env.items()]
-        args += [f"--volume={m}" for m in self.mounts]
-        self.started_at = time.monotonic()
-        podman(*args, self.image, "run")
-        return self
-
-    def _get(self, port: int, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError:
-            return 0, ""
-
-    def running(self) -> bool:
-        out = podman("inspect", "--format={{.State.Running}}", self.name, check=False).stdout.strip()
-        return out == "true"
-
-    def wait_ready(self, timeout: float) -> float:
-        """Seconds from `podman run` until /readyz answered 200."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._get(self.probe_port, "/readyz")[0] == 200:
-                return time.monotonic() - self.started_at
-            if not self.running():
-                raise AssertionError(f"{self.name} exited:\n{self.logs()[-3000:]}")
-            time.sleep(0.1)
-        raise AssertionError(f"{self.name} not ready after {timeout:.0f} s:\n{self.logs()[-3000:]}")
-
-    def writes(self) -> float:
-        status, text = self._get(self.metrics_port, "/metrics")
-        assert status == 200, f"/metrics answered {status}"
-        families = text_string_to_metric_families(text)
-        return sum(s.value for f in families for s in f.samples if s.name == "license_keeper_secret_writes_total")
-
-    def logs(self) -> str:
-        proc = podman("logs", self.name, check=False)
-        return proc.stdout + proc.stderr
-
-    def stop(self) -> None:
-        podman("stop", "--time=20", self.name, check=False, timeout=60)
-
-    def remove(self) -> None:
-        podman("rm", "--force", self.name, check=False, timeout=60)
-
-
-def _mount_dir(root: Path, files: dict[str, bytes], mode: int) -> Path:
-    """A directory of files readable by the runtime group only, as the chart's Secret volumes with fsGroup."""
-    root.mkdir(parents=True)
-    for name, data in files.items():
-        path = root / name
-        path.write_bytes(data)
-        os.chown(path, 0, UID)
-        path.chmod(mode)
-    os.chown(root, 0, UID)
-    root.chmod(0o750)
-    return root
-
-
 def _secret(cp: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
     return cp.must("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
 
@@ -263,7 +178,7 @@ async def test_the_image_keeps_the_license_as_the_chart_runs_it(
     image: str, controlplane: ControlPlane, namespace: str, tmp_path: Path
 ) -> None:
     async with KonnectStandIn(tls_dir=tmp_path / "konnect-tls") as konnect:
-        probe, metrics = free_port(), free_port()
+        probe, metrics = free_port(), free_port()  # host network: the chart's 8080/8081 may be taken
         values = {
             "konnect.address": konnect.address,
             "konnect.controlPlaneId": konnect.control_plane_id,
@@ -276,44 +191,19 @@ async def test_the_image_keeps_the_license_as_the_chart_runs_it(
         secret = only(objs, "Secret")["metadata"]["name"]
         _, spec = _container(objs)
         assert spec["securityContext"]["runAsUser"] == UID and spec["securityContext"]["readOnlyRootFilesystem"]
-
-        # What the kubelet gives the pod: the ServiceAccount's token, CA and namespace, the API server's
-        # address, the downward API's names, and the two Secret volumes at the chart's mount paths.
-        api = urlsplit(controlplane.server)
-        token = await asyncio.to_thread(controlplane.request_token, namespace, sa)
-        tls = konnect.tls
-        sa_dir = _mount_dir(
-            tmp_path / "sa",
-            {"token": token.encode(), "ca.crt": controlplane.ca_file.read_bytes(), "namespace": namespace.encode()},
-            0o440,
-        )
-        client_tls = _mount_dir(
-            tmp_path / "konnect",
-            {"tls.crt": tls.client_cert_file.read_bytes(), "tls.key": tls.client_key_file.read_bytes()},
-            0o440,
-        )
-        ca = _mount_dir(tmp_path / "konnect-ca", {"ca.crt": tls.ca_file.read_bytes()}, 0o444)
-        mounts = [
-            f"{sa_dir}:{SA_DIR}:ro",
-            f"{client_tls}:/etc/license-keeper/konnect:ro",
-            f"{ca}:/etc/license-keeper/konnect-ca:ro",
-        ]
+        assert spec["args"] == ["run"]
         chart_env = {e["name"]: e["value"] for e in spec["env"] if "value" in e}
         assert chart_env["LICENSE_KEEPER_KONNECT_CA_FILE"] == "/etc/license-keeper/konnect-ca/ca.crt"
 
-        def container(pod: str) -> Container:
-            env = {
-                **chart_env,
-                "POD_NAME": pod,
-                "POD_NAMESPACE": namespace,
-                "KUBERNETES_SERVICE_HOST": str(api.hostname),
-                "KUBERNETES_SERVICE_PORT": str(api.port),
-            }
-            name = f"lk-test-{uuid.uuid4().hex[:8]}"
-            return Container(image, name, env, mounts, probe, metrics)
+        pod = PodFiles(tmp_path / "pod", uid=UID)
+        mounts = await asyncio.to_thread(pod.service_account, controlplane, namespace, sa)
+        mounts += pod.konnect(konnect.tls)
 
-        first = container("lk-license-keeper-abc12")
-        second = container("lk-license-keeper-def34")
+        def keeper(name: str) -> KeeperContainer:
+            env = {**chart_env, **pod.env, "POD_NAME": name}
+            return KeeperContainer(image, env, mounts, probe, metrics, engine=(PODMAN,), args=spec["args"])
+
+        first, second = keeper("lk-license-keeper-abc12"), keeper("lk-license-keeper-def34")
         try:
             await asyncio.to_thread(first.start)
             took = await asyncio.to_thread(first.wait_ready, 60)
@@ -324,10 +214,10 @@ async def test_the_image_keeps_the_license_as_the_chart_runs_it(
                 assert time.monotonic() < deadline, "the Secret was not written"
                 await asyncio.sleep(0.2)
             assert set(data) == {"payload", "id", "updated_at", "license"}
-            assert data["license"] == _b64(konnect.record.document)
+            assert base64.b64decode(data["license"]).decode() == konnect.record.document
             assert await asyncio.to_thread(first.writes) == 1
             await asyncio.to_thread(first.stop)
-            assert "license_key" not in first.logs() and not leaks(first.logs())
+            assert not leaks(first.logs())
 
             # A new pod while Konnect hangs: ready from the Secret alone, nothing written.
             before = (await asyncio.to_thread(_secret, controlplane, namespace, secret))["metadata"]["resourceVersion"]
@@ -338,12 +228,8 @@ async def test_the_image_keeps_the_license_as_the_chart_runs_it(
             await asyncio.sleep(3)
             assert await asyncio.to_thread(second.writes) == 0
             after = (await asyncio.to_thread(_secret, controlplane, namespace, secret))["metadata"]["resourceVersion"]
-            assert after == before
+            assert after == before, "the Secret was written"
             assert not leaks(second.logs())
         finally:
-            for c in (first, second):
-                await asyncio.to_thread(c.remove)
-
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
+            for k in (first, second):
+                await asyncio.to_thread(k.remove)
