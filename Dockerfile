@@ -39,13 +39,14 @@ RUN /opt/build/bin/pip wheel --quiet --no-deps --no-build-isolation --wheel-dir 
 
 FROM ${PYTHON_IMAGE}
 # Off the base: pip and the wheels that could bring it back (ensurepip's, Debian's python-wheels), and
-# every setuid/setgid bit (nothing here changes user). Then the runtime user, owning no file.
+# every setuid/setgid bit, of files and directories (nothing here changes user or group).
+# Then the runtime user, owning no file.
 RUN set -eu; \
     python3 -m pip uninstall --quiet --yes pip setuptools wheel >/dev/null 2>&1 || true; \
     rm -rf /usr/share/python-wheels /usr/local/bin/pip /usr/local/bin/pip3*; \
     ensurepip="$(python3 -c 'import ensurepip, os; print(os.path.dirname(ensurepip.__file__))' 2>/dev/null || true)"; \
     if [ -n "$ensurepip" ]; then rm -rf "$ensurepip"; fi; \
-    find / -xdev -type f -perm /6000 -exec chmod ug-s {} +; \
+    find / -xdev -perm /6000 -exec chmod ug-s {} +; \
     echo 'license-keeper:x:10001:10001:license-keeper:/nonexistent:/usr/sbin/nologin' >> /etc/passwd; \
     echo 'license-keeper:x:10001:' >> /etc/group
 COPY --from=builder /opt/license-keeper /opt/license-keeper

@@ -140,7 +140,7 @@ def test_no_build_tools_pip_wheels_or_caches(files: dict[str, Entry]) -> None:
 
 
 def test_no_setuid_or_setgid_files(files: dict[str, Entry]) -> None:
-    found = [p for p, e in files.items() if not e.isdir and e.mode & 0o6000]
+    found = [p for p, e in files.items() if e.mode & 0o6000]
     assert not found, f"setuid/setgid files: {found}"
 
 
