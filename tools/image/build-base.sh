@@ -34,7 +34,8 @@ done
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 # essential: no apt, no init; docs, man pages and locales are left out (copyright files kept).
-mmdebstrap --quiet --variant=essential \
+echo "build-base.sh: building $IMAGE with mmdebstrap (about a minute or two)" >&2
+if ! mmdebstrap --quiet --variant=essential \
     --include=python3,python3-venv,ca-certificates \
     --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --dpkgopt='path-exclude=/usr/share/man/*' \
@@ -45,7 +46,11 @@ mmdebstrap --quiet --variant=essential \
     --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/lintian/*' \
     --customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/* "$1"/var/log/*' \
-    "$SUITE" "$work/rootfs.tar" "${sources[@]}"
+    "$SUITE" "$work/rootfs.tar" "${sources[@]}" >"$work/mmdebstrap.log" 2>&1; then
+    tail -n 40 "$work/mmdebstrap.log" >&2
+    echo "build-base.sh: mmdebstrap failed" >&2
+    exit 1
+fi
 
 "$PODMAN" import --quiet \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
