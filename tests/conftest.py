@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client, config
+from lightkube import AsyncClient, KubeConfig
 
+from license_keeper.kube import Kube
 from license_keeper.testing.controlplane import ControlPlane, ServiceAccountAccess
 
 
@@ -29,17 +30,29 @@ def namespace(controlplane: ControlPlane) -> str:
     return controlplane.create_namespace(f"t-{uuid.uuid4().hex[:10]}")
 
 
-async def api_client_for(kubeconfig: Path) -> client.ApiClient:
-    return await config.new_client_from_config(config_file=str(kubeconfig))
+def client_for(kubeconfig: Path) -> AsyncClient:
+    """A plain lightkube client on a kubeconfig: the tests' own view of the API server."""
+    return AsyncClient(KubeConfig.from_file(str(kubeconfig)), trust_env=False)
 
 
 @pytest.fixture
-async def admin_api(controlplane: ControlPlane) -> AsyncIterator[client.ApiClient]:
-    api = await api_client_for(controlplane.admin_kubeconfig)
+async def admin_api(controlplane: ControlPlane) -> AsyncIterator[AsyncClient]:
+    """The cluster admin, for setting up and inspecting what the keeper is tested against."""
+    api = client_for(controlplane.admin_kubeconfig)
     try:
         yield api
     finally:
         await api.close()
+
+
+@pytest.fixture
+async def admin_kube(controlplane: ControlPlane) -> AsyncIterator[Kube]:
+    """The cluster admin as the keeper's own ``Kube``, for keeper code run with full rights."""
+    kube = Kube.from_kubeconfig(controlplane.admin_kubeconfig)
+    try:
+        yield kube
+    finally:
+        await kube.close()
 
 
 ServiceAccountFactory = Callable[[Iterable[Mapping[str, Any]]], ServiceAccountAccess]

@@ -3,6 +3,10 @@
 Every replica loads and watches the Secret (read only), so it is ready and shows the right metrics as
 soon as the Secret holds a valid license. Only the replica holding the Lease asks Konnect and writes.
 All decisions go through one lock and the pure functions in ``policy`` and ``schedule``.
+
+Every background task (watch, re-read, heartbeat, Events, election, the leader's loop) is supervised:
+one that ends while the keeper is not stopping ends the process with exit 1 and one log line, so the
+kubelet restarts a clean pod instead of leaving a half-alive keeper behind.
 """
 
 from __future__ import annotations
@@ -13,27 +17,34 @@ import logging
 import random
 import signal
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
-from kubernetes_asyncio import client
 
 from .config import Settings
-from .election import TRANSPORT_ERRORS, LeaderElector, default_identity
+from .election import LeaderElector, default_identity
 from .konnect import KonnectClient, KonnectFailure, KonnectResult, LicenseFetched, NoLicense
+from .kube import Kube, KubeError
 from .license import LicenseRecord
 from .observe import EventRecorder, KeeperState, Metrics, metrics_app, probe_app, start_site
 from .policy import SecretSnapshot, SecretState, choose, is_better, record_from_secret, secret_state
-from .schedule import ScheduleConfig, next_delay, sleep_slice
+from .schedule import ScheduleConfig, next_delay
 from .store import SecretStore, StoreError, SyncOutcome
 
 log = logging.getLogger("license_keeper.agent")
 
 EXIT_OK = 0
 EXIT_LOST_LEASE = 1
+EXIT_TASK_DIED = 1
 HEARTBEAT_SECONDS = 5.0
 RESYNC_SECONDS = 60.0  # re-read the Secret even without watch events, in case the watch is starved
+SLEEP_SLICE_SECONDS = 30.0  # the poll loop beats at least this often while it sleeps
+WALL_JUMP_TOLERANCE_SECONDS = 120.0  # the wall clock ran ahead of the monotonic one: resume, poll
+MIN_REQUESTED_POLL_INTERVAL = 10.0  # /sync and SIGHUP: at most one extra Konnect call per 10 s
+ERROR_LOG_REPEAT_SECONDS = 60.0
 
 _WRITE_EVENTS = {
     "create": ("LicenseStored", False),
@@ -64,7 +75,7 @@ class Keeper:
     def __init__(
         self,
         settings: Settings,
-        api: client.ApiClient,
+        kube: Kube,
         *,
         namespace: str,
         konnect: KonnectClient | None = None,
@@ -72,14 +83,18 @@ class Keeper:
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
-        self.api = api
+        self.kube = kube
         self.namespace = namespace
         self.identity = identity or default_identity()
         self.rng = rng or random.Random()
-        self.state = KeeperState(renew_before=settings.renew_before, polling_period=settings.polling_period)
+        self.state = KeeperState(
+            renew_before=settings.renew_before,
+            polling_period=settings.polling_period,
+            secret_view_stale_after=3 * RESYNC_SECONDS,
+        )
         self.metrics = Metrics(self.state)
-        self.store = SecretStore(api, namespace, settings.effective_secret_name)
-        self.events = EventRecorder(api, namespace, settings.effective_secret_name, "license-keeper", self.identity)
+        self.store = SecretStore(kube, namespace, settings.effective_secret_name)
+        self.events = EventRecorder(kube, namespace, settings.effective_secret_name, "license-keeper", self.identity)
         self.konnect = konnect
         self.schedule = ScheduleConfig(
             initial_period=settings.initial_polling_period,
@@ -89,7 +104,7 @@ class Keeper:
         self.elector: LeaderElector | None = None
         if settings.leader_elect:
             self.elector = LeaderElector(
-                api,
+                kube,
                 namespace,
                 settings.effective_lease_name,
                 self.identity,
@@ -103,20 +118,24 @@ class Keeper:
         self._lock = asyncio.Lock()
         self._poll_now = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._ended = asyncio.Event()  # stopping, a task died, or the Lease was lost
         self._leading = False
         self._secret = SecretSnapshot.missing()
         self._secret_seen = False  # the Secret existed at some point since start
         self._first_snapshot = True
         self._failures = 0
+        self._last_poll: float | None = None  # monotonic time of the last Konnect call
         self._konnect_down = False
         self._announced: set[str] = set()  # once-per-condition Events (foreign, expiring, expired)
         self._runners: list[web.AppRunner] = []
-        self._event_tasks: set[asyncio.Task[None]] = set()  # strong refs until each Event is sent
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._died: tuple[str, str] | None = None  # (task, what ended it)
+        self._watch_error: tuple[str, float] | None = None  # last logged watch failure, when
 
     # --- lifecycle --------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Run until SIGTERM/SIGINT (exit 0) or until the Lease is lost (exit 1)."""
+        """Run until SIGTERM/SIGINT (exit 0), the Lease is lost (exit 1) or a task dies (exit 1)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -130,6 +149,7 @@ class Keeper:
     def stop(self) -> None:
         log.info("stopping")
         self._stopping.set()
+        self._ended.set()
 
     def request_poll(self) -> None:
         log.info("poll requested")
@@ -137,78 +157,93 @@ class Keeper:
 
     async def serve(self) -> int:
         await self._start_http()
-        background = [
-            asyncio.create_task(self._watch_secret(), name="watch"),
-            asyncio.create_task(self._heartbeat(), name="heartbeat"),
-        ]
-        election = asyncio.create_task(self.elector.run(), name="election") if self.elector else None
-        leader: asyncio.Task[None] | None = None
-        code = EXIT_OK
+        self._spawn("watch", self._watch_secret())
+        self._spawn("resync", self._resync())
+        self._spawn("heartbeat", self._heartbeat())
+        self._spawn("events", self.events.run())
+        if self.elector is not None:
+            self._spawn("election", self.elector.run())
+        else:
+            self._begin_leading()
         try:
-            if await self._wait_for_leadership(election):
-                self._leading = True
-                self.state.leader = True
-                leader = asyncio.create_task(self._lead(), name="lead")
-                code = await self._wait_while_leading(leader)
-            elif not self._stopping.is_set():
-                log.error("leader election ended without leading; exiting so the pod restarts clean")
-                code = EXIT_LOST_LEASE
+            await self._ended.wait()
+            code = self._exit_code()
         finally:
-            self._leading = False
-            self.state.leader = False
-            for task in [leader, *background]:
-                if task is not None:
-                    task.cancel()
-            await asyncio.gather(*(t for t in [leader, *background] if t is not None), return_exceptions=True)
-            if self.elector is not None:
-                if code == EXIT_OK:
-                    await self.elector.release()
-                if election is not None:
-                    election.cancel()
-                    await asyncio.gather(election, return_exceptions=True)
-            if self.konnect is not None:
-                await self.konnect.close()
-            for runner in self._runners:
-                await runner.cleanup()
+            await self._shutdown()
         log.info("stopped (exit %d)", code)
         return code
 
-    async def _wait_for_leadership(self, election: asyncio.Task[None] | None) -> bool:
-        if self.elector is None:
-            return not self._stopping.is_set()
-        waits = [asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(self.elector.leading.wait())]
-        if election is not None:
-            waits.append(election)  # type: ignore[arg-type]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits[:2]:
-                w.cancel()
-        return self.elector.leading.is_set() and not self._stopping.is_set() and not self.elector.lost.is_set()
+    def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks[name] = task
+        task.add_done_callback(self._task_done)
 
-    async def _wait_while_leading(self, leader: asyncio.Task[None]) -> int:
-        waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._stopping.wait()), leader]  # type: ignore[list-item]
-        if self.elector is not None:
-            waits.append(asyncio.ensure_future(self.elector.lost.wait()))
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                if w is not leader:
-                    w.cancel()
-        if self.elector is not None and self.elector.lost.is_set():
-            # Stop every write and Konnect call now; the caller exits non-zero so the pod restarts clean.
-            self._leading = False
-            leader.cancel()
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._stopping.is_set():
+            return
+        name = task.get_name()
+        if name == "election" and self.elector is not None and self.elector.lost.is_set():
+            self._ended.set()  # lost the Lease: _exit_code says so
+            return
+        error = task.exception()
+        what = f"{type(error).__name__}: {_short(error)}" if error is not None else "returned"
+        if self._died is None:
+            self._died = (name, what)
+        self._ended.set()
+
+    def _exit_code(self) -> int:
+        if self._died is not None:
+            name, what = self._died
+            log.error("background task %r ended unexpectedly (%s); exiting so the pod restarts clean", name, what)
+            return EXIT_TASK_DIED
+        if self.elector is not None and self.elector.lost.is_set() and not self._stopping.is_set():
             log.error("lost the leader Lease; stopping all writes and exiting")
             return EXIT_LOST_LEASE
-        if leader.done() and not leader.cancelled() and leader.exception() is not None:
-            raise leader.exception()  # type: ignore[misc]
         return EXIT_OK
 
+    async def _shutdown(self) -> None:
+        graceful = self._died is None and (self.elector is None or not self.elector.lost.is_set())
+        self._leading = False
+        self.state.leader = False
+        election = self._tasks.pop("election", None)
+        events = self._tasks.pop("events", None)
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if self.elector is not None:
+            if graceful:
+                await self.elector.release()  # a follower takes over as soon as it sees the release
+            if election is not None:
+                election.cancel()
+                await asyncio.gather(election, return_exceptions=True)
+        if events is not None:
+            events.cancel()
+            await asyncio.gather(events, return_exceptions=True)
+            await self.events.flush(timeout=2.0)
+        if self.konnect is not None:
+            await self.konnect.close()
+        for runner in self._runners:
+            await runner.cleanup()
+
     def _on_leadership(self, leading: bool) -> None:
-        self.state.leader = leading and self._leading
         log.info("leadership: %s", "acquired" if leading else "not leading")
+        if leading and not self._stopping.is_set():
+            self._begin_leading()
+        elif not leading and self._leading:
+            # Stop every write and Konnect call now; the election task ends and the process exits 1.
+            self._leading = False
+            self.state.leader = False
+            lead = self._tasks.pop("lead", None)
+            if lead is not None:
+                lead.cancel()
+            self._ended.set()
+
+    def _begin_leading(self) -> None:
+        if self._leading:
+            return
+        self._leading = True
+        self.state.leader = True
+        self._spawn("lead", self._lead())
 
     def may_write(self) -> bool:
         if self._stopping.is_set() or not self._leading:
@@ -228,7 +263,9 @@ class Keeper:
             holder = self.elector.holder if self.elector is not None else None
             return 409, f"not the leader (leader: {holder or 'unknown'}); ask the leader"
         self.request_poll()
-        return 202, "poll requested"
+        if self._failures:
+            return 202, "poll requested; Konnect is failing, so it waits for the error backoff"
+        return 202, f"poll requested (at most one extra poll per {MIN_REQUESTED_POLL_INTERVAL:g} s)"
 
     async def _heartbeat(self) -> None:
         while True:
@@ -239,22 +276,35 @@ class Keeper:
     # --- the Secret, on every replica ---------------------------------------------------------------
 
     async def _watch_secret(self) -> None:
-        async def resync() -> None:
-            while True:
-                await asyncio.sleep(RESYNC_SECONDS)
-                try:
-                    await self._on_snapshot(await self.store.read())
-                except StoreError as e:
-                    log.warning("re-reading the Secret failed: %s", e)
-                except TRANSPORT_ERRORS as e:
-                    log.warning("re-reading the Secret failed: API server unreachable (%s)", type(e).__name__)
+        async for snapshot in self.store.watch(self._stopping, on_failure=self._watch_failed):
+            if self._watch_error is not None:
+                log.info("watching the Secret again")
+                self._watch_error = None
+            self.state.note_secret_view()
+            await self._on_snapshot(snapshot)
+        if not self._stopping.is_set():
+            raise RuntimeError("the Secret watch ended")
 
-        resyncer = asyncio.create_task(resync())
-        try:
-            async for snapshot in self.store.watch(self._stopping):
-                await self._on_snapshot(snapshot)
-        finally:
-            resyncer.cancel()
+    def _watch_failed(self, error: KubeError, retry_in: float) -> None:
+        """One log line per distinct failure, repeated at most once a minute."""
+        text = str(error)
+        now = time.monotonic()
+        last = self._watch_error
+        if last is None or last[0] != text or now - last[1] >= ERROR_LOG_REPEAT_SECONDS:
+            log.warning("watching the Secret failed: %s; retrying in %.1f s", text, retry_in)
+            self._watch_error = (text, now)
+
+    async def _resync(self) -> None:
+        """Re-read the Secret now and then, so a starved or silently broken watch cannot hide a change."""
+        while True:
+            await asyncio.sleep(RESYNC_SECONDS)
+            try:
+                snapshot = await self.store.read()
+            except StoreError as e:
+                log.warning("re-reading the Secret failed: %s", e)
+                continue
+            self.state.note_secret_view()
+            await self._on_snapshot(snapshot)
 
     async def _on_snapshot(self, snapshot: SecretSnapshot) -> None:
         async with self._lock:
@@ -267,7 +317,7 @@ class Keeper:
                 self._hold(in_secret)
                 if first and before is None:
                     log.info("loaded %s from the Secret at start", describe(in_secret))
-                    await self.events.emit(
+                    self.events.emit(
                         "LicenseLoadedFromSecret", f"Loaded {describe(in_secret)} from the Secret at start"
                     )
                 else:
@@ -291,11 +341,12 @@ class Keeper:
             await self._persist()  # the Secret may have been lost while nobody led
         while True:
             self.state.beat_poll_loop()
+            self._last_poll = time.monotonic()
             result = await self._fetch()
             await self._handle(result)
             delay = next_delay(self.state.held, self._failures, self._now(), self.schedule, self.rng)
             log.debug("next Konnect poll in %.0f s", delay)
-            await self._sleep(time.time() + delay)
+            await self._sleep(delay)
 
     async def _fetch(self) -> KonnectResult | None:
         if self.konnect is None:
@@ -312,7 +363,7 @@ class Keeper:
             log.warning("Konnect request failed (%d in a row): %s", self._failures, result.describe())
             if not self._konnect_down:
                 self._konnect_down = True
-                await self.events.emit(
+                self.events.emit(
                     "KonnectUnreachable",
                     f"Konnect license request failed ({result.kind}); keeping {describe(self.state.held)}",
                     warning=True,
@@ -323,7 +374,7 @@ class Keeper:
         if self._konnect_down:
             self._konnect_down = False
             log.info("Konnect answers again")
-            await self.events.emit("KonnectRecovered", "Konnect license requests succeed again")
+            self.events.emit("KonnectRecovered", "Konnect license requests succeed again")
         if isinstance(result, NoLicense):
             log.warning("Konnect has no license for this control plane (404); keeping %s", describe(self.state.held))
             return
@@ -352,11 +403,8 @@ class Keeper:
                 snapshot=snapshot if snapshot is not None else (None if self._first_snapshot else self._secret),
             )
         except StoreError as e:
+            # The watch, the re-read or the next poll tries again; an API outage never ends the loop.
             log.error("could not sync the Secret: %s", e)
-            return
-        except TRANSPORT_ERRORS as e:
-            # The watch or the next poll tries again; an API server outage must not end the loop.
-            log.error("could not sync the Secret: API server unreachable (%s)", type(e).__name__)
             return
         await self._after_sync(outcome)
 
@@ -376,7 +424,7 @@ class Keeper:
                     else "Secret is immutable; cannot store the license in it"
                 )
                 log.error("%s", msg)
-                await self.events.emit(
+                self.events.emit(
                     "ForeignSecret" if outcome.refused == SecretState.FOREIGN else "SecretImmutable", msg, warning=True
                 )
             return
@@ -386,9 +434,7 @@ class Keeper:
             self.metrics.secret_writes.labels(outcome.wrote).inc()
             reason, warning = _WRITE_EVENTS.get(outcome.wrote, ("LicenseStored", False))
             log.info("wrote the Secret (%s): %s", outcome.wrote, describe(self.state.held))
-            await self.events.emit(
-                reason, f"Secret written ({outcome.wrote}): {describe(self.state.held)}", warning=warning
-            )
+            self.events.emit(reason, f"Secret written ({outcome.wrote}): {describe(self.state.held)}", warning=warning)
 
     def _hold(self, record: LicenseRecord | None) -> None:
         self.state.held = record
@@ -403,31 +449,49 @@ class Keeper:
                 self._announced.add(condition)
                 text = "expires soon" if condition == "expiring" else "has expired"
                 log.warning("the held %s %s", describe(self.state.held), text)
-                task = asyncio.get_running_loop().create_task(
-                    self.events.emit(
-                        "LicenseExpiringSoon" if condition == "expiring" else "LicenseExpired",
-                        f"Held {describe(self.state.held)} {text}",
-                        warning=True,
-                    )
+                self.events.emit(
+                    "LicenseExpiringSoon" if condition == "expiring" else "LicenseExpired",
+                    f"Held {describe(self.state.held)} {text}",
+                    warning=True,
                 )
-                self._event_tasks.add(task)
-                task.add_done_callback(self._event_tasks.discard)
             elif state != condition:
                 self._announced.discard(condition)
 
-    async def _sleep(self, due_wall: float) -> None:
+    async def _sleep(self, delay: float) -> None:
+        """Sleep ``delay`` seconds on the monotonic clock, so a clock stepped back never delays a poll.
+
+        Wakes early when the wall clock jumps ahead (a suspended node, a corrected clock: expiry-based
+        deadlines may have passed) and for a requested poll, which is rate-limited and never cuts
+        an error backoff short.
+        """
+        start_mono, start_wall = time.monotonic(), time.time()
+        due = start_mono + delay
         while not self._stopping.is_set():
             self.state.beat_poll_loop()
-            wait = sleep_slice(due_wall, time.time())
-            if wait <= 0:
+            now = time.monotonic()
+            if now >= due:
                 return
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._poll_now.wait(), wait)
+            if (time.time() - start_wall) - (now - start_mono) > WALL_JUMP_TOLERANCE_SECONDS:
+                log.info("the wall clock jumped forward; polling now")
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poll_now.wait(), min(due - now, SLEEP_SLICE_SECONDS))
             if self._poll_now.is_set():
                 self._poll_now.clear()
-                return
+                due = self._requested_due(due)
+
+    def _requested_due(self, due: float) -> float:
+        if self._failures:
+            log.info("poll request noted; Konnect is failing, so the next poll keeps its backoff")
+            return due
+        earliest = (self._last_poll or 0.0) + MIN_REQUESTED_POLL_INTERVAL
+        return min(due, max(time.monotonic(), earliest))
 
     @staticmethod
     def _now() -> datetime:
         return datetime.now(UTC)
 
+
+def _short(error: BaseException | None, limit: int = 200) -> str:
+    text = str(error) if error is not None else ""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

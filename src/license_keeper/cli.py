@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
-from kubernetes_asyncio import client, config
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings, parse_addr, parse_duration
+from .kube import Kube, KubeConfigError, KubeError
 from .license import LicenseError, LicenseRecord, parse_license
 from .policy import (
     LICENSE_KEYS,
@@ -117,23 +117,19 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
         return 130
 
 
-async def api_client(settings: Settings) -> client.ApiClient:
+async def api_client(settings: Settings) -> Kube:
     """Kubeconfig if given (flag or KUBECONFIG), in-cluster when running in a pod, else ~/.kube/config."""
-    path = settings.kubeconfig or (Path(os.environ["KUBECONFIG"]) if os.environ.get("KUBECONFIG") else None)
     try:
-        if path is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            cfg = client.Configuration()
-            config.load_incluster_config(client_configuration=cfg)
-            return client.ApiClient(configuration=cfg)
-        return await config.new_client_from_config(config_file=str(path) if path else None)
-    except (config.ConfigException, OSError, ValueError) as e:
-        raise ConfigError(f"cannot load Kubernetes credentials: {e}") from None
+        return Kube.from_kubeconfig(settings.kubeconfig)
+    except KubeConfigError as e:
+        raise ConfigError(str(e)) from None
 
 
-async def connect(settings: Settings) -> tuple[str, client.ApiClient]:
+async def connect(settings: Settings) -> tuple[str, Kube]:
     """The namespace and an API client, or one clear line and exit 2."""
     try:
-        return resolve_namespace(settings), await api_client(settings)
+        kube = await api_client(settings)
+        return resolve_namespace(settings, kube), kube
     except ConfigError as e:
         _fail(str(e))
 
@@ -154,19 +150,12 @@ def konnect_client(settings: Settings) -> KonnectClient:
     )
 
 
-def resolve_namespace(settings: Settings) -> str:
+def resolve_namespace(settings: Settings, kube: Kube) -> str:
+    """--namespace, else POD_NAMESPACE, else the kubeconfig context's or the ServiceAccount's namespace."""
     try:
         return settings.effective_namespace()
     except ConfigError:
-        path = settings.kubeconfig or os.environ.get("KUBECONFIG")
-        try:
-            _, active = config.list_kube_config_contexts(config_file=str(path) if path else None)
-            ns = (active or {}).get("context", {}).get("namespace")
-        except Exception:
-            ns = None
-        if ns:
-            return str(ns)
-        raise
+        return kube.default_namespace
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -224,26 +213,23 @@ def run(**flags: Any) -> None:
     settings = _settings(**flags)
     try:
         konnect = konnect_client(settings)
-        namespace = resolve_namespace(settings)
         assert settings.konnect_tls_client_cert_file and settings.konnect_tls_client_key_file
         # Fail at start, in one line, rather than on the first poll.
         load_client_ssl_context(
             settings.konnect_tls_client_cert_file, settings.konnect_tls_client_key_file, settings.konnect_ca_file
         )
-    except (ConfigError, KonnectConfigError) as e:
+        kube = Kube.from_kubeconfig(settings.kubeconfig)
+        namespace = resolve_namespace(settings, kube)
+    except (ConfigError, KonnectConfigError, KubeConfigError) as e:
         _fail(str(e))
         return
     setup_logging(settings.log_format, settings.log_level)
 
     async def go() -> int:
         try:
-            api = await api_client(settings)
-        except ConfigError as e:
-            _fail(str(e))
-        try:
-            return await Keeper(settings, api, namespace=namespace, konnect=konnect).run()
+            return await Keeper(settings, kube, namespace=namespace, konnect=konnect).run()
         finally:
-            await api.close()
+            await kube.close()
 
     sys.exit(_run_async(go()))
 
@@ -299,7 +285,7 @@ def status(output: str, **flags: Any) -> None:
             try:
                 lease = await read_holder(api, namespace, settings.effective_lease_name)
                 holder = lease.holder if lease is not None else None
-            except Exception:  # status must work with only Secret read access
+            except KubeError:  # status must work with only Secret read access
                 holder = None
         finally:
             await api.close()
@@ -607,7 +593,7 @@ def restore(file: Path, force: bool, **flags: Any) -> None:
                 await (
                     store.create(desired_secret(record))
                     if not current.exists
-                    else store.replace(current, desired_secret(record))
+                    else store.update(current, desired_secret(record))
                 )
                 click.echo(f"{what}: restored by force ({describe_short(record)})")
                 return 0

@@ -27,8 +27,6 @@ functions with the time as an argument; the class only does I/O and bookkeeping.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import math
 import os
@@ -40,9 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.rest import ApiException
+from .kube import Kube, KubeError, Unreachable
 
 __all__ = [
     "LeaderElector",
@@ -291,7 +287,7 @@ def default_identity() -> str:
 # --- talking to the API server ---------------------------------------------------------------------
 
 
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError, TimeoutError)
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (Unreachable,)
 
 
 @dataclass(frozen=True)
@@ -305,39 +301,36 @@ class _Reply:
         return str(message) if message else f"HTTP {self.status}"
 
 
+def lease_path(namespace: str, name: str | None = None) -> str:
+    base = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+    return f"{base}/{name}" if name else base
+
+
 async def _call(
-    coordination: client.CoordinationV1Api,
+    kube: Kube,
     method: str,
     namespace: str,
     name: str,
     body: Mapping[str, Any] | None,
     request_timeout: float,
 ) -> _Reply:
-    """One Lease call; any HTTP status is returned (not raised), transport errors are raised.
-
-    Bodies are plain dicts and answers raw JSON (``_preload_content=False`` hands back the aiohttp
-    response), so no model (de)serialization touches MicroTime values or drops fields.
+    """One Lease call as raw JSON, so no model (de)serialization touches MicroTime values or drops
+    fields. An API status is returned (not raised); an unreachable API server raises ``Unreachable``.
     """
-    api: Any = coordination  # the typed stubs do not know the raw-response mode
-    options: dict[str, Any] = {"_preload_content": False, "_request_timeout": max(0.1, request_timeout)}
-    if method == "GET":
-        response = await api.read_namespaced_lease(name, namespace, **options)
-    elif method == "PUT":
-        response = await api.replace_namespaced_lease(name, namespace, dict(body or {}), **options)
-    elif method == "POST":
-        response = await api.create_namespaced_lease(namespace, dict(body or {}), **options)
-    else:  # pragma: no cover - programming error
-        raise ValueError(method)
+    path = lease_path(namespace, None if method == "POST" else name)
     try:
-        raw = await response.read()
-        status = int(response.status)
-    finally:
-        response.release()
-    try:
-        parsed = json.loads(raw) if raw else {}
-    except ValueError:
-        parsed = {}
-    return _Reply(status, parsed if isinstance(parsed, dict) else {})
+        answer = await kube.request(
+            method,
+            path,
+            dict(body) if body is not None else None,
+            what=f"{method} Lease {namespace}/{name}",
+            timeout=max(0.1, request_timeout),
+        )
+    except Unreachable:
+        raise
+    except KubeError as e:
+        return _Reply(e.code or 0, {"message": e.detail} if e.detail else {})
+    return _Reply(201 if method == "POST" else 200, answer)
 
 
 @dataclass(frozen=True)
@@ -353,15 +346,13 @@ class LeaseInfo:
     transitions: int
 
 
-async def read_holder(
-    api: client.ApiClient, namespace: str, name: str, *, request_timeout: float = 10.0
-) -> LeaseInfo | None:
-    """Who holds the Lease (None if it does not exist). Other failures raise ``ApiException``."""
-    reply = await _call(client.CoordinationV1Api(api), "GET", namespace, name, None, request_timeout)
+async def read_holder(kube: Kube, namespace: str, name: str, *, request_timeout: float = 10.0) -> LeaseInfo | None:
+    """Who holds the Lease (None if it does not exist). Other failures raise ``KubeError``."""
+    reply = await _call(kube, "GET", namespace, name, None, request_timeout)
     if reply.status == 404:
         return None
     if reply.status != 200:
-        raise ApiException(status=reply.status, reason=reply.message)
+        raise KubeError(f"get Lease {namespace}/{name}: HTTP {reply.status}", reply.status)
     record = record_of(reply.body)
     return LeaseInfo(
         name=name,
@@ -388,7 +379,7 @@ class LeaderElector:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        kube: Kube,
         namespace: str,
         name: str,
         identity: str,
@@ -405,7 +396,7 @@ class LeaderElector:
             raise ValueError("the Lease needs a namespace and a name")
         if not identity:
             raise ValueError("the holder identity must not be empty")
-        self._coordination = client.CoordinationV1Api(api)
+        self._kube = kube
         self.namespace = namespace
         self.name = name
         self._identity = identity
@@ -419,6 +410,7 @@ class LeaderElector:
         self.leading = asyncio.Event()
         self.lost = asyncio.Event()
         self._stop = asyncio.Event()
+        self._released = asyncio.Event()  # the watch saw the Lease free: try now
         self._lock = asyncio.Lock()
         self._started = False
         self._leading = False
@@ -458,10 +450,15 @@ class LeaderElector:
             raise RuntimeError("LeaderElector.run() may only be called once")
         self._started = True
         log.info("lease %s: %s is trying to acquire leadership", self.lease, self._identity)
+        watcher = asyncio.create_task(self._watch_for_release(), name="lease-watch")
         try:
-            if await self._acquire_loop():
+            acquired = await self._acquire_loop()
+            watcher.cancel()
+            if acquired:
                 await self._renew_loop()
         finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
             if self._leading:  # cancelled or stopped while leading: we no longer claim anything
                 self._set_leading(False)
 
@@ -501,9 +498,22 @@ class LeaderElector:
             except TRANSPORT_ERRORS as e:
                 self._note_error("acquire", "unreachable", f"cannot reach the API server: {_short(e)}")
             wake = next_attempt_at(self._observation, started, self.retry_period, self.lease_duration)
-            if await self._sleep_until(wake):
+            if await self._sleep_until(wake, self._released):
                 return False
         return False
+
+    async def _watch_for_release(self) -> None:
+        """While following, watch the Lease so a release (or deletion) is taken at once, not at the
+        next retry; the retry period stays the fallback when the watch is down."""
+        async for event in self._kube.watch(
+            lease_path(self.namespace),
+            name=self.name,
+            stop=self._stop,
+            what=f"Lease {self.lease}",
+            on_failure=lambda e, delay: log.debug("lease %s: watch failed (%s); retry in %.1f s", self.lease, e, delay),
+        ):
+            if event.obj is None or event.type == "DELETED" or record_of(event.obj).holder is None:
+                self._released.set()
 
     async def _try_acquire(self) -> bool:
         async with self._lock:
@@ -612,7 +622,7 @@ class LeaderElector:
 
     # bookkeeping
     async def _request(self, method: str, body: Mapping[str, Any] | None, request_timeout: float) -> _Reply:
-        return await _call(self._coordination, method, self.namespace, self.name, body, request_timeout)
+        return await _call(self._kube, method, self.namespace, self.name, body, request_timeout)
 
     def _check(self, reply: _Reply, verb: str, ok: tuple[int, ...] = (200,)) -> None:
         if reply.status in ok:
@@ -693,12 +703,20 @@ class LeaderElector:
             except Exception:
                 log.exception("lease %s: on_change callback failed", self.lease)
 
-    async def _sleep_until(self, moment: float) -> bool:
-        """Sleep until ``moment`` on our clock; True if we were stopped meanwhile."""
+    async def _sleep_until(self, moment: float, wake: asyncio.Event | None = None) -> bool:
+        """Sleep until ``moment`` on our clock, or until ``wake`` is set; True if we were stopped."""
         delay = moment - self._clock()
-        if delay > 0 and not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+        if delay > 0 and not self._stop.is_set() and not (wake is not None and wake.is_set()):
+            waiters = [asyncio.ensure_future(self._stop.wait())]
+            if wake is not None:
+                waiters.append(asyncio.ensure_future(wake.wait()))
+            try:
+                await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+        if wake is not None:
+            wake.clear()
         return self._stop.is_set()
 
 

@@ -7,6 +7,8 @@ ever reaches a label, an Event or a log line: only fingerprints, dates and count
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
 import logging
 import sys
@@ -17,14 +19,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.rest import ApiException
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from .config import parse_addr
+from .kube import Kube, KubeError, NotFound
 from .license import LicenseRecord
 from .policy import SecretState, license_state
 
@@ -37,6 +38,7 @@ HEALTH_STALE_SECONDS = 120.0
 # The leader's poll loop beats at least once a sleep slice (60 s) and once per Konnect call (30 s
 # timeout by default); five minutes without a beat means it is stuck, not slow.
 POLL_LOOP_STALE_SECONDS = 300.0
+SECRET_VIEW_STALE_SECONDS = 180.0  # 3 x the 60 s re-read period
 
 
 @dataclass
@@ -50,7 +52,10 @@ class KeeperState:
     leader: bool = False
     last_konnect_success: float | None = None  # wall clock
     heartbeat: float = field(default_factory=time.monotonic)
-    started: float = field(default_factory=time.monotonic)
+    # The Secret view: monotonic time of the last watch event or successful re-read (start counts as
+    # one, so a keeper that never reaches the API server turns unhealthy after the same bound).
+    secret_view_at: float = field(default_factory=time.monotonic)
+    secret_view_stale_after: float = SECRET_VIEW_STALE_SECONDS
 
     poll_beat: float | None = None  # the leader's poll loop; None while not leading
 
@@ -60,11 +65,19 @@ class KeeperState:
     def beat_poll_loop(self) -> None:
         self.poll_beat = time.monotonic()
 
+    def note_secret_view(self) -> None:
+        self.secret_view_at = time.monotonic()
+
     def health(self, now: float | None = None) -> tuple[bool, str]:
-        """Alive: the event loop runs, and on the leader the poll loop is not stuck."""
+        """Alive: the event loop runs, the Secret view is fresh, and on the leader the poll loop moves."""
         now = time.monotonic() if now is None else now
         if now - self.heartbeat > HEALTH_STALE_SECONDS:
             return False, f"event loop stalled: no heartbeat for {now - self.heartbeat:.0f} s"
+        if now - self.secret_view_at > self.secret_view_stale_after:
+            return False, (
+                f"Secret view stale: no watch event or successful read for {now - self.secret_view_at:.0f} s "
+                f"(bound {self.secret_view_stale_after:.0f} s)"
+            )
         if self.leader and self.poll_beat is not None and now - self.poll_beat > POLL_LOOP_STALE_SECONDS:
             return False, f"poll loop stalled: no progress for {now - self.poll_beat:.0f} s"
         return True, "ok"
@@ -202,7 +215,11 @@ def probe_app(state: KeeperState, on_sync: Callable[[], Awaitable[tuple[int, str
         ok, reason = state.ready()
         return web.Response(status=200 if ok else 503, text=f"{reason}\n")
 
-    async def sync(_: web.Request) -> web.Response:
+    async def sync(request: web.Request) -> web.Response:
+        # The probe port is reachable from the whole cluster; a poll request is for the pod itself
+        # (`kubectl exec ... license-keeper sync`), and is rate-limited by the agent on top.
+        if not _loopback(request.remote):
+            return web.Response(status=403, text="POST /sync is accepted from loopback only\n")
         status, text = await on_sync()
         return web.Response(status=status, text=f"{text}\n")
 
@@ -212,6 +229,13 @@ def probe_app(state: KeeperState, on_sync: Callable[[], Awaitable[tuple[int, str
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/sync", sync)
     return app
+
+
+def _loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def metrics_app(metrics: Metrics) -> web.Application:
@@ -226,53 +250,110 @@ def metrics_app(metrics: Metrics) -> web.Application:
 # --- Kubernetes Events ------------------------------------------------------------------------------
 
 
-class EventRecorder:
-    """Events on the license Secret. Repeats of the same reason and message bump a count instead of
-    creating a new Event. Failing to record is logged, never fatal (Events are best effort)."""
+EVENT_QUEUE_SIZE = 64
 
-    def __init__(self, api: client.ApiClient, namespace: str, secret_name: str, component: str, host: str) -> None:
-        self._core = client.CoreV1Api(api)
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class EventRecorder:
+    """Events on the license Secret, sent by a background task so that no caller ever waits on the
+    API server for one (Events are best effort; the Secret is what matters).
+
+    Repeats of the same reason and message bump the count of the Event already recorded, as
+    client-go's recorder does; when that Event is gone (the API server's Event TTL removed it), a
+    new one is created. A full queue drops the oldest Event and logs it.
+    """
+
+    def __init__(self, kube: Kube, namespace: str, secret_name: str, component: str, host: str) -> None:
+        self._kube = kube
         self.namespace = namespace
         self.secret_name = secret_name
         self.component = component
         self.host = host
         self._recent: dict[tuple[str, str], tuple[str, int]] = {}  # (reason, message) -> (event name, count)
+        self._queue: asyncio.Queue[tuple[str, str, bool, datetime]] = asyncio.Queue(EVENT_QUEUE_SIZE)
         self.uid: str | None = None
+        self.sent = 0
 
-    async def emit(self, reason: str, message: str, *, warning: bool = False) -> None:
-        now = datetime.now(UTC)
-        key = (reason, message)
+    def emit(self, reason: str, message: str, *, warning: bool = False) -> None:
+        """Queue an Event; never blocks."""
+        if self._queue.full():
+            dropped = self._queue.get_nowait()
+            log.warning("event queue full; dropping event %s", dropped[0])
+        self._queue.put_nowait((reason, message, warning, datetime.now(UTC)))
+
+    async def run(self) -> None:
+        """Send queued Events until cancelled."""
+        while True:
+            reason, message, warning, when = await self._queue.get()
+            try:
+                await self._send(reason, message, warning, when)
+                self.sent += 1
+            except KubeError as e:
+                log.warning("could not record event %s: %s", reason, e)
+
+    async def flush(self, timeout: float) -> None:
+        """Send what is queued, for at most ``timeout`` seconds (on shutdown)."""
         try:
-            if key in self._recent:
-                name, count = self._recent[key]
-                await self._core.patch_namespaced_event(
-                    name,
-                    self.namespace,
-                    {"count": count + 1, "lastTimestamp": now.isoformat().replace("+00:00", "Z")},
+            async with asyncio.timeout(timeout):
+                while not self._queue.empty():
+                    reason, message, warning, when = self._queue.get_nowait()
+                    await self._send(reason, message, warning, when)
+        except (TimeoutError, KubeError) as e:
+            log.warning("could not record all events on shutdown (%s)", type(e).__name__)
+
+    @property
+    def _collection(self) -> str:
+        return f"/api/v1/namespaces/{self.namespace}/events"
+
+    async def _send(self, reason: str, message: str, warning: bool, when: datetime) -> None:
+        key = (reason, message)
+        if key in self._recent:
+            name, count = self._recent[key]
+            try:
+                await self._kube.request(
+                    "PATCH",
+                    f"{self._collection}/{name}",
+                    {"count": count + 1, "lastTimestamp": _stamp(when)},
+                    what=f"patch Event {name}",
+                    content_type="application/merge-patch+json",
                 )
                 self._recent[key] = (name, count + 1)
                 return
-            name = f"{self.secret_name}.{int(now.timestamp() * 1e6):x}"
-            event = client.CoreV1Event(
-                metadata=client.V1ObjectMeta(name=name, namespace=self.namespace),
-                involved_object=client.V1ObjectReference(
-                    api_version="v1", kind="Secret", name=self.secret_name, namespace=self.namespace, uid=self.uid
-                ),
-                reason=reason,
-                message=message,
-                type="Warning" if warning else "Normal",
-                first_timestamp=now,
-                last_timestamp=now,
-                count=1,
-                source=client.V1EventSource(component=self.component, host=self.host),
-                reporting_component=self.component,
-                reporting_instance=self.host,
-            )
-            await self._core.create_namespaced_event(self.namespace, event)
-            self._recent[key] = (name, 1)
-        except (TimeoutError, ApiException, OSError) as e:
-            status = getattr(e, "status", type(e).__name__)
-            log.warning("could not record event %s: %s", reason, status)
+            except NotFound:
+                del self._recent[key]  # expired by the API server's Event TTL: record it anew
+        name = f"{self.secret_name}.{int(when.timestamp() * 1e6):x}"
+        await self._kube.request(
+            "POST", self._collection, self._event(name, reason, message, warning, when), what=f"create Event {reason}"
+        )
+        self._recent[key] = (name, 1)
+
+    def _event(self, name: str, reason: str, message: str, warning: bool, when: datetime) -> dict[str, Any]:
+        involved: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "name": self.secret_name,
+            "namespace": self.namespace,
+        }
+        if self.uid:
+            involved["uid"] = self.uid
+        return {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "involvedObject": involved,
+            "reason": reason,
+            "message": message,
+            "type": "Warning" if warning else "Normal",
+            "firstTimestamp": _stamp(when),
+            "lastTimestamp": _stamp(when),
+            "count": 1,
+            "source": {"component": self.component, "host": self.host},
+            "reportingComponent": self.component,
+            "reportingInstance": self.host,
+        }
 
 
 # --- logs ----------------------------------------------------------------------------------------
@@ -309,5 +390,5 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Library chatter (request lines, connection pools) is not ours to print at info.
-    for noisy in ("aiohttp.access", "kubernetes_asyncio", "asyncio"):
+    for noisy in ("aiohttp.access", "httpx2", "httpcore2", "lightkube", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

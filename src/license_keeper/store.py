@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes_asyncio import client, watch
-from kubernetes_asyncio.client.rest import ApiException
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Secret
 
+from .kube import Conflict, Forbidden, Invalid, Kube, KubeError, Unreachable
 from .license import LicenseRecord
 from .policy import (
     DesiredSecret,
@@ -28,20 +29,37 @@ from .policy import (
     choose,
     desired_secret,
     is_better,
-    merged_secret_fields,
+    labels_to_impose,
     plan_write,
     record_from_secret,
 )
 
+__all__ = [
+    "SecretStore",
+    "StoreConflict",
+    "StoreError",
+    "StoreForbidden",
+    "StoreImmutable",
+    "SyncOutcome",
+    "snapshot_from",
+]
+
 log = logging.getLogger("license_keeper.store")
 
 MAX_CONFLICT_RETRIES = 5
-API_TIMEOUT_SECONDS = 30  # a hung connection to the API server must not stall the loop forever
-WATCH_TIMEOUT_SECONDS = 300
 
 
 class StoreError(Exception):
-    """The API server refused or failed a Secret operation. Messages carry no Secret content."""
+    """The API server refused or failed a Secret operation. Messages carry no Secret content.
+
+    ``transient``: the API server could not be reached or answered 5xx; try again later.
+    """
+
+    transient = False
+
+
+class StoreUnreachable(StoreError):
+    transient = True
 
 
 class StoreForbidden(StoreError):
@@ -67,114 +85,110 @@ class SyncOutcome:
     took_secret: bool = False  # the Secret held a better license than ours, and we took it
 
 
-def snapshot_from(obj: client.V1Secret | dict[str, Any] | None) -> SecretSnapshot:
+def snapshot_from(obj: Mapping[str, Any] | None) -> SecretSnapshot:
+    """A Secret as raw JSON (a watch event, or a model's ``to_dict()``), decoded once."""
     if obj is None:
         return SecretSnapshot.missing()
-    if isinstance(obj, dict):  # raw watch objects
-        meta = obj.get("metadata") or {}
-        data = obj.get("data") or {}
-        immutable = bool(obj.get("immutable"))
-        labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
-        rv, uid = meta.get("resourceVersion"), meta.get("uid")
-    else:
-        meta = obj.metadata
-        data = obj.data or {}
-        immutable = bool(obj.immutable)
-        labels, annotations = meta.labels or {}, meta.annotations or {}
-        rv, uid = meta.resource_version, meta.uid
+    meta = obj.get("metadata") or {}
+    data = obj.get("data") or {}
     decoded: dict[str, bytes] = {}
     for key, value in data.items():
         try:
             decoded[key] = base64.b64decode(value or "", validate=True)
-        except ValueError:
+        except (ValueError, TypeError):
             decoded[key] = b""  # the API server never serves this; keep going with an empty value
     return SecretSnapshot(
         exists=True,
         data=decoded,
-        labels=dict(labels),
-        annotations=dict(annotations),
-        immutable=immutable,
-        resource_version=rv,
-        uid=uid,
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(meta.get("annotations") or {}),
+        immutable=bool(obj.get("immutable")),
+        resource_version=meta.get("resourceVersion"),
+        uid=meta.get("uid"),
     )
 
 
-def _encode(data: dict[str, bytes]) -> dict[str, str]:
+def _encode(data: Mapping[str, bytes]) -> dict[str, str]:
     return {k: base64.b64encode(v).decode("ascii") for k, v in data.items()}
 
 
-def _explain(e: ApiException, verb: str, what: str) -> StoreError:
-    # The API server's message names the verb, resource and identity; it never echoes Secret data.
-    reason = e.reason or "error"
-    if e.status == 403:
-        return StoreForbidden(f"forbidden to {verb} {what} (HTTP 403): check the keeper's Role")
-    if e.status == 409:
+def _store_error(e: KubeError, verb: str, what: str) -> StoreError:
+    """The store's words for an API failure; the API server's 403 message names verb and identity."""
+    if isinstance(e, Forbidden):
+        return StoreForbidden(f"forbidden to {verb} {what} (HTTP {e.code}): check the keeper's Role")
+    if isinstance(e, Conflict):
         return StoreConflict(f"conflict on {verb} {what} (HTTP 409)")
-    if e.status == 422 and "immutable" in (e.body or "").lower():
+    if isinstance(e, Invalid) and e.immutable:
         return StoreImmutable(f"{what} is immutable (HTTP 422)")
-    return StoreError(f"{verb} {what}: HTTP {e.status} {reason}")
+    if isinstance(e, Unreachable):
+        return StoreUnreachable(f"{verb} {what}: {e}")
+    return StoreError(f"{verb} {what}: HTTP {e.code}")
+
+
+def patch_body(current: SecretSnapshot, desired: DesiredSecret) -> dict[str, Any]:
+    """A JSON merge patch with only our keys, labels and annotations.
+
+    Every field we do not own (type, ownerReferences, finalizers, other keys) is left as it is, and
+    the resourceVersion turns a lost race into a 409 instead of a silent overwrite.
+    """
+    return {
+        "metadata": {
+            "resourceVersion": current.resource_version,
+            "labels": labels_to_impose(current, desired),
+            "annotations": desired.annotations,
+        },
+        "data": _encode(desired.data),
+    }
 
 
 class SecretStore:
-    def __init__(self, api: client.ApiClient, namespace: str, name: str) -> None:
+    def __init__(self, kube: Kube, namespace: str, name: str) -> None:
+        self.kube = kube
         self.namespace = namespace
         self.name = name
-        self._core = client.CoreV1Api(api)
 
     @property
     def what(self) -> str:
         return f"Secret {self.namespace}/{self.name}"
 
+    @property
+    def collection(self) -> str:
+        return f"/api/v1/namespaces/{self.namespace}/secrets"
+
     async def read(self) -> SecretSnapshot:
         try:
-            obj = await self._core.read_namespaced_secret(
-                self.name, self.namespace, _request_timeout=API_TIMEOUT_SECONDS
-            )
-        except ApiException as e:
-            if e.status == 404:
-                return SecretSnapshot.missing()
-            raise _explain(e, "get", self.what) from None
-        return snapshot_from(obj)
+            obj = await self.kube.get(Secret, self.name, namespace=self.namespace)
+        except KubeError as e:
+            raise _store_error(e, "get", self.what) from None
+        return snapshot_from(obj.to_dict() if obj is not None else None)
 
     async def create(self, desired: DesiredSecret) -> SecretSnapshot:
-        body = client.V1Secret(
-            metadata=client.V1ObjectMeta(
+        body = Secret(
+            metadata=ObjectMeta(
                 name=self.name, namespace=self.namespace, labels=desired.labels, annotations=desired.annotations
             ),
             type="Opaque",
             data=_encode(desired.data),
         )
         try:
-            return snapshot_from(
-                await self._core.create_namespaced_secret(self.namespace, body, _request_timeout=API_TIMEOUT_SECONDS)
-            )
-        except ApiException as e:
-            raise _explain(e, "create", self.what) from None
+            created = await self.kube.call(f"create {self.what}", lambda: self.kube.client.create(body))
+        except KubeError as e:
+            raise _store_error(e, "create", self.what) from None
+        return snapshot_from(created.to_dict())
 
-    async def replace(self, current: SecretSnapshot, desired: DesiredSecret) -> SecretSnapshot:
-        merged = merged_secret_fields(current, desired)
-        body: Any = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": self.name,
-                "namespace": self.namespace,
-                # Carrying the resourceVersion turns a lost race into a 409 instead of a silent overwrite.
-                "resourceVersion": current.resource_version,
-                "labels": merged.labels,
-                "annotations": merged.annotations,
-            },
-            "type": "Opaque",
-            "data": _encode(merged.data),
-        }
+    async def update(self, current: SecretSnapshot, desired: DesiredSecret) -> SecretSnapshot:
+        body = patch_body(current, desired)
         try:
-            return snapshot_from(
-                await self._core.replace_namespaced_secret(
-                    self.name, self.namespace, body, _request_timeout=API_TIMEOUT_SECONDS
-                )
+            patched = await self.kube.request(
+                "PATCH",
+                f"{self.collection}/{self.name}",
+                body,
+                what=f"update {self.what}",
+                content_type="application/merge-patch+json",
             )
-        except ApiException as e:
-            raise _explain(e, "update", self.what) from None
+        except KubeError as e:
+            raise _store_error(e, "update", self.what) from None
+        return snapshot_from(patched)
 
     async def sync(
         self,
@@ -211,7 +225,7 @@ class SecretStore:
                 if plan.action == WriteAction.CREATE:
                     written = await self.create(desired)
                 else:
-                    written = await self.replace(current, desired)
+                    written = await self.update(current, desired)
             except StoreConflict:
                 log.info("write conflict on %s; reading it again", self.what)
                 current = await self.read()
@@ -222,50 +236,15 @@ class SecretStore:
             return SyncOutcome(written, best, wrote=reason or plan.reason)
         raise StoreConflict(f"{self.what} kept changing under us ({MAX_CONFLICT_RETRIES} conflicts in a row)")
 
-    async def watch(self, stop: asyncio.Event | None = None) -> AsyncIterator[SecretSnapshot]:
-        """Snapshots of this one Secret as it changes (field selector on its name), reconnecting forever.
+    async def watch(
+        self, stop: asyncio.Event, on_failure: Callable[[KubeError, float], None] | None = None
+    ) -> AsyncIterator[SecretSnapshot]:
+        """Snapshots of this one Secret as it changes, reconnecting forever until ``stop`` is set.
 
-        The first snapshot is the current state. DELETED yields a missing snapshot.
+        The first snapshot is the current state, and so is the first after every relist. DELETED
+        yields a missing snapshot. Failures are reported to ``on_failure`` and retried with backoff.
         """
-        resource_version: str | None = None
-        backoff = 1.0
-        while stop is None or not stop.is_set():
-            try:
-                if resource_version is None:
-                    listing = await self._core.list_namespaced_secret(
-                        self.namespace,
-                        field_selector=f"metadata.name={self.name}",
-                        _request_timeout=API_TIMEOUT_SECONDS,
-                    )
-                    resource_version = listing.metadata.resource_version
-                    yield snapshot_from(listing.items[0] if listing.items else None)
-                w = watch.Watch()
-                async with w.stream(
-                    self._core.list_namespaced_secret,
-                    self.namespace,
-                    field_selector=f"metadata.name={self.name}",
-                    resource_version=resource_version,
-                    timeout_seconds=WATCH_TIMEOUT_SECONDS,
-                    allow_watch_bookmarks=True,
-                ) as stream:
-                    async for event in stream:
-                        kind = event["type"]
-                        raw = event["raw_object"]
-                        rv = (raw.get("metadata") or {}).get("resourceVersion")
-                        if rv:
-                            resource_version = rv
-                        if kind == "BOOKMARK":
-                            continue
-                        yield SecretSnapshot.missing() if kind == "DELETED" else snapshot_from(raw)
-                backoff = 1.0
-            except ApiException as e:
-                if e.status == 410:
-                    resource_version = None
-                    continue
-                log.warning("watch of %s: %s; retrying in %.0f s", self.what, _explain(e, "watch", self.what), backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-            except (TimeoutError, OSError, StoreError) as e:
-                log.warning("watch of %s interrupted (%s); retrying in %.0f s", self.what, type(e).__name__, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+        async for event in self.kube.watch(
+            self.collection, name=self.name, stop=stop, what=self.what, on_failure=on_failure
+        ):
+            yield SecretSnapshot.missing() if event.type == "DELETED" else snapshot_from(event.obj)

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.rest import ApiException
+from lightkube import ApiError, AsyncClient
+from lightkube.resources.core_v1 import Event, Secret
 
 from license_keeper.testing.controlplane import ControlPlane, ServiceAccountAccess
 from license_keeper.testing.keeper import KeeperProcess, KonnectEndpoint, keeper_rules
@@ -99,18 +99,17 @@ async def writes(k: KeeperProcess) -> float:
     return await asyncio.to_thread(k.writes)
 
 
-async def read_secret(api: client.ApiClient, namespace: str) -> client.V1Secret | None:
+async def read_secret(api: AsyncClient, namespace: str) -> Secret | None:
     try:
-        return await client.CoreV1Api(api).read_namespaced_secret(SECRET, namespace)
-    except ApiException as e:
-        if e.status == 404:
+        return await api.get(Secret, SECRET, namespace=namespace)
+    except ApiError as e:
+        if e.status.code == 404:
             return None
         raise
 
 
-async def events_text(api: client.ApiClient, namespace: str) -> str:
-    events = await client.CoreV1Api(api).list_namespaced_event(namespace)
-    return "\n".join(f"{e.reason} {e.message}" for e in events.items)
+async def events_text(api: AsyncClient, namespace: str) -> str:
+    return "\n".join([f"{e.reason} {e.message}" async for e in api.list(Event, namespace=namespace)])
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,9 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kubernetes_asyncio import client
+from lightkube import AsyncClient
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Secret
 
 from license_keeper.cli import BACKUP_FORMAT
+from license_keeper.kube import Kube
 from license_keeper.license import LicenseRecord
 from license_keeper.policy import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from license_keeper.store import SecretStore
@@ -53,11 +56,11 @@ async def cli(*args: str, access: ServiceAccountAccess | None = None) -> subproc
     return await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, env=env, timeout=60)
 
 
-def data_of(secret: client.V1Secret) -> dict[str, str]:
+def data_of(secret: Secret) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
 
 
-def assert_gateway_ready(secret: client.V1Secret | None, record: LicenseRecord) -> None:
+def assert_gateway_ready(secret: Secret | None, record: LicenseRecord) -> None:
     """What Kong's chart (key `license`) and KIC 3.5 (payload/id/updated_at) read."""
     assert secret is not None
     data = data_of(secret)
@@ -70,8 +73,8 @@ def assert_gateway_ready(secret: client.V1Secret | None, record: LicenseRecord) 
     assert secret.metadata.labels[MANAGED_BY_LABEL] == MANAGED_BY_VALUE
 
 
-async def store_as_admin(admin_api: client.ApiClient, namespace: str, record: LicenseRecord) -> client.V1Secret:
-    outcome = await SecretStore(admin_api, namespace, SECRET).sync(record)
+async def store_as_admin(admin_kube: Kube, admin_api: AsyncClient, namespace: str, record: LicenseRecord) -> Secret:
+    outcome = await SecretStore(admin_kube, namespace, SECRET).sync(record)
     assert outcome.wrote
     secret = await read_secret(admin_api, namespace)
     assert secret is not None
@@ -87,10 +90,10 @@ def assert_no_license_text(text: str, record: LicenseRecord) -> None:
 
 
 async def test_export_writes_a_private_backup(
-    keeper_access: ServiceAccountAccess, admin_api: client.ApiClient, namespace: str, tmp_path: Path
+    keeper_access: ServiceAccountAccess, admin_kube: Kube, admin_api: AsyncClient, namespace: str, tmp_path: Path
 ) -> None:
     record = lic(1_718_000_000)
-    await store_as_admin(admin_api, namespace, record)
+    await store_as_admin(admin_kube, admin_api, namespace, record)
     backup = tmp_path / "backup.json"
     out = await cli("export", "-o", str(backup), access=keeper_access)
     assert out.returncode == 0, out.stderr
@@ -108,9 +111,9 @@ async def test_export_writes_a_private_backup(
 
 
 async def test_export_over_an_existing_readable_file_leaves_it_private(
-    keeper_access: ServiceAccountAccess, admin_api: client.ApiClient, namespace: str, tmp_path: Path
+    keeper_access: ServiceAccountAccess, admin_kube: Kube, admin_api: AsyncClient, namespace: str, tmp_path: Path
 ) -> None:
-    await store_as_admin(admin_api, namespace, lic(1_718_000_000))
+    await store_as_admin(admin_kube, admin_api, namespace, lic(1_718_000_000))
     backup = tmp_path / "backup.json"
     backup.write_text("old")
     backup.chmod(0o644)
@@ -128,7 +131,7 @@ async def test_export_of_a_missing_secret_fails(keeper_access: ServiceAccountAcc
 
 
 async def test_restore_into_a_missing_secret_creates_it(
-    keeper_access: ServiceAccountAccess, admin_api: client.ApiClient, namespace: str, tmp_path: Path
+    keeper_access: ServiceAccountAccess, admin_api: AsyncClient, namespace: str, tmp_path: Path
 ) -> None:
     record = lic(1_718_000_000)
     backup = tmp_path / "backup.json"
@@ -149,22 +152,22 @@ async def test_restore_into_a_missing_secret_creates_it(
 
 
 async def test_restore_refuses_to_downgrade_unless_forced(
-    keeper_access: ServiceAccountAccess, admin_api: client.ApiClient, namespace: str, tmp_path: Path
+    keeper_access: ServiceAccountAccess, admin_kube: Kube, admin_api: AsyncClient, namespace: str, tmp_path: Path
 ) -> None:
     older, newer = lic(1_600_000_000), lic(1_700_000_000)
-    await store_as_admin(admin_api, namespace, older)
+    await store_as_admin(admin_kube, admin_api, namespace, older)
     backup = tmp_path / "older.json"
     out = await cli("export", "-o", str(backup), access=keeper_access)
     assert out.returncode == 0, out.stderr
 
-    current = await store_as_admin(admin_api, namespace, newer)
+    current = await store_as_admin(admin_kube, admin_api, namespace, newer)
     out = await cli("restore", "-f", str(backup), access=keeper_access)
     assert out.returncode == 2
     assert "refusing to downgrade" in out.stderr and "--force" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
     assert_no_license_text(out.stdout + out.stderr, older)
     untouched = await read_secret(admin_api, namespace)
-    assert untouched is not None and untouched.metadata.resource_version == current.metadata.resource_version
+    assert untouched is not None and untouched.metadata.resourceVersion == current.metadata.resourceVersion
     assert_gateway_ready(untouched, newer)
 
     out = await cli("restore", "-f", str(backup), "--force", access=keeper_access)
@@ -174,11 +177,11 @@ async def test_restore_refuses_to_downgrade_unless_forced(
 
 
 async def test_restore_leaves_a_foreign_secret_alone(
-    keeper_access: ServiceAccountAccess, admin_api: client.ApiClient, namespace: str, tmp_path: Path
+    keeper_access: ServiceAccountAccess, admin_api: AsyncClient, namespace: str, tmp_path: Path
 ) -> None:
-    foreign = await client.CoreV1Api(admin_api).create_namespaced_secret(
-        namespace,
-        client.V1Secret(metadata=client.V1ObjectMeta(name=SECRET), data={"license": base64.b64encode(b"x").decode()}),
+    foreign = await admin_api.create(
+        Secret(metadata=ObjectMeta(name=SECRET), data={"license": base64.b64encode(b"x").decode()}),
+        namespace=namespace,
     )
     record = lic(1_700_000_000)
     backup = tmp_path / "backup.json"
@@ -191,14 +194,14 @@ async def test_restore_leaves_a_foreign_secret_alone(
         out = await cli("restore", "-f", str(backup), *extra, access=keeper_access)
         assert out.returncode == 2 and "not managed by license-keeper" in out.stderr
     after = await read_secret(admin_api, namespace)
-    assert after is not None and after.metadata.resource_version == foreign.metadata.resource_version
+    assert after is not None and after.metadata.resourceVersion == foreign.metadata.resourceVersion
 
 
 async def test_validate_backups_and_documents(
-    keeper_access: ServiceAccountAccess, admin_api: client.ApiClient, namespace: str, tmp_path: Path
+    keeper_access: ServiceAccountAccess, admin_kube: Kube, admin_api: AsyncClient, namespace: str, tmp_path: Path
 ) -> None:
     record = lic(1_718_000_000, days=365)
-    await store_as_admin(admin_api, namespace, record)
+    await store_as_admin(admin_kube, admin_api, namespace, record)
     backup = tmp_path / "backup.json"
     assert (await cli("export", "-o", str(backup), access=keeper_access)).returncode == 0
     raw = tmp_path / "license.json"
@@ -235,7 +238,7 @@ async def test_restore_drill_konnect_down_secret_deleted_keeper_killed(
     keepers: KeeperFactory,
     konnect: KonnectStandIn,
     keeper_access: ServiceAccountAccess,
-    admin_api: client.ApiClient,
+    admin_api: AsyncClient,
     namespace: str,
     tmp_path: Path,
 ) -> None:
@@ -252,7 +255,7 @@ async def test_restore_drill_konnect_down_secret_deleted_keeper_killed(
     # The bad day: Konnect fails, the Secret is deleted, and the only keeper dies before recreating it.
     await konnect.set_mode("server_error")
     first.kill()
-    await client.CoreV1Api(admin_api).delete_namespaced_secret(SECRET, namespace)
+    await admin_api.delete(Secret, SECRET, namespace=namespace)
     await asyncio.sleep(1)
     assert await read_secret(admin_api, namespace) is None  # nothing brought it back
 
@@ -273,10 +276,10 @@ async def test_restore_drill_konnect_down_secret_deleted_keeper_killed(
     await wait_for(lambda: konnect.requests_by_mode.get("server_error", 0) > failed_before, 30)
     assert await writes(second) == 0
     after = await read_secret(admin_api, namespace)
-    assert after is not None and after.metadata.resource_version == restored.metadata.resource_version
+    assert after is not None and after.metadata.resourceVersion == restored.metadata.resourceVersion
 
 
-async def _holds(api: client.ApiClient, namespace: str, record: LicenseRecord) -> bool:
+async def _holds(api: AsyncClient, namespace: str, record: LicenseRecord) -> bool:
     secret = await read_secret(api, namespace)
     return secret is not None and data_of(secret).get("license") == record.document
 
@@ -285,7 +288,7 @@ async def test_a_running_keeper_picks_up_a_restored_newer_license(
     keepers: KeeperFactory,
     konnect: KonnectStandIn,
     keeper_access: ServiceAccountAccess,
-    admin_api: client.ApiClient,
+    admin_api: AsyncClient,
     namespace: str,
     tmp_path: Path,
 ) -> None:

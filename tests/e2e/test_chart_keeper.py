@@ -7,9 +7,11 @@ import asyncio
 import base64
 from typing import Any
 
-from kubernetes_asyncio import client
+from lightkube import AsyncClient
+from lightkube.resources.core_v1 import Secret
 
 from license_keeper.election import read_holder
+from license_keeper.kube import Kube
 from license_keeper.testing.controlplane import ControlPlane
 from license_keeper.testing.keeper import KeeperProcess, KonnectEndpoint
 from license_keeper.testing.konnect import KonnectStandIn
@@ -46,7 +48,12 @@ def _review(
 
 
 async def test_keeper_as_the_charts_service_account_does_the_full_job(
-    controlplane: ControlPlane, namespace: str, konnect: KonnectStandIn, admin_api: client.ApiClient, tmp_path: Any
+    controlplane: ControlPlane,
+    namespace: str,
+    konnect: KonnectStandIn,
+    admin_api: AsyncClient,
+    admin_kube: Kube,
+    tmp_path: Any,
 ) -> None:
     objs = await asyncio.to_thread(_install, controlplane, namespace, {})
     sa = only(objs, "ServiceAccount")["metadata"]["name"]
@@ -59,6 +66,7 @@ async def test_keeper_as_the_charts_service_account_does_the_full_job(
     allowed = {
         ("get", "secrets", secret, ""): True,
         ("update", "secrets", secret, ""): True,
+        ("patch", "secrets", secret, ""): True,  # the keeper's writes are merge patches
         ("get", "leases", "kong-license-keeper", "coordination.k8s.io"): True,
         ("update", "leases", "kong-license-keeper", "coordination.k8s.io"): True,
         ("get", "secrets", "another-secret", ""): False,
@@ -94,19 +102,18 @@ async def test_keeper_as_the_charts_service_account_does_the_full_job(
     first = keeper("lk-license-keeper-abc12")
     try:
         await ready(first)
-        core = client.CoreV1Api(admin_api)
         assert konnect.record is not None
 
         async def stored() -> bool:
-            s = await core.read_namespaced_secret(secret, namespace)
+            s = await admin_api.get(Secret, secret, namespace=namespace)
             return bool(s.data) and base64.b64decode(s.data["license"]).decode() == konnect.record.document
 
         await wait_for(stored, 20)
-        live = await core.read_namespaced_secret(secret, namespace)
+        live = await admin_api.get(Secret, secret, namespace=namespace)
         rendered = only(objs, "Secret")["metadata"]["labels"]
         assert live.metadata.labels == {**rendered, **live.metadata.labels}  # the chart's labels kept
         assert set(live.data) == {"payload", "id", "updated_at", "license"}
-        info = await read_holder(admin_api, namespace, "kong-license-keeper")
+        info = await read_holder(admin_kube, namespace, "kong-license-keeper")
         assert info is not None and info.holder == "lk-license-keeper-abc12"
         assert await asyncio.to_thread(first.writes) == 1
         text = await events_text(admin_api, namespace)

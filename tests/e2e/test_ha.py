@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from kubernetes_asyncio import client
-
 from license_keeper.election import read_holder
+from license_keeper.kube import Kube
 from license_keeper.testing.controlplane import ControlPlane
 from license_keeper.testing.keeper import KeeperProcess
 from license_keeper.testing.konnect import KonnectStandIn
@@ -28,24 +27,24 @@ async def leaders(ks: list[KeeperProcess]) -> list[str]:
     return await asyncio.to_thread(sample)
 
 
-async def holder(api: client.ApiClient, namespace: str) -> str | None:
-    info = await read_holder(api, namespace, LEASE)
+async def holder(kube: Kube, namespace: str) -> str | None:
+    info = await read_holder(kube, namespace, LEASE)
     return info.holder if info else None
 
 
 async def test_three_replicas_one_leader_does_all_the_work(
-    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: client.ApiClient, namespace: str
+    keepers: KeeperFactory, konnect: KonnectStandIn, admin_kube: Kube, namespace: str
 ) -> None:
     ks = [keepers(f"keeper-{i}", *FAST) for i in range(3)]
     for k in ks:
         await ready(k)
-    await wait_for(lambda: holder(admin_api, namespace), 20)
+    await wait_for(lambda: holder(admin_kube, namespace), 20)
     samples = []
     for _ in range(40):  # ~10 s
         samples.append(await leaders(ks))
         await asyncio.sleep(0.25)
     assert all(len(s) <= 1 for s in samples), samples
-    leader_name = await holder(admin_api, namespace)
+    leader_name = await holder(admin_kube, namespace)
     assert samples[-1] == [leader_name]
     for k in ks:
         calls = await asyncio.to_thread(konnect_calls, k)
@@ -57,12 +56,12 @@ async def test_three_replicas_one_leader_does_all_the_work(
             assert await asyncio.to_thread(k.ready)  # followers are ready from the Secret
 
 
-async def _failover(keepers: KeeperFactory, admin_api: client.ApiClient, namespace: str, kill: bool) -> float:
+async def _failover(keepers: KeeperFactory, admin_kube: Kube, namespace: str, kill: bool) -> float:
     ks = [keepers(f"keeper-{i}") for i in range(2)]
     for k in ks:
         await ready(k)
-    await wait_for(lambda: holder(admin_api, namespace), 20)
-    old = await holder(admin_api, namespace)
+    await wait_for(lambda: holder(admin_kube, namespace), 20)
+    old = await holder(admin_kube, namespace)
     (leader,) = [k for k in ks if k.name == old]
     (follower,) = [k for k in ks if k.name != old]
     await wait_for(lambda: asyncio.to_thread(lambda: leader.metric("license_keeper_leader") == 1), 10)
@@ -73,23 +72,23 @@ async def _failover(keepers: KeeperFactory, admin_api: client.ApiClient, namespa
         assert await asyncio.to_thread(leader.terminate) == 0
     await wait_for(lambda: asyncio.to_thread(lambda: follower.metric("license_keeper_leader") == 1), 25, 0.05)
     took = time.monotonic() - start
-    assert await holder(admin_api, namespace) == follower.name
+    assert await holder(admin_kube, namespace) == follower.name
     assert await asyncio.to_thread(follower.ready)
     return took
 
 
 async def test_sigkilled_leader_is_replaced_within_lease_plus_retry(
-    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: client.ApiClient, namespace: str
+    keepers: KeeperFactory, konnect: KonnectStandIn, admin_kube: Kube, namespace: str
 ) -> None:
-    took = await _failover(keepers, admin_api, namespace, kill=True)
+    took = await _failover(keepers, admin_kube, namespace, kill=True)
     print(f"\nfailover after SIGKILL: {took:.2f} s")
     assert took <= 17.5  # lease 15 s + retry 2 s, plus the metrics scrape interval
 
 
 async def test_sigtermed_leader_hands_over_within_three_seconds(
-    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: client.ApiClient, namespace: str
+    keepers: KeeperFactory, konnect: KonnectStandIn, admin_kube: Kube, namespace: str
 ) -> None:
-    took = await _failover(keepers, admin_api, namespace, kill=False)
+    took = await _failover(keepers, admin_kube, namespace, kill=False)
     print(f"\nfailover after SIGTERM: {took:.2f} s")
     assert took <= 3.0
 
@@ -97,15 +96,15 @@ async def test_sigtermed_leader_hands_over_within_three_seconds(
 async def test_apiserver_outage_never_leaves_two_writers_and_recovers(
     keepers: KeeperFactory,
     konnect: KonnectStandIn,
-    admin_api: client.ApiClient,
+    admin_kube: Kube,
     namespace: str,
     controlplane: ControlPlane,
 ) -> None:
     ks = [keepers(f"keeper-{i}", *FAST) for i in range(2)]
     for k in ks:
         await ready(k)
-    await wait_for(lambda: holder(admin_api, namespace), 20)
-    old = await holder(admin_api, namespace)
+    await wait_for(lambda: holder(admin_kube, namespace), 20)
+    old = await holder(admin_kube, namespace)
     (leader,) = [k for k in ks if k.name == old]
     overlap: list[list[str]] = []
     stop = asyncio.Event()
@@ -150,7 +149,7 @@ async def test_apiserver_outage_never_leaves_two_writers_and_recovers(
 
 
 async def test_follower_started_during_konnect_outage_is_ready(
-    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: client.ApiClient, namespace: str
+    keepers: KeeperFactory, konnect: KonnectStandIn, admin_kube: Kube, namespace: str
 ) -> None:
     leader = keepers("keeper-0")
     await ready(leader)

@@ -12,7 +12,10 @@ import sys
 import time
 
 import pytest
-from kubernetes_asyncio import client
+from lightkube import AsyncClient
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Secret
+from lightkube.types import PatchType
 
 from license_keeper.policy import MANAGED_BY_LABEL
 from license_keeper.testing.controlplane import ControlPlane, ServiceAccountAccess
@@ -24,18 +27,18 @@ from .conftest import SECRET, KeeperFactory, events_text, leaks, metrics, read_s
 FAST = ("--polling-period=300ms", "--initial-polling-period=300ms")
 
 
-def payload(secret: client.V1Secret | None) -> str | None:
+def payload(secret: Secret | None) -> str | None:
     if secret is None or not secret.data or "payload" not in secret.data:
         return None
     return base64.b64decode(secret.data["payload"]).decode()
 
 
-async def holds(api: client.ApiClient, namespace: str, document: str) -> bool:
+async def holds(api: AsyncClient, namespace: str, document: str) -> bool:
     return payload(await read_secret(api, namespace)) == document
 
 
 async def test_restart_during_konnect_outage_is_ready_from_the_secret(
-    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: client.ApiClient, namespace: str
+    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: AsyncClient, namespace: str
 ) -> None:
     assert konnect.record is not None
     first = keepers("keeper-0")
@@ -64,28 +67,28 @@ async def test_restart_during_konnect_outage_is_ready_from_the_secret(
     await asyncio.sleep(20)
     assert await writes(second) == 0
     after = await read_secret(admin_api, namespace)
-    assert after is not None and after.metadata.resource_version == stored.metadata.resource_version
+    assert after is not None and after.metadata.resourceVersion == stored.metadata.resourceVersion
     assert konnect.requests_by_mode.get("blackhole", 0) >= 1
     assert not leaks(await events_text(admin_api, namespace))
 
 
 async def test_unchanged_license_never_rewrites_the_secret(
-    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: client.ApiClient, namespace: str
+    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: AsyncClient, namespace: str
 ) -> None:
     k = keepers("keeper-0", "--polling-period=20ms", "--initial-polling-period=20ms", "--no-leader-elect")
     await ready(k)
     await wait_for(lambda: holds(admin_api, namespace, konnect.record.document), 20)
-    version = (await read_secret(admin_api, namespace)).metadata.resource_version
+    version = (await read_secret(admin_api, namespace)).metadata.resourceVersion
     start = konnect.requests
     await wait_for(lambda: konnect.requests - start >= 200, 120)
-    assert (await read_secret(admin_api, namespace)).metadata.resource_version == version
+    assert (await read_secret(admin_api, namespace)).metadata.resourceVersion == version
     m = await metrics(k)
     assert m['license_keeper_konnect_requests_total{result="ok"}'] >= 200
     assert await writes(k) == 1
 
 
 async def test_konnect_cannot_downgrade_and_a_newer_license_is_one_write(
-    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: client.ApiClient, namespace: str
+    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: AsyncClient, namespace: str
 ) -> None:
     now = int(time.time())
     today = datetime.date.today()
@@ -94,7 +97,7 @@ async def test_konnect_cannot_downgrade_and_a_newer_license_is_one_write(
     k = keepers("keeper-0", *FAST, "--no-leader-elect")
     await ready(k)
     await wait_for(lambda: holds(admin_api, namespace, current.document), 20)
-    version = (await read_secret(admin_api, namespace)).metadata.resource_version
+    version = (await read_secret(admin_api, namespace)).metadata.resourceVersion
 
     older = make_record(updated_at=now - 3600, expiration_date=today + datetime.timedelta(days=900))
     expired = make_record(
@@ -106,7 +109,7 @@ async def test_konnect_cannot_downgrade_and_a_newer_license_is_one_write(
         konnect.serve(worse)
         seen = konnect.requests
         await wait_for(lambda s=seen: konnect.requests >= s + 3, 20)
-        assert (await read_secret(admin_api, namespace)).metadata.resource_version == version
+        assert (await read_secret(admin_api, namespace)).metadata.resourceVersion == version
     assert await writes(k) == 1
 
     newer = make_record(updated_at=now + 60, expiration_date=today + datetime.timedelta(days=365))
@@ -120,28 +123,33 @@ async def test_konnect_cannot_downgrade_and_a_newer_license_is_one_write(
 
 
 async def test_deleted_secret_is_recreated_and_a_corrupted_one_repaired(
-    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: client.ApiClient, namespace: str
+    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: AsyncClient, namespace: str
 ) -> None:
     k = keepers("keeper-0")  # the default 12 h period: repairs come from the watch, not from polling
     await ready(k)
     document = konnect.record.document
     await wait_for(lambda: holds(admin_api, namespace, document), 20)
     await konnect.set_mode("server_error")  # Konnect down: only the held license can repair the Secret
-    core = client.CoreV1Api(admin_api)
 
-    await core.delete_namespaced_secret(SECRET, namespace)
+    await admin_api.delete(Secret, SECRET, namespace=namespace)
     took = await wait_for(lambda: holds(admin_api, namespace, document), 10)
     print(f"\nrecreated {took:.2f} s after deletion")
 
-    await core.patch_namespaced_secret(
-        SECRET, namespace, {"data": {"payload": base64.b64encode(b'{"license": "garbage"}').decode()}}
+    await admin_api.patch(
+        Secret,
+        SECRET,
+        {"data": {"payload": base64.b64encode(b'{"license": "garbage"}').decode()}},
+        namespace=namespace,
+        patch_type=PatchType.MERGE,
     )
     await wait_for(lambda: holds(admin_api, namespace, document), 10)
     worse = make_record(updated_at=1, expiration_date=datetime.date.today() + datetime.timedelta(days=3))
-    await core.patch_namespaced_secret(
+    await admin_api.patch(
+        Secret,
         SECRET,
-        namespace,
         {"data": {k: base64.b64encode(v).decode() for k, v in {"payload": worse.document.encode()}.items()}},
+        namespace=namespace,
+        patch_type=PatchType.MERGE,
     )
     await wait_for(lambda: holds(admin_api, namespace, document), 10)
     m = await metrics(k)
@@ -153,15 +161,15 @@ async def test_deleted_secret_is_recreated_and_a_corrupted_one_repaired(
 
 
 async def test_an_operator_restored_newer_license_is_taken(
-    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: client.ApiClient, namespace: str
+    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: AsyncClient, namespace: str
 ) -> None:
     k = keepers("keeper-0")
     await ready(k)
     await wait_for(lambda: holds(admin_api, namespace, konnect.record.document), 20)
     newer = make_record(updated_at=konnect.record.updated_at + 100)
-    await client.CoreV1Api(admin_api).patch_namespaced_secret(
+    await admin_api.patch(
+        Secret,
         SECRET,
-        namespace,
         {
             "data": {
                 "payload": base64.b64encode(newer.document.encode()).decode(),
@@ -170,6 +178,8 @@ async def test_an_operator_restored_newer_license_is_taken(
                 "updated_at": base64.b64encode(str(newer.updated_at).encode()).decode(),
             }
         },
+        namespace=namespace,
+        patch_type=PatchType.MERGE,
     )
     key = f'license_keeper_license_info{{fingerprint="{newer.license.fingerprint}",source="secret"}}'
     await wait_for(lambda: asyncio.to_thread(lambda: k.metric(key) == 1), 10)
@@ -178,25 +188,28 @@ async def test_an_operator_restored_newer_license_is_taken(
 
 
 async def test_foreign_secret_is_left_alone_until_adopted(
-    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: client.ApiClient, namespace: str
+    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: AsyncClient, namespace: str
 ) -> None:
-    core = client.CoreV1Api(admin_api)
-    foreign = await core.create_namespaced_secret(
-        namespace,
-        client.V1Secret(
-            metadata=client.V1ObjectMeta(name=SECRET, labels={"owner": "someone-else"}),
+    foreign = await admin_api.create(
+        Secret(
+            metadata=ObjectMeta(name=SECRET, labels={"owner": "someone-else"}),
             data={"license": base64.b64encode(b"not a license").decode()},
         ),
+        namespace=namespace,
     )
     k = keepers("keeper-0", *FAST)
     await wait_for(lambda: asyncio.to_thread(lambda: k.metric('license_keeper_secret_state{state="foreign"}') == 1), 30)
     await wait_for(lambda: konnect.requests >= 3, 30)
-    assert (await read_secret(admin_api, namespace)).metadata.resource_version == foreign.metadata.resource_version
+    assert (await read_secret(admin_api, namespace)).metadata.resourceVersion == foreign.metadata.resourceVersion
     assert "ForeignSecret" in await events_text(admin_api, namespace)
     assert await writes(k) == 0
 
-    await core.patch_namespaced_secret(
-        SECRET, namespace, {"metadata": {"annotations": {"license-keeper.io/adopt": "true"}}}
+    await admin_api.patch(
+        Secret,
+        SECRET,
+        {"metadata": {"annotations": {"license-keeper.io/adopt": "true"}}},
+        namespace=namespace,
+        patch_type=PatchType.MERGE,
     )
     await wait_for(lambda: holds(admin_api, namespace, konnect.record.document), 15)
     adopted = await read_secret(admin_api, namespace)
@@ -204,7 +217,7 @@ async def test_foreign_secret_is_left_alone_until_adopted(
 
 
 async def test_sigterm_exits_zero_and_sighup_polls(
-    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: client.ApiClient, namespace: str
+    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: AsyncClient, namespace: str
 ) -> None:
     k = keepers("keeper-0", "--no-leader-elect")
     await ready(k)
@@ -217,14 +230,14 @@ async def test_sigterm_exits_zero_and_sighup_polls(
 
 
 async def test_keeper_identity_cannot_delete_or_read_other_secrets(
-    keeper_access: ServiceAccountAccess, admin_api: client.ApiClient, namespace: str, controlplane: ControlPlane
+    keeper_access: ServiceAccountAccess, admin_api: AsyncClient, namespace: str, controlplane: ControlPlane
 ) -> None:
-    core = client.CoreV1Api(admin_api)
-    await core.create_namespaced_secret(namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="other")))
-    await core.create_namespaced_secret(namespace, client.V1Secret(metadata=client.V1ObjectMeta(name=SECRET)))
+    await admin_api.create(Secret(metadata=ObjectMeta(name="other")), namespace=namespace)
+    await admin_api.create(Secret(metadata=ObjectMeta(name=SECRET)), namespace=namespace)
     checks = {
         ("get", SECRET): True,
         ("update", SECRET): True,
+        ("patch", SECRET): True,  # the keeper's writes are merge patches
         ("watch", SECRET): True,
         ("delete", SECRET): False,
         ("get", "other"): False,
@@ -252,7 +265,7 @@ async def test_keeper_identity_cannot_delete_or_read_other_secrets(
 async def test_status_reports_the_secret(
     keepers: KeeperFactory,
     konnect: KonnectStandIn,
-    admin_api: client.ApiClient,
+    admin_api: AsyncClient,
     namespace: str,
     controlplane: ControlPlane,
 ) -> None:
@@ -292,7 +305,7 @@ async def _sync_cli(*args: str) -> subprocess.CompletedProcess[str]:
 async def test_sync_asks_the_running_leader_and_polls_once_without_one(
     keepers: KeeperFactory,
     konnect: KonnectStandIn,
-    admin_api: client.ApiClient,
+    admin_api: AsyncClient,
     namespace: str,
     keeper_access: ServiceAccountAccess,
 ) -> None:
@@ -333,33 +346,33 @@ async def test_sync_asks_the_running_leader_and_polls_once_without_one(
 
 
 async def test_konnect_without_a_license_keeps_the_held_one(
-    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: client.ApiClient, namespace: str
+    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: AsyncClient, namespace: str
 ) -> None:
     k = keepers("keeper-0", *FAST, "--no-leader-elect")
     await ready(k)
     await wait_for(lambda: holds(admin_api, namespace, konnect.record.document), 20)
-    version = (await read_secret(admin_api, namespace)).metadata.resource_version
+    version = (await read_secret(admin_api, namespace)).metadata.resourceVersion
     await konnect.set_mode("not_found")
     await wait_for(
         lambda: asyncio.to_thread(lambda: k.metric('license_keeper_konnect_requests_total{result="no_license"}') >= 3),
         20,
     )
-    assert (await read_secret(admin_api, namespace)).metadata.resource_version == version
+    assert (await read_secret(admin_api, namespace)).metadata.resourceVersion == version
     assert await asyncio.to_thread(k.ready)
     assert "no license for this control plane" in k.logs()
 
 
 async def test_immutable_secret_gets_a_clear_state_and_no_retry_loop(
-    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: client.ApiClient, namespace: str
+    keepers: KeeperFactory, konnect: KonnectStandIn, admin_api: AsyncClient, namespace: str
 ) -> None:
     old = make_record(updated_at=1, expiration_date=datetime.date.today() + datetime.timedelta(days=30))
-    await client.CoreV1Api(admin_api).create_namespaced_secret(
-        namespace,
-        client.V1Secret(
-            metadata=client.V1ObjectMeta(name=SECRET, labels={MANAGED_BY_LABEL: "license-keeper"}),
+    await admin_api.create(
+        Secret(
+            metadata=ObjectMeta(name=SECRET, labels={MANAGED_BY_LABEL: "license-keeper"}),
             immutable=True,
             data={"payload": base64.b64encode(old.document.encode()).decode()},
         ),
+        namespace=namespace,
     )
     k = keepers("keeper-0", *FAST, "--no-leader-elect")
     await wait_for(

@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client
 
 from license_keeper.election import LeaderElector, read_holder
+from license_keeper.kube import Kube
 from license_keeper.testing.controlplane import ControlPlane
 
-from ..conftest import ServiceAccountFactory, api_client_for
+from ..conftest import ServiceAccountFactory
 
 LEASE = "kong-license-keeper"
 LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD = 3.0, 2.0, 0.5
@@ -44,7 +44,7 @@ ELECTION_LOGGER = "license_keeper.election"
 @dataclass
 class Replica:
     elector: LeaderElector
-    api: client.ApiClient
+    kube: Kube
     task: asyncio.Task[None] | None = None
     changes: list[tuple[float, bool]] = field(default_factory=list)
 
@@ -109,11 +109,11 @@ async def replicas(namespace: str, service_account: ServiceAccountFactory) -> As
         group: list[Replica] = []
         for _ in range(count):
             sa = service_account(rules)
-            api = await api_client_for(sa.kubeconfig)
+            kube = Kube.from_kubeconfig(sa.kubeconfig)
             identity = f"{sa.name}-replica"
-            replica = Replica(None, api)  # type: ignore[arg-type]
+            replica = Replica(None, kube)  # type: ignore[arg-type]
             replica.elector = LeaderElector(
-                api,
+                kube,
                 namespace,
                 LEASE,
                 identity,
@@ -136,7 +136,7 @@ async def replicas(namespace: str, service_account: ServiceAccountFactory) -> As
                 replica.task.cancel()
                 with contextlib.suppress(BaseException):
                     await replica.task
-            await replica.api.close()
+            await replica.kube.close()
 
 
 async def wait_for_leader(group: Iterable[Replica], within: float, exclude: Replica | None = None) -> Replica:
@@ -163,9 +163,9 @@ async def lease_spec(controlplane: ControlPlane, namespace: str) -> dict[str, An
 
 
 async def test_three_electors_exactly_one_leads(
-    replicas: Callable[..., Any], controlplane: ControlPlane, namespace: str, admin_api: client.ApiClient
+    replicas: Callable[..., Any], controlplane: ControlPlane, namespace: str, admin_kube: Kube
 ) -> None:
-    assert await read_holder(admin_api, namespace, LEASE) is None
+    assert await read_holder(admin_kube, namespace, LEASE) is None
     group: list[Replica] = await replicas(3)
     with Sampler(group) as sampler:
         leader = await wait_for_leader(group, within=5)
@@ -191,7 +191,7 @@ async def test_three_electors_exactly_one_leads(
     assert spec["leaseDurationSeconds"] == 3
     assert spec["leaseTransitions"] == 0
     assert MICRO_TIME.match(spec["renewTime"]) and MICRO_TIME.match(spec["acquireTime"])
-    info = await read_holder(admin_api, namespace, LEASE)
+    info = await read_holder(admin_kube, namespace, LEASE)
     assert info is not None
     assert info.holder == leader.elector.identity
     assert info.lease_duration_seconds == 3 and info.transitions == 0
@@ -201,8 +201,8 @@ async def test_three_electors_exactly_one_leads(
 async def test_zero_microseconds_micro_time_is_accepted(
     replicas: Callable[..., Any], controlplane: ControlPlane, namespace: str
 ) -> None:
-    # kubernetes-asyncio's model serialization would send "…T05:06:07+00:00" here, which the API
-    # server rejects for a MicroTime; we send the RFC 3339 micro layout.
+    # Client model serialization drops a zero fraction here (kubernetes-asyncio sent "…T05:06:07+00:00"),
+    # which the API server rejects for a MicroTime; the keeper sends the RFC 3339 micro layout.
     fixed = datetime(2025, 3, 4, 5, 6, 7, 0, tzinfo=UTC)
     (replica,) = await replicas(1, wall_clock=lambda: fixed)
     await wait_for_leader([replica], within=5)

@@ -16,8 +16,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client
+from lightkube import AsyncClient
+from lightkube.resources.core_v1 import Secret
+from lightkube.types import PatchType
 
+from license_keeper.kube import Kube
 from license_keeper.license import LicenseRecord
 from license_keeper.policy import (
     ADOPT_ANNOTATION,
@@ -34,7 +37,7 @@ from license_keeper.store import SecretStore, StoreForbidden
 from license_keeper.testing.keeper import keeper_rules
 from license_keeper.testing.licenses import make_record
 
-from ..conftest import ServiceAccountFactory, api_client_for
+from ..conftest import ServiceAccountFactory
 
 SECRET = "kong-license"
 LEASE = "kong-license-keeper"
@@ -73,41 +76,38 @@ async def restricted_store(
     rules: list[dict[str, Any]] | None = None,
 ) -> AsyncIterator[SecretStore]:
     sa = service_account(keeper_rules(name, LEASE) if rules is None else rules)
-    api = await api_client_for(sa.kubeconfig)
+    kube = Kube.from_kubeconfig(sa.kubeconfig)
     try:
-        yield SecretStore(api, namespace, name)
+        yield SecretStore(kube, namespace, name)
     finally:
-        await api.close()
+        await kube.close()
 
 
-async def admin_create(admin_api: client.ApiClient, namespace: str, body: dict[str, Any]) -> client.V1Secret:
-    return await client.CoreV1Api(admin_api).create_namespaced_secret(
-        namespace,
-        {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", **body},  # type: ignore[arg-type]
-    )
+def secret_body(body: dict[str, Any]) -> Secret:
+    return Secret.from_dict({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", **body})
 
 
-async def admin_read(admin_api: client.ApiClient, namespace: str, name: str = SECRET) -> client.V1Secret:
-    return await client.CoreV1Api(admin_api).read_namespaced_secret(name, namespace)
+async def admin_create(admin_api: AsyncClient, namespace: str, body: dict[str, Any]) -> Secret:
+    return await admin_api.create(secret_body(body), namespace=namespace)
 
 
-async def admin_replace(admin_api: client.ApiClient, namespace: str, record: LicenseRecord) -> client.V1Secret:
+async def admin_read(admin_api: AsyncClient, namespace: str, name: str = SECRET) -> Secret:
+    return await admin_api.get(Secret, name, namespace=namespace)
+
+
+async def admin_replace(admin_api: AsyncClient, namespace: str, record: LicenseRecord) -> Secret:
     """Someone else (another keeper, an operator) writes ``record`` in the keeper's format."""
     body = keeper_format(record)
     body["metadata"]["name"] = SECRET
-    return await client.CoreV1Api(admin_api).replace_namespaced_secret(
-        SECRET,
-        namespace,
-        {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", **body},  # type: ignore[arg-type]
-    )
+    return await admin_api.replace(secret_body(body), namespace=namespace)
 
 
-def decoded(secret: client.V1Secret) -> dict[str, bytes]:
+def decoded(secret: Secret) -> dict[str, bytes]:
     return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 
 
 async def test_reads_a_secret_written_in_kic_35_format(
-    service_account: ServiceAccountFactory, admin_api: client.ApiClient, namespace: str
+    service_account: ServiceAccountFactory, admin_api: AsyncClient, namespace: str
 ) -> None:
     cp_id = "0f3c2a55-8d1e-4c1b-9a63-5d0e6b7f8a90"
     name = f"konnect-license-{cp_id}"
@@ -131,7 +131,7 @@ async def test_reads_a_secret_written_in_kic_35_format(
 
 
 async def test_sync_writes_a_secret_that_reads_back_identically(
-    service_account: ServiceAccountFactory, admin_api: client.ApiClient, namespace: str
+    service_account: ServiceAccountFactory, admin_api: AsyncClient, namespace: str
 ) -> None:
     record = lic(1_718_000_000)
     async with restricted_store(service_account, namespace) as store:
@@ -151,27 +151,27 @@ async def test_sync_writes_a_secret_that_reads_back_identically(
         EXPIRATION_ANNOTATION: record.license.expiration_date.isoformat(),
         FINGERPRINT_ANNOTATION: record.license.fingerprint,
     }
-    assert back.resource_version == raw.metadata.resource_version == outcome.snapshot.resource_version
+    assert back.resource_version == raw.metadata.resourceVersion == outcome.snapshot.resource_version
 
 
 async def test_second_sync_with_the_same_license_writes_nothing(
-    service_account: ServiceAccountFactory, admin_api: client.ApiClient, namespace: str
+    service_account: ServiceAccountFactory, admin_api: AsyncClient, namespace: str
 ) -> None:
     record = lic(1_718_000_000)
     async with restricted_store(service_account, namespace) as store:
         first = await store.sync(record, NOW)
-        version = (await admin_read(admin_api, namespace)).metadata.resource_version
+        version = (await admin_read(admin_api, namespace)).metadata.resourceVersion
         second = await store.sync(record, NOW)
         # also from a fresh reader whose held license came from the Secret itself
         third = await store.sync(record_from_secret(await store.read()), NOW)
     assert first.wrote == "create"
     assert second.wrote is None and second.refused is None and not second.took_secret
     assert third.wrote is None
-    assert (await admin_read(admin_api, namespace)).metadata.resource_version == version
+    assert (await admin_read(admin_api, namespace)).metadata.resourceVersion == version
 
 
 async def test_pre_created_empty_secret_is_filled_and_others_fields_kept(
-    service_account: ServiceAccountFactory, admin_api: client.ApiClient, namespace: str
+    service_account: ServiceAccountFactory, admin_api: AsyncClient, namespace: str
 ) -> None:
     await admin_create(
         admin_api,
@@ -190,7 +190,7 @@ async def test_pre_created_empty_secret_is_filled_and_others_fields_kept(
 
 async def test_conflict_with_a_better_license_takes_it_without_overwriting(
     service_account: ServiceAccountFactory,
-    admin_api: client.ApiClient,
+    admin_api: AsyncClient,
     namespace: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -206,13 +206,13 @@ async def test_conflict_with_a_better_license_takes_it_without_overwriting(
     assert outcome.held == better
     assert outcome.wrote is None and outcome.refused is None
     after = await admin_read(admin_api, namespace)
-    assert after.metadata.resource_version == theirs.metadata.resource_version
+    assert after.metadata.resourceVersion == theirs.metadata.resourceVersion
     assert decoded(after)["payload"] == better.document.encode()
 
 
 async def test_conflict_with_a_worse_license_overwrites_it_after_reading_again(
     service_account: ServiceAccountFactory,
-    admin_api: client.ApiClient,
+    admin_api: AsyncClient,
     namespace: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -227,12 +227,12 @@ async def test_conflict_with_a_worse_license_overwrites_it_after_reading_again(
     assert "write conflict" in caplog.text
     assert outcome.wrote == "rotate" and not outcome.took_secret and outcome.held == ours
     after = await admin_read(admin_api, namespace)
-    assert after.metadata.resource_version != theirs.metadata.resource_version
+    assert after.metadata.resourceVersion != theirs.metadata.resourceVersion
     assert record_from_secret(SecretSnapshot(exists=True, data=decoded(after))) == ours
 
 
 async def test_foreign_secret_is_refused_and_untouched(
-    service_account: ServiceAccountFactory, admin_api: client.ApiClient, namespace: str
+    service_account: ServiceAccountFactory, admin_api: AsyncClient, namespace: str
 ) -> None:
     foreign = await admin_create(
         admin_api,
@@ -243,12 +243,12 @@ async def test_foreign_secret_is_refused_and_untouched(
         outcome = await store.sync(lic(1_718_000_000), NOW)
     assert outcome.refused is SecretState.FOREIGN and outcome.wrote is None
     after = await admin_read(admin_api, namespace)
-    assert after.metadata.resource_version == foreign.metadata.resource_version
+    assert after.metadata.resourceVersion == foreign.metadata.resourceVersion
     assert decoded(after) == {"license": b"theirs"}
 
 
 async def test_adopt_annotation_hands_a_foreign_secret_over(
-    service_account: ServiceAccountFactory, admin_api: client.ApiClient, namespace: str
+    service_account: ServiceAccountFactory, admin_api: AsyncClient, namespace: str
 ) -> None:
     await admin_create(
         admin_api,
@@ -271,7 +271,7 @@ async def test_adopt_annotation_hands_a_foreign_secret_over(
 
 
 async def test_immutable_secret_of_ours_is_refused_without_an_exception(
-    service_account: ServiceAccountFactory, admin_api: client.ApiClient, namespace: str
+    service_account: ServiceAccountFactory, admin_api: AsyncClient, namespace: str
 ) -> None:
     old = lic(1_000)
     body = keeper_format(old)
@@ -285,19 +285,19 @@ async def test_immutable_secret_of_ours_is_refused_without_an_exception(
         outcome = await store.sync(lic(3_000), NOW, snapshot=lying)
         assert outcome.refused is SecretState.IMMUTABLE and outcome.wrote is None
     after = await admin_read(admin_api, namespace)
-    assert after.metadata.resource_version == created.metadata.resource_version
+    assert after.metadata.resourceVersion == created.metadata.resourceVersion
     assert decoded(after)["payload"] == old.document.encode()
 
 
 async def test_forbidden_raises_store_forbidden_without_license_text(
-    service_account: ServiceAccountFactory, admin_api: client.ApiClient, namespace: str
+    service_account: ServiceAccountFactory, admin_api: AsyncClient, namespace: str
 ) -> None:
     record = lic(1_718_000_000)
     assert record.license is not None
     body = keeper_format(record)
     body["metadata"]["name"] = SECRET
     await admin_create(admin_api, namespace, body)
-    no_get = [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [SECRET], "verbs": ["update"]}]
+    no_get = [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [SECRET], "verbs": ["update", "patch"]}]
     async with restricted_store(service_account, namespace, rules=no_get) as store:
         for attempt in (store.read(), store.sync(lic(2_000_000_000), NOW)):
             with pytest.raises(StoreForbidden) as info:
@@ -314,17 +314,17 @@ async def _next(queue: asyncio.Queue[SecretSnapshot], timeout: float = 10.0) -> 
 
 
 async def test_watch_yields_initial_modified_and_deleted(
-    service_account: ServiceAccountFactory, admin_api: client.ApiClient, namespace: str
+    service_account: ServiceAccountFactory, admin_api: AsyncClient, namespace: str
 ) -> None:
     first, second = lic(1_000), lic(2_000)
-    core = client.CoreV1Api(admin_api)
     # Another Secret in the namespace: the field selector must keep it out (and RBAC would forbid it).
     await admin_create(admin_api, namespace, {"metadata": {"name": "unrelated"}, "data": {"x": b64("y")}})
     queue: asyncio.Queue[SecretSnapshot] = asyncio.Queue()
     async with restricted_store(service_account, namespace) as store:
+        stop = asyncio.Event()
 
         async def consume() -> None:
-            async for snapshot in store.watch():
+            async for snapshot in store.watch(stop):
                 await queue.put(snapshot)
 
         task = asyncio.create_task(consume())
@@ -341,19 +341,22 @@ async def test_watch_yields_initial_modified_and_deleted(
             assert record_from_secret(modified) == second
             assert modified.labels == {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
 
-            await core.patch_namespaced_secret("unrelated", namespace, {"data": {"x": b64("z")}})
-            await core.delete_namespaced_secret(SECRET, namespace)
+            await admin_api.patch(
+                Secret, "unrelated", {"data": {"x": b64("z")}}, namespace=namespace, patch_type=PatchType.MERGE
+            )
+            await admin_api.delete(Secret, SECRET, namespace=namespace)
             deleted = await _next(queue)
             assert deleted == SecretSnapshot.missing()
             assert queue.empty()
         finally:
+            stop.set()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
 
 async def test_watch_starts_with_the_current_secret(
-    service_account: ServiceAccountFactory, admin_api: client.ApiClient, namespace: str
+    service_account: ServiceAccountFactory, admin_api: AsyncClient, namespace: str
 ) -> None:
     record = lic(1_000)
     body = keeper_format(record)
@@ -361,19 +364,21 @@ async def test_watch_starts_with_the_current_secret(
     created = await admin_create(admin_api, namespace, body)
     queue: asyncio.Queue[SecretSnapshot] = asyncio.Queue()
     async with restricted_store(service_account, namespace) as store:
+        stop = asyncio.Event()
 
         async def consume() -> None:
-            async for snapshot in store.watch():
+            async for snapshot in store.watch(stop):
                 await queue.put(snapshot)
 
         task = asyncio.create_task(consume())
         try:
             initial = await _next(queue)
-            assert initial.resource_version == created.metadata.resource_version
+            assert initial.resource_version == created.metadata.resourceVersion
             assert record_from_secret(initial) == record
-            await client.CoreV1Api(admin_api).delete_namespaced_secret(SECRET, namespace)
+            await admin_api.delete(Secret, SECRET, namespace=namespace)
             assert not (await _next(queue)).exists
         finally:
+            stop.set()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -216,7 +216,7 @@ def test_text_formatter_keeps_only_the_exception_type() -> None:
 def test_health_tells_a_stuck_poll_loop_from_a_quiet_one() -> None:
     from license_keeper.observe import HEALTH_STALE_SECONDS, POLL_LOOP_STALE_SECONDS, KeeperState
 
-    s = KeeperState()
+    s = KeeperState(secret_view_stale_after=1e9)  # only the loops here; the Secret view below
     s.heartbeat = 1000.0
     assert s.health(now=1000.0 + HEALTH_STALE_SECONDS - 1) == (True, "ok")
     ok, reason = s.health(now=1000.0 + HEALTH_STALE_SECONDS + 1)
@@ -231,3 +231,17 @@ def test_health_tells_a_stuck_poll_loop_from_a_quiet_one() -> None:
     s.beat_poll_loop()
     s.heartbeat = s.poll_beat
     assert s.health(now=s.poll_beat + 1) == (True, "ok")
+
+
+def test_health_fails_when_the_secret_view_is_stale_and_says_why() -> None:
+    from license_keeper.observe import SECRET_VIEW_STALE_SECONDS, KeeperState
+
+    s = KeeperState()
+    s.heartbeat = s.secret_view_at = 1000.0
+    assert s.health(now=1000.0 + SECRET_VIEW_STALE_SECONDS - 1) == (True, "ok")
+    s.heartbeat = 1000.0 + SECRET_VIEW_STALE_SECONDS
+    ok, reason = s.health(now=1000.0 + SECRET_VIEW_STALE_SECONDS + 1)
+    assert not ok and "Secret view stale" in reason and "181 s" in reason
+    s.note_secret_view()  # a watch event or a successful re-read
+    s.heartbeat = s.secret_view_at
+    assert s.health(now=s.secret_view_at + 1) == (True, "ok")

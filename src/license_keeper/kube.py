@@ -1,0 +1,442 @@
+"""The one door to the Kubernetes API: every call the keeper makes goes through here.
+
+Three promises, so callers never handle a client library's exceptions themselves:
+
+* **One timeout on every call** (Events too): nothing waits on the API server forever.
+* **One classification of failures** (``KubeError`` and its kinds): transient transport trouble,
+  an API status with its code, or a programming error that propagates and ends the process.
+* **One watch loop** that reconnects with jittered exponential backoff, relists on 410 Gone, and
+  resets its backoff only after a stream delivered an event (a 503 with an empty body, or a stream
+  that closes at once, is a failure, not a clean end).
+
+Typed calls use lightkube's ``AsyncClient`` (``kube.client``) through ``call``. Leases and watches
+use raw JSON (``request``, ``watch``): a Lease's MicroTime must keep six fraction digits, which model
+serialization drops when they are zero, and a watch needs control over every reconnect.
+Messages carry the verb, the object's kind and name and the HTTP status, never object content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx2 as httpx
+from lightkube import ApiError, AsyncClient
+from lightkube.config.client_adapter import AsyncClient as adapter_client
+from lightkube.config.client_adapter import ConnectionParams
+from lightkube.config.kubeconfig import KubeConfig, SingleConfig
+from lightkube.core.exceptions import ConfigError as LightkubeConfigError
+
+__all__ = [
+    "API_TIMEOUT_SECONDS",
+    "Backoff",
+    "Conflict",
+    "Forbidden",
+    "Gone",
+    "Invalid",
+    "Kube",
+    "KubeConfigError",
+    "KubeError",
+    "NotFound",
+    "Rejected",
+    "Unreachable",
+    "WatchEvent",
+    "classify",
+    "error_for_status",
+]
+
+log = logging.getLogger("license_keeper.kube")
+
+T = TypeVar("T")
+
+API_TIMEOUT_SECONDS = 30.0
+WATCH_SERVER_TIMEOUT_SECONDS = 290  # the server ends each watch; we reconnect from the last resourceVersion
+WATCH_IDLE_MARGIN_SECONDS = 30.0  # no line for server timeout + this: the stream is dead, not quiet
+MAX_ERROR_BODY = 64 * 1024
+
+
+# --- failures -------------------------------------------------------------------------------------
+
+
+class KubeConfigError(Exception):
+    """No usable credentials (kubeconfig or in-cluster ServiceAccount)."""
+
+
+class KubeError(Exception):
+    """A failed API call. ``code`` is the HTTP status (None: no answer); ``transient``: try again later."""
+
+    transient = False
+
+    def __init__(self, message: str, code: int | None = None, *, detail: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.detail = detail  # the server's own Status message (names verbs and objects, never data)
+
+
+class Unreachable(KubeError):
+    """Transport failure, timeout, 5xx, 429 or an answer that is not a Kubernetes answer."""
+
+    transient = True
+
+    def __init__(self, message: str, code: int | None = None, *, retry_after: float | None = None) -> None:
+        super().__init__(message, code)
+        self.retry_after = retry_after
+
+
+class Forbidden(KubeError):
+    """401 or 403: RBAC or credentials; retrying will not help until someone fixes them."""
+
+
+class NotFound(KubeError):
+    pass
+
+
+class Conflict(KubeError):
+    """409: the object changed since we read it (or already exists)."""
+
+
+class Gone(KubeError):
+    """410: the watch's resourceVersion is too old; list again."""
+
+
+class Invalid(KubeError):
+    """422. ``immutable`` when the server refused to change an immutable object."""
+
+    @property
+    def immutable(self) -> bool:
+        return "immutable" in self.detail.lower()
+
+
+class Rejected(KubeError):
+    """Any other 4xx."""
+
+
+_BY_CODE: dict[int, type[KubeError]] = {401: Forbidden, 403: Forbidden, 404: NotFound, 409: Conflict, 410: Gone}
+
+
+def error_for_status(code: int, what: str, detail: str = "", retry_after: float | None = None) -> KubeError:
+    """The one mapping from an HTTP status to a failure kind."""
+    if code == 429 or code >= 500:
+        return Unreachable(f"{what}: HTTP {code} from the API server", code, retry_after=retry_after)
+    if code == 422:
+        return Invalid(f"{what}: HTTP 422 (invalid)", code, detail=detail)
+    kind = _BY_CODE.get(code, Rejected)
+    text = f"{what}: HTTP {code}"
+    if kind is Forbidden:
+        text += f" ({_short(detail) or 'forbidden'})"
+    return kind(text, code, detail=detail)
+
+
+def classify(error: BaseException, what: str) -> KubeError:
+    """Any failure of a call as a ``KubeError``. Programming errors are not failures: re-raised."""
+    if isinstance(error, KubeError):
+        return error
+    if isinstance(error, ApiError):
+        status = error.status
+        code = status.code or (error.response.status_code if error.response is not None else 0)
+        return error_for_status(code, what, status.message or "", _retry_after(error.response))
+    if isinstance(error, httpx.HTTPStatusError):
+        return error_for_status(error.response.status_code, what, "", _retry_after(error.response))
+    if isinstance(error, httpx.HTTPError | OSError | TimeoutError | httpx.StreamError):
+        return Unreachable(f"{what}: API server unreachable ({type(error).__name__})")
+    if isinstance(error, ValueError | KeyError | TypeError):
+        # lightkube raises these on an answer that is not a Kubernetes object or Status (an HTML error
+        # page, an empty 503, a proxy's body): the server side is broken, so it is transient for us.
+        return Unreachable(f"{what}: malformed answer from the API server ({type(error).__name__})")
+    raise error
+
+
+def _retry_after(response: httpx.Response | None) -> float | None:
+    if response is None:
+        return None
+    try:
+        value = float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    return value if 0 < value <= 600 else None
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- backoff --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter. ``reset()`` only after real progress."""
+
+    base: float = 0.5
+    cap: float = 30.0
+    rng: random.Random | None = None
+    attempt: int = 0
+
+    def next(self, floor: float = 0.0) -> float:
+        rng = self.rng or random
+        ceiling = min(self.cap, self.base * (2**self.attempt))
+        self.attempt = min(self.attempt + 1, 30)
+        return max(floor, rng.uniform(ceiling / 2, ceiling))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+# --- the client -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """``SYNC`` (the object as listed, after every (re)list), ``ADDED``, ``MODIFIED``, ``DELETED``.
+
+    ``obj`` is the raw JSON object, None for a SYNC of an object that does not exist.
+    """
+
+    type: str
+    obj: dict[str, Any] | None
+
+
+def load_config(kubeconfig: str | Path | None) -> SingleConfig:
+    """Kubeconfig if given (or KUBECONFIG), in-cluster in a pod, else ~/.kube/config."""
+    try:
+        source = KubeConfig.from_file(str(kubeconfig)) if kubeconfig else KubeConfig.from_env()
+        config = source.get()
+    except (LightkubeConfigError, OSError, ValueError, KeyError, TypeError) as e:
+        where = str(kubeconfig) if kubeconfig else "KUBECONFIG, in-cluster or ~/.kube/config"
+        raise KubeConfigError(f"cannot load Kubernetes credentials from {where}: {_short(str(e))}") from None
+    if config is None:
+        raise KubeConfigError("the kubeconfig has no current context")
+    return config
+
+
+class Kube:
+    """One per process: the typed lightkube client and a raw JSON client on the same credentials."""
+
+    def __init__(
+        self, config: SingleConfig, *, timeout: float = API_TIMEOUT_SECONDS, field_manager: str = "license-keeper"
+    ) -> None:
+        self.config = config
+        self.timeout = timeout
+        limits = httpx.Timeout(timeout)
+        self.client = AsyncClient(config, timeout=limits, field_manager=field_manager, trust_env=False)
+        # Raw JSON (Leases, watches): the same credentials and TLS settings, its own connections, and no
+        # read timeout, because watches are long; every raw call runs under an asyncio timeout instead.
+        self._raw = adapter_client(config, ConnectionParams(timeout=httpx.Timeout(timeout, read=None), trust_env=False))
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: str | Path | None = None, *, timeout: float = API_TIMEOUT_SECONDS) -> Kube:
+        return cls(load_config(kubeconfig), timeout=timeout)
+
+    @property
+    def default_namespace(self) -> str:
+        """POD_NAMESPACE (Downward API), else the kubeconfig context's or the ServiceAccount's namespace."""
+        return os.environ.get("POD_NAMESPACE", "").strip() or self.config.namespace
+
+    async def close(self) -> None:
+        await self.client.close()
+        await self._raw.aclose()
+
+    async def __aenter__(self) -> Kube:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # typed calls
+
+    async def call(self, what: str, op: Callable[[], Awaitable[T]], *, timeout: float | None = None) -> T:
+        """Run one lightkube call under the timeout; every failure becomes a ``KubeError``."""
+        try:
+            async with asyncio.timeout(timeout or self.timeout):
+                return await op()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # classify re-raises what is not an API failure
+            raise classify(e, what) from None
+
+    async def get(self, res: Any, name: str, *, namespace: str | None = None) -> Any:
+        """The object (a lightkube model of ``res``), or None when it does not exist."""
+        client: Any = self.client  # its overloads want a concrete resource class
+        try:
+            return await self.call(f"get {res.__name__} {name}", lambda: client.get(res, name, namespace=namespace))
+        except NotFound:
+            return None
+
+    # raw JSON
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        what: str,
+        params: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """One raw JSON call; a non-2xx status raises its ``KubeError``."""
+
+        async def send() -> dict[str, Any]:
+            content = json.dumps(body).encode() if body is not None else None
+            headers = (
+                {"Content-Type": content_type, "Accept": "application/json"}
+                if content
+                else {"Accept": "application/json"}
+            )
+            response = await self._raw.request(method, path, content=content, headers=headers, params=params)
+            raw = await response.aread()
+            if response.status_code >= 400:
+                raise error_for_status(response.status_code, what, _status_message(raw), _retry_after(response))
+            parsed = json.loads(raw) if raw else {}
+            if not isinstance(parsed, dict):
+                raise ValueError("not a JSON object")
+            return parsed
+
+        return await self.call(what, send, timeout=timeout)
+
+    async def watch(
+        self,
+        collection: str,
+        *,
+        name: str,
+        stop: asyncio.Event,
+        what: str,
+        on_failure: Callable[[KubeError, float], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> AsyncIterator[WatchEvent]:
+        """Events for the one object ``name`` in ``collection`` (an API path), until ``stop`` is set.
+
+        Lists first (yielding SYNC), then watches from the list's resourceVersion; reconnects forever.
+        """
+        backoff = Backoff(rng=rng)
+        version: str | None = None
+        selector = f"metadata.name={name}"
+        while not stop.is_set():
+            try:
+                if version is None:
+                    listing = await self.request(
+                        "GET", collection, what=f"list {what}", params={"fieldSelector": selector}
+                    )
+                    version = str((listing.get("metadata") or {}).get("resourceVersion") or "") or None
+                    items = listing.get("items") or []
+                    yield WatchEvent("SYNC", items[0] if items else None)
+                delivered = False
+                opened = asyncio.get_running_loop().time()
+                async for event in self._watch_once(collection, selector, version, what):
+                    kind, obj = event
+                    rv = (obj.get("metadata") or {}).get("resourceVersion")
+                    if rv:
+                        version = str(rv)
+                    delivered = True
+                    if kind != "BOOKMARK":
+                        yield WatchEvent(kind, obj)
+                if delivered:
+                    backoff.reset()
+                elif asyncio.get_running_loop().time() - opened < WATCH_SERVER_TIMEOUT_SECONDS / 2:
+                    # Ending early without a single event (an empty 200, a proxy closing at once) is a
+                    # failure: reconnecting at once would spin.
+                    raise Unreachable(f"watch {what}: stream ended early without events")
+            except Gone:
+                version = None  # too old: list again, at once
+            except KubeError as e:
+                delay = backoff.next(floor=getattr(e, "retry_after", None) or 0.0)
+                if on_failure is not None:
+                    on_failure(e, delay)
+                else:
+                    log.warning("%s; retrying in %.1f s", e, delay)
+                try:
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+                except TimeoutError:
+                    pass
+
+    async def _watch_once(
+        self, collection: str, selector: str, version: str | None, what: str
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        params = {
+            "watch": "true",
+            "fieldSelector": selector,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(WATCH_SERVER_TIMEOUT_SECONDS),
+        }
+        if version:
+            params["resourceVersion"] = version
+        label = f"watch {what}"
+        try:
+            async with asyncio.timeout(self.timeout):
+                request = self._raw.build_request(
+                    "GET", collection, params=params, headers={"Accept": "application/json"}
+                )
+                response = await self._raw.send(request, stream=True)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            raise classify(e, label) from None
+        try:
+            if response.status_code >= 400:
+                raw = await self._read_capped(response, label)
+                raise error_for_status(response.status_code, label, _status_message(raw), _retry_after(response))
+            lines = response.aiter_lines().__aiter__()
+            idle = WATCH_SERVER_TIMEOUT_SECONDS + WATCH_IDLE_MARGIN_SECONDS
+            while True:
+                try:
+                    async with asyncio.timeout(idle):
+                        line = await lines.__anext__()
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as e:
+                    raise classify(e, label) from None
+                if not line.strip():
+                    continue
+                yield _watch_line(line, label)
+        finally:
+            await response.aclose()
+
+    async def _read_capped(self, response: httpx.Response, label: str) -> bytes:
+        try:
+            async with asyncio.timeout(self.timeout):
+                chunks = bytearray()
+                async for chunk in response.aiter_bytes():
+                    chunks += chunk
+                    if len(chunks) > MAX_ERROR_BODY:
+                        break
+                return bytes(chunks)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            raise classify(e, label) from None
+
+
+def _watch_line(line: str, what: str) -> tuple[str, dict[str, Any]]:
+    """One watch event; an ERROR event raises its status (410 Gone above all)."""
+    try:
+        event = json.loads(line)
+        kind, obj = event["type"], event["object"]
+        if not isinstance(kind, str) or not isinstance(obj, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise Unreachable(f"{what}: malformed watch event") from None
+    if kind == "ERROR":
+        code = obj.get("code")
+        raise error_for_status(code if isinstance(code, int) else 500, what, str(obj.get("message") or ""))
+    return kind, obj
+
+
+def _status_message(raw: bytes) -> str:
+    """The ``message`` of a Kubernetes Status body, '' for anything else (HTML, empty, truncated)."""
+    try:
+        body = json.loads(raw[:MAX_ERROR_BODY]) if raw else None
+    except ValueError:
+        return ""
+    message = body.get("message") if isinstance(body, dict) else None
+    return message if isinstance(message, str) else ""
