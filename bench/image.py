@@ -1,6 +1,6 @@
 """Prints the container image's figures: size, cold and warm build times, container start -> ready.
 
-    .venv/bin/python bench/image.py [--runs 3] [--cold-base] [--no-keeper]
+    .venv/bin/python bench/image.py [--runs 3] [--cold-base] [--no-keeper] [--no-builds]
 
 Builds with tools/image/build.sh (podman; the local bookworm base when no base can be pulled) into
 localhost/license-keeper:bench. Build times: cold (`--no-cache`; the base cached unless --cold-base), warm
@@ -135,8 +135,10 @@ if __name__ == "__main__":
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--cold-base", action="store_true", help="rebuild the local base too")
     p.add_argument("--no-keeper", action="store_true", help="skip the runs against the control plane")
+    p.add_argument("--no-builds", action="store_true", help="measure the image built by an earlier run")
     args = p.parse_args()
-    builds(args.cold_base)
+    if not args.no_builds:
+        builds(args.cold_base)
     sizes()
     version_start(args.runs)
     if not args.no_keeper:
