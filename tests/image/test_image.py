@@ -154,7 +154,9 @@ def test_nothing_is_owned_by_the_runtime_user(files: dict[str, Entry]) -> None:
 def test_the_build_hosts_ca_bundle_is_not_in_the_image(image: str) -> None:
     """The host's bundle is bind-mounted for pip during the build; the image keeps its base's bundle."""
     bundle = "/etc/ssl/certs/ca-certificates.crt"
-    base = (_inspect(image)["Labels"] or {})["org.opencontainers.image.base.name"]  # set by build.sh
+    base = (_inspect(image)["Labels"] or {}).get("org.opencontainers.image.base.name")  # set by build.sh
+    if not base:
+        pytest.skip("the image does not name its base (not built by tools/image/build.sh)")
     mine = podman("run", "--rm", "--network=none", "--entrypoint=/bin/cat", image, bundle).stdout
     theirs = podman("run", "--rm", "--network=none", "--entrypoint=/bin/cat", base, bundle).stdout
     assert hashlib.sha256(mine.encode()).digest() == hashlib.sha256(theirs.encode()).digest()
