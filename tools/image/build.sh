@@ -6,8 +6,8 @@
 # Engine: podman when installed (with tools/image/containers.conf), else docker.
 # Base: PYTHON_IMAGE when set; else the Dockerfile's public default when it is present or can be pulled;
 # else (podman, no registry reachable, as in CI) a local stand-in built by tools/image/build-base.sh.
-# Host network for the build (no bridge networking needed), and the host's CA bundle bind-mounted
-# read-only for pip's downloads (behind a TLS-inspecting proxy); the bundle does not end up in the image.
+# With podman: host network for the build (no bridge networking needed), and the host's CA bundle
+# bind-mounted read-only for pip's downloads (behind a TLS-inspecting proxy); it does not end up in the image.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -39,11 +39,14 @@ if [[ -z "$base" ]]; then
     fi
 fi
 
-args=(build --network host --build-arg "PYTHON_IMAGE=$base" --label "org.opencontainers.image.base.name=$base"
+args=(build --build-arg "PYTHON_IMAGE=$base" --label "org.opencontainers.image.base.name=$base"
     -t "$IMAGE" -f "$repo/Dockerfile")
-if [[ "${engine[0]}" != docker && -s "$CA_BUNDLE" ]]; then
+if [[ "${engine[0]}" != docker ]]; then
+    args+=(--network host)  # podman: no bridge network needed (none works on the project's VMs)
     # docker build has no -v; podman's volume covers RUN steps only and is never committed to a layer.
-    args+=(-v "$CA_BUNDLE:/etc/ssl/certs/ca-certificates.crt:ro")
+    if [[ -s "$CA_BUNDLE" ]]; then args+=(-v "$CA_BUNDLE:/etc/ssl/certs/ca-certificates.crt:ro"); fi
 fi
 "${engine[@]}" "${args[@]}" ${BUILD_ARGS:-} "$repo" >&2
+# Every rebuild leaves the previous layers behind as untagged images; drop those unused for a week.
+"${engine[@]}" image prune --force --filter until=168h >/dev/null 2>&1 || true
 echo "$IMAGE"
