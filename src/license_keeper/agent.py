@@ -28,10 +28,10 @@ from .config import Settings
 from .election import LeaderElector, default_identity
 from .konnect import KonnectClient, KonnectFailure, KonnectResult, LicenseFetched, NoLicense
 from .kube import Kube, KubeError
-from .license import LicenseRecord
+from .license import LicenseRecord, describe
 from .observe import EventRecorder, KeeperState, Metrics, metrics_app, probe_app, start_site
 from .policy import SecretSnapshot, SecretState, choose, is_better, record_from_secret, secret_state
-from .schedule import ScheduleConfig, next_delay
+from .schedule import ScheduleConfig, next_delay, poll_wait
 from .store import SecretStore, StoreError, SyncOutcome
 
 log = logging.getLogger("license_keeper.agent")
@@ -42,7 +42,6 @@ EXIT_TASK_DIED = 1
 HEARTBEAT_SECONDS = 5.0
 RESYNC_SECONDS = 60.0  # re-read the Secret even without watch events, in case the watch is starved
 SLEEP_SLICE_SECONDS = 30.0  # the poll loop beats at least this often while it sleeps
-WALL_JUMP_TOLERANCE_SECONDS = 120.0  # the wall clock ran ahead of the monotonic one: resume, poll
 MIN_REQUESTED_POLL_INTERVAL = 10.0  # /sync and SIGHUP: at most one extra Konnect call per 10 s
 ERROR_LOG_REPEAT_SECONDS = 60.0
 
@@ -59,16 +58,6 @@ _WRITE_EVENTS = {
 class Ports:
     probe: int = 0
     metrics: int = 0
-
-
-def describe(record: LicenseRecord | None) -> str:
-    """Safe words for a license in logs and Events: fingerprint, expiry, updated_at. Nothing else."""
-    if record is None:
-        return "no license"
-    lic = record.license
-    if lic is None:
-        return "an invalid license"
-    return f"license {lic.fingerprint} (expires {lic.expiration_date.isoformat()}, updated_at {record.updated_at})"
 
 
 class Keeper:
@@ -130,6 +119,7 @@ class Keeper:
         self._runners: list[web.AppRunner] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._died: tuple[str, str] | None = None  # (task, what ended it)
+        self._lost_leadership = False
         self._watch_error: tuple[str, float] | None = None  # last logged watch failure, when
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -192,17 +182,29 @@ class Keeper:
         self._ended.set()
 
     def _exit_code(self) -> int:
+        if self._died is None:
+            self._died = self._first_dead_task()  # its done callback may not have run yet
         if self._died is not None:
             name, what = self._died
             log.error("background task %r ended unexpectedly (%s); exiting so the pod restarts clean", name, what)
             return EXIT_TASK_DIED
-        if self.elector is not None and self.elector.lost.is_set() and not self._stopping.is_set():
+        if self._lost_leadership:
             log.error("lost the leader Lease; stopping all writes and exiting")
             return EXIT_LOST_LEASE
         return EXIT_OK
 
+    def _first_dead_task(self) -> tuple[str, str] | None:
+        if self._stopping.is_set():
+            return None
+        for name, task in self._tasks.items():
+            if task.done() and not task.cancelled():
+                error = task.exception()
+                if error is not None:
+                    return name, f"{type(error).__name__}: {_short(error)}"
+        return None
+
     async def _shutdown(self) -> None:
-        graceful = self._died is None and (self.elector is None or not self.elector.lost.is_set())
+        graceful = self._died is None and not self._lost_leadership
         self._leading = False
         self.state.leader = False
         election = self._tasks.pop("election", None)
@@ -231,6 +233,7 @@ class Keeper:
             self._begin_leading()
         elif not leading and self._leading:
             # Stop every write and Konnect call now; the election task ends and the process exits 1.
+            self._lost_leadership = not self._stopping.is_set()
             self._leading = False
             self.state.leader = False
             lead = self._tasks.pop("lead", None)
@@ -311,7 +314,7 @@ class Keeper:
             first = self._first_snapshot
             self._first_snapshot = False
             self._note_secret(snapshot)
-            in_secret = record_from_secret(snapshot)
+            in_secret = record_from_secret(snapshot, now=self._now())
             if in_secret is not None and in_secret.valid and is_better(in_secret, self.state.held, self._now()):
                 before = self.state.held
                 self._hold(in_secret)
@@ -331,7 +334,7 @@ class Keeper:
             self._secret_seen = True
             if snapshot.uid:
                 self.events.uid = snapshot.uid
-        self.state.secret_state = secret_state(snapshot)
+        self.state.secret_state = secret_state(snapshot, held=self.state.held)
 
     # --- the leader's work ------------------------------------------------------------------------
 
@@ -464,18 +467,25 @@ class Keeper:
         deadlines may have passed) and for a requested poll, which is rate-limited and never cuts
         an error backoff short.
         """
-        start_mono, start_wall = time.monotonic(), time.time()
-        due = start_mono + delay
+        due = time.monotonic() + delay
+        last_mono, last_wall = time.monotonic(), time.time()
         while not self._stopping.is_set():
             self.state.beat_poll_loop()
-            now = time.monotonic()
-            if now >= due:
-                return
-            if (time.time() - start_wall) - (now - start_mono) > WALL_JUMP_TOLERANCE_SECONDS:
-                log.info("the wall clock jumped forward; polling now")
+            now_mono, now_wall = time.monotonic(), time.time()
+            wait = poll_wait(
+                due,
+                now_mono,
+                mono_elapsed=now_mono - last_mono,
+                wall_elapsed=now_wall - last_wall,
+                max_slice=SLEEP_SLICE_SECONDS,
+            )
+            last_mono, last_wall = now_mono, now_wall
+            if wait <= 0:
+                if now_mono < due:
+                    log.info("the wall clock jumped forward; polling now")
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poll_now.wait(), min(due - now, SLEEP_SLICE_SECONDS))
+                await asyncio.wait_for(self._poll_now.wait(), wait)
             if self._poll_now.is_set():
                 self._poll_now.clear()
                 due = self._requested_due(due)

@@ -3,11 +3,14 @@
 Precedence: a flag on the command line, then ``LICENSE_KEEPER_<FLAG>``, then KIC's
 ``CONTROLLER_KONNECT_*`` name (so a keeper can be dropped next to an existing KIC configuration),
 then the default.
+
+Pure apart from pydantic-settings reading the environment for the flags: where the namespace comes
+from when no flag names it (POD_NAMESPACE, the ServiceAccount file, the kubeconfig) is decided at the
+edge, in the CLI.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -15,8 +18,30 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+__all__ = [
+    "DEFAULT_KONNECT_ADDRESS",
+    "MIN_DURATIONS",
+    "ConfigError",
+    "Settings",
+    "load_settings",
+    "parse_addr",
+    "parse_duration",
+]
+
 DEFAULT_KONNECT_ADDRESS = "https://us.kic.api.konghq.com"
-SERVICE_ACCOUNT_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+# Lower bounds (seconds) of the durations, checked when the flags are parsed. Polling faster than this
+# only loads Konnect; a Lease renewed faster only loads the API server. The polling bounds may be
+# lifted for test harnesses with LICENSE_KEEPER_ALLOW_SHORT_PERIODS=true (not a flag on purpose).
+MIN_DURATIONS: dict[str, float] = {
+    "polling_period": 10.0,
+    "initial_polling_period": 1.0,
+    "konnect_timeout": 1.0,
+    "leader_elect_lease_duration": 2.0,
+    "leader_elect_renew_deadline": 1.0,
+    "leader_elect_retry_period": 0.5,
+}
+_SHORT_PERIODS_ALLOWED_FOR = frozenset({"polling_period", "initial_polling_period"})
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -38,13 +63,6 @@ def parse_duration(value: str | float | int) -> float:
     if seconds <= 0:
         raise ValueError(f"duration must be positive, got {value!r}")
     return seconds
-
-
-def format_duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 def parse_addr(value: str) -> tuple[str, int]:
@@ -116,6 +134,9 @@ class Settings(BaseSettings):
     leader_elect_renew_deadline: float = 10.0
     leader_elect_retry_period: float = 2.0
 
+    # For test harnesses only (env LICENSE_KEEPER_ALLOW_SHORT_PERIODS): lifts the polling lower bounds.
+    allow_short_periods: bool = False
+
     @field_validator(
         "konnect_timeout",
         "initial_polling_period",
@@ -156,6 +177,17 @@ class Settings(BaseSettings):
         return v
 
     @model_validator(mode="after")
+    def _lower_bounds(self) -> Settings:
+        for name, least in MIN_DURATIONS.items():
+            if self.allow_short_periods and name in _SHORT_PERIODS_ALLOWED_FOR:
+                continue
+            value = getattr(self, name)
+            if value < least:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag}: must be at least {least:g}s, got {value:g}s")
+        return self
+
+    @model_validator(mode="after")
     def _leases(self) -> Settings:
         if not (self.leader_elect_lease_duration > self.leader_elect_renew_deadline > self.leader_elect_retry_period):
             raise ValueError(
@@ -173,22 +205,6 @@ class Settings(BaseSettings):
     @property
     def effective_lease_name(self) -> str:
         return self.lease_name or f"{self.controller_name}-license-keeper"
-
-    def effective_namespace(self) -> str:
-        """--namespace, else POD_NAMESPACE, else the ServiceAccount namespace file."""
-        if self.namespace:
-            return self.namespace
-        if os.environ.get("POD_NAMESPACE"):
-            return os.environ["POD_NAMESPACE"]
-        try:
-            ns = SERVICE_ACCOUNT_NAMESPACE_FILE.read_text().strip()
-        except OSError:
-            ns = ""
-        if not ns:
-            raise ConfigError(
-                "no namespace: pass --namespace, set POD_NAMESPACE, or run in a pod with a ServiceAccount"
-            )
-        return ns
 
     def require_konnect(self) -> None:
         """The Konnect settings `run` and `sync` cannot do without."""

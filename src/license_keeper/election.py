@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .kube import Kube, KubeError, Unreachable
+from .policy import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
 __all__ = [
     "LeaderElector",
@@ -64,8 +65,6 @@ log = logging.getLogger("license_keeper.election")
 
 API_VERSION = "coordination.k8s.io/v1"
 KIND = "Lease"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "license-keeper"
 ERROR_LOG_REPEAT_SECONDS = 60.0
 
 
@@ -249,7 +248,7 @@ def new_lease(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str, A
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "metadata": {"name": name, "namespace": namespace, "labels": {MANAGED_BY_LABEL: MANAGED_BY}},
+        "metadata": {"name": name, "namespace": namespace, "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}},
         "spec": dict(spec),
     }
 

@@ -11,6 +11,7 @@ so a rotated certificate is used without a restart.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import json
 import ssl
@@ -22,7 +23,15 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from license_keeper import __version__
-from license_keeper.license import LicenseError, LicenseRecord, parse_license
+from license_keeper.license import (
+    LicenseError,
+    LicenseRecord,
+    UpdatedAtError,
+    describe,
+    has_lone_surrogate,
+    parse_license,
+    parse_updated_at,
+)
 
 __all__ = [
     "KonnectAuthFailed",
@@ -38,9 +47,8 @@ __all__ = [
     "NoLicense",
     "licenses_path",
     "load_client_ssl_context",
+    "parse_licenses_body",
 ]
-
-DEFAULT_ADDRESS = "https://us.kic.api.konghq.com"
 
 
 def licenses_path(control_plane_id: str) -> str:
@@ -63,9 +71,7 @@ class LicenseFetched(KonnectResult):
     record: LicenseRecord
 
     def describe(self) -> str:
-        lic = self.record.license
-        detail = f", expires {lic.expiration_date.isoformat()}, fingerprint {lic.fingerprint}" if lic else ""
-        return f"Konnect served license id={self.record.id} updated_at={self.record.updated_at}{detail}"
+        return f"Konnect served {describe(self.record)}"
 
 
 @dataclass(frozen=True)
@@ -273,6 +279,9 @@ class KonnectClient:
             headers={"User-Agent": self.user_agent, "Accept": "application/json"},
             raise_for_status=False,
             auto_decompress=True,
+            # HTTPS_PROXY / NO_PROXY (and ~/.netrc) as KIC honours them: clusters often reach Konnect only
+            # through an egress proxy.
+            trust_env=True,
         )
         self._digest = digest
         self.reloads += 1
@@ -335,11 +344,12 @@ class KonnectClient:
                 size += len(chunk)
             if size > self.max_body:
                 return KonnectInvalidResponse(f"body too large (over {self.max_body} bytes)")
-            return parse_licenses_body(b"".join(chunks))
+            return parse_licenses_body(b"".join(chunks), datetime.datetime.now(datetime.UTC))
 
 
-def parse_licenses_body(body: bytes) -> KonnectResult:
-    """Interpret a 200 body of the licenses endpoint. Pure; reasons never quote the body."""
+def parse_licenses_body(body: bytes, now: datetime.datetime) -> KonnectResult:
+    """Interpret a 200 body of the licenses endpoint. Pure (``now`` bounds ``updated_at``); reasons never
+    quote the body."""
     try:
         data: Any = json.loads(body)
     except (ValueError, RecursionError):
@@ -360,17 +370,29 @@ def parse_licenses_body(body: bytes) -> KonnectResult:
     license_id = item.get("id")
     if not isinstance(license_id, str) or not license_id.strip():
         return KonnectInvalidResponse("items[0].id is missing or empty")
-    updated_at = item.get("updated_at")
-    if updated_at is None:
-        return KonnectInvalidResponse("items[0].updated_at is missing")
-    if isinstance(updated_at, bool) or not isinstance(updated_at, int):
-        return KonnectInvalidResponse("items[0].updated_at is not an integer")
-    if updated_at <= 0:
-        return KonnectInvalidResponse("items[0].updated_at is zero or negative")
+    # A "\\ud800" escape decodes to a str that cannot be encoded to UTF-8, so it could never be written
+    # to the Secret: it is an invalid answer, like any other malformed field.
+    if has_lone_surrogate(license_id):
+        return KonnectInvalidResponse("items[0].id is not valid Unicode (lone surrogate escape)")
+    updated_at = _konnect_updated_at(item.get("updated_at"), now)
+    if isinstance(updated_at, KonnectInvalidResponse):
+        return updated_at
     try:
         parse_license(payload)
     except LicenseError as exc:
         return KonnectInvalidResponse(f"payload is not a valid license document ({exc})")
-    return LicenseFetched(
-        LicenseRecord(document=payload, id=license_id, updated_at=updated_at, source="konnect")
-    )
+    return LicenseFetched(LicenseRecord(document=payload, id=license_id, updated_at=updated_at, source="konnect"))
+
+
+def _konnect_updated_at(raw: object, now: datetime.datetime) -> int | KonnectInvalidResponse:
+    """Konnect sends a JSON number of Unix seconds; zero means an invalid answer (as KIC treats it)."""
+    if raw is None:
+        return KonnectInvalidResponse("items[0].updated_at is missing")
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        return KonnectInvalidResponse("items[0].updated_at is not an integer")
+    if raw <= 0:
+        return KonnectInvalidResponse("items[0].updated_at is zero or negative")
+    try:
+        return parse_updated_at(raw, now)
+    except UpdatedAtError as exc:
+        return KonnectInvalidResponse(f"items[0].{exc}")

@@ -235,9 +235,10 @@ class Kube:
         return cls(load_config(kubeconfig), timeout=timeout)
 
     @property
-    def default_namespace(self) -> str:
-        """POD_NAMESPACE (Downward API), else the kubeconfig context's or the ServiceAccount's namespace."""
-        return os.environ.get("POD_NAMESPACE", "").strip() or self.config.namespace
+    def default_namespace(self) -> str | None:
+        """POD_NAMESPACE (Downward API), else the ServiceAccount's (in a pod) or the kubeconfig
+        context's namespace; None when none of them names one."""
+        return os.environ.get("POD_NAMESPACE", "").strip() or self.config.context.namespace or None
 
     async def close(self) -> None:
         await self.client.close()

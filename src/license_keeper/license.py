@@ -10,11 +10,23 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import re
 import string
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["License", "LicenseError", "LicenseRecord", "parse_license"]
+__all__ = [
+    "MAX_UPDATED_AT",
+    "UPDATED_AT_SKEW_SECONDS",
+    "License",
+    "LicenseError",
+    "LicenseRecord",
+    "UpdatedAtError",
+    "describe",
+    "has_lone_surrogate",
+    "parse_license",
+    "parse_updated_at",
+]
 
 _PAYLOAD_FIELDS: dict[str, str] = {
     # document key -> License attribute
@@ -29,6 +41,14 @@ _PAYLOAD_FIELDS: dict[str, str] = {
 }
 _DATE_FIELDS = frozenset({"license_creation_date", "license_expiration_date"})
 _HEX = frozenset(string.hexdigits)
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+# ``updated_at`` is Konnect's Unix time in seconds. Larger than year 3000 in seconds means someone wrote
+# milliseconds; later than now plus a day of clock skew means a value that would beat every future
+# Konnect license (the "newer_updated_at" rule) for as long as it is held.
+MAX_UPDATED_AT = 32503680000  # 3000-01-01T00:00:00Z
+UPDATED_AT_SKEW_SECONDS = 86400.0
+_UPDATED_AT_MAX_DIGITS = 20  # int() refuses more than 4300 digits; no sane value has more than 11
 
 
 class LicenseError(ValueError):
@@ -99,9 +119,16 @@ class License:
     __str__ = __repr__
 
 
+def has_lone_surrogate(text: str) -> bool:
+    """A JSON ``\\ud800`` escape decodes to a lone surrogate: a str that cannot be encoded as UTF-8."""
+    return _SURROGATES.search(text) is not None
+
+
 def _require_str(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise LicenseError(name, "must be a string")
+    if has_lone_surrogate(value):
+        raise LicenseError(name, "is not valid Unicode (lone surrogate escape)")
     if not value.strip():
         raise LicenseError(name, "is empty")
     return value
@@ -134,6 +161,9 @@ def parse_license(document: str | bytes) -> License:
         raise LicenseError("document", "must be text")
     if not text.strip():
         raise LicenseError("document", "is empty")
+    if has_lone_surrogate(text):
+        # Such text cannot be written to a Secret (UTF-8 encode fails): reject it here, not at write time.
+        raise LicenseError("document", "is not valid UTF-8 (lone surrogate)")
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):
@@ -170,6 +200,8 @@ def parse_license(document: str | bytes) -> License:
     if isinstance(version_raw, bool) or not isinstance(version_raw, int | str):
         raise LicenseError("version", "must be a string or an integer")
     version = str(version_raw)
+    if has_lone_surrogate(version):
+        raise LicenseError("version", "is not valid Unicode (lone surrogate escape)")
     if not version.strip():
         raise LicenseError("version", "is empty")
 
@@ -205,9 +237,71 @@ def _parse_cached(record: LicenseRecord) -> tuple[License | None, str | None]:
     cached = record.__dict__.get("_parsed")
     if cached is None:
         try:
+            if has_lone_surrogate(record.id):
+                # the id is written to the Secret as UTF-8 too
+                raise LicenseError("id", "is not valid Unicode (lone surrogate escape)")
             cached = (parse_license(record.document), None)
         except LicenseError as exc:
             cached = (None, str(exc))
         # frozen dataclass: bypass __setattr__ for a private memo (not a field, not compared)
         object.__setattr__(record, "_parsed", cached)
     return cached
+
+
+def describe(record: LicenseRecord | None) -> str:
+    """The one rendering of a license for humans (logs, Events, CLI): fingerprint, expiry, updated_at.
+
+    Nothing else: never the customer, key, signature or document.
+    """
+    if record is None:
+        return "no license"
+    lic = record.license
+    if lic is None:
+        return "an invalid license"
+    return f"license {lic.fingerprint} (expires {lic.expiration_date.isoformat()}, updated_at {record.updated_at})"
+
+
+# --- updated_at ---------------------------------------------------------------------------------------
+
+
+class UpdatedAtError(ValueError):
+    """An ``updated_at`` outside the one accepted form and range. The message names the problem only."""
+
+
+def parse_updated_at(raw: object, now: datetime.datetime | None) -> int:
+    """The one parser of ``updated_at`` (Konnect answers, Secret keys, backup files): Unix seconds.
+
+    Accepts an int (not bool) or a str/bytes of ASCII digits, in ``0 .. MAX_UPDATED_AT`` and, when
+    ``now`` is given, no later than ``now`` + ``UPDATED_AT_SKEW_SECONDS``. Raises UpdatedAtError.
+    Zero is in range (a hand-made Secret or backup may say "unknown"); Konnect's rule that zero is an
+    invalid answer is the Konnect client's.
+    """
+    value = _updated_at_int(raw)
+    if value > MAX_UPDATED_AT:
+        raise UpdatedAtError("updated_at is beyond the year 3000 (milliseconds instead of seconds?)")
+    if now is not None and value > now.timestamp() + UPDATED_AT_SKEW_SECONDS:
+        raise UpdatedAtError("updated_at is in the future (more than a day ahead of this clock)")
+    return value
+
+
+def _updated_at_int(raw: object) -> int:
+    if isinstance(raw, bool | float):
+        raise UpdatedAtError("updated_at is not an integer")
+    if isinstance(raw, int):
+        if raw < 0:
+            raise UpdatedAtError("updated_at is negative")
+        return raw
+    if isinstance(raw, bytes | bytearray):
+        try:
+            raw = bytes(raw).decode("ascii")
+        except UnicodeDecodeError:
+            raise UpdatedAtError("updated_at is not decimal digits") from None
+    if not isinstance(raw, str):
+        raise UpdatedAtError("updated_at is not an integer")
+    text = raw.strip()
+    # ASCII digits only, as KIC writes them: str.isdigit() also accepts "²", which int() rejects.
+    if not (text.isascii() and text.isdigit()):
+        raise UpdatedAtError("updated_at is not decimal digits")
+    if len(text) > _UPDATED_AT_MAX_DIGITS:
+        raise UpdatedAtError("updated_at is beyond the year 3000 (milliseconds instead of seconds?)")
+    return int(text)

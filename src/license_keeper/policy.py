@@ -10,9 +10,11 @@ two licenses apart decides, like cert-manager's issuing policy chain):
 3. ``newer_updated_at``  then the newer Konnect ``updated_at``
 4. ``later_expiration``  then the later expiration date
 
-When no rule tells them apart the held license stays (no churn). Among candidates that tie on every
-rule, a tie-break on content (fingerprint, id, source) makes the choice independent of their order.
-Invalid records never win: ``choose`` returns the best valid license, else the held one unchanged.
+When no rule tells two valid licenses apart, their content decides (sha256 of the document, then the
+id): the order is total, so two replicas holding different but equally ranked licenses converge on the
+same one instead of writing the Secret back and forth. Only an equal record (same document, id and
+``updated_at``) ties, and then the held one stays (no churn). Invalid records never win: ``choose``
+returns the best valid license, else the held one unchanged.
 """
 
 from __future__ import annotations
@@ -23,9 +25,37 @@ import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from license_keeper.license import LicenseRecord
+from license_keeper.license import LicenseRecord, UpdatedAtError, parse_updated_at
 
-__all__ = ["RULES", "Rule", "choose", "deciding_rule", "is_better", "rank"]
+__all__ = [
+    "ADOPT_ANNOTATION",
+    "EXPIRATION_ANNOTATION",
+    "FINGERPRINT_ANNOTATION",
+    "LICENSE_KEYS",
+    "MANAGED_BY_LABEL",
+    "MANAGED_BY_VALUE",
+    "RULES",
+    "DesiredSecret",
+    "Rule",
+    "SecretSnapshot",
+    "SecretState",
+    "WriteAction",
+    "WritePlan",
+    "choose",
+    "content_matches",
+    "data_matches",
+    "deciding_rule",
+    "desired_secret",
+    "is_better",
+    "license_state",
+    "may_write",
+    "merged_secret_fields",
+    "order_key",
+    "plan_write",
+    "rank",
+    "record_from_secret",
+    "secret_state",
+]
 
 
 @dataclass(frozen=True)
@@ -78,36 +108,40 @@ def rank(record: LicenseRecord | None, now: datetime.datetime) -> tuple[int, ...
     return tuple(rule.key(record, now) for rule in RULES)
 
 
+def _tie_break(record: LicenseRecord | None) -> tuple[str, str]:
+    # Content-derived, so the winner among equally ranked licenses does not depend on who holds which.
+    if record is None or not _usable(record):
+        return ("", "")
+    return (hashlib.sha256(record.document.encode("utf-8", "surrogatepass")).hexdigest(), record.id)
+
+
+def order_key(record: LicenseRecord | None, now: datetime.datetime) -> tuple[tuple[int, ...], tuple[str, str]]:
+    """The total order of licenses: the rules' rank, then content. Equal keys mean equal records
+    (same document, id and updated_at) or two worthless ones."""
+    return (rank(record, now), _tie_break(record))
+
+
 def deciding_rule(
     candidate: LicenseRecord | None, incumbent: LicenseRecord | None, now: datetime.datetime
 ) -> str | None:
-    """Name of the first rule that tells the two apart (for logs), or None when they rank equal."""
+    """Name of the first rule that tells the two apart (``content`` for the tie-break), None when equal."""
     for rule, a, b in zip(RULES, rank(candidate, now), rank(incumbent, now), strict=True):
         if a != b:
             return rule.name
-    return None
+    return "content" if _tie_break(candidate) != _tie_break(incumbent) else None
 
 
-def is_better(
-    candidate: LicenseRecord | None, incumbent: LicenseRecord | None, now: datetime.datetime
-) -> bool:
-    """True when ``candidate`` is strictly better than ``incumbent``; an equal one is not better."""
-    return _usable(candidate) and rank(candidate, now) > rank(incumbent, now)
+def is_better(candidate: LicenseRecord | None, incumbent: LicenseRecord | None, now: datetime.datetime) -> bool:
+    """True when ``candidate`` is strictly better than ``incumbent``; an equal record is not better."""
+    return _usable(candidate) and order_key(candidate, now) > order_key(incumbent, now)
 
 
-def _tie_break(record: LicenseRecord) -> tuple[str, str, str]:
-    # Content-derived, so the winner among equally ranked candidates does not depend on their order.
-    digest = hashlib.sha256(record.document.encode("utf-8", "surrogatepass")).hexdigest()
-    return (digest, record.id, record.source)
-
-
-def _best_candidate(
-    candidates: Iterable[LicenseRecord | None], now: datetime.datetime
-) -> LicenseRecord | None:
+def _best_candidate(candidates: Iterable[LicenseRecord | None], now: datetime.datetime) -> LicenseRecord | None:
     usable = [c for c in candidates if c is not None and _usable(c)]
     if not usable:
         return None
-    return max(usable, key=lambda c: (rank(c, now), _tie_break(c)))
+    # source last: equal records from different sources give the same choice in any order
+    return max(usable, key=lambda c: (order_key(c, now), c.source))
 
 
 def choose(
@@ -121,7 +155,6 @@ def choose(
     if best is not None and is_better(best, held, now):
         return best
     return held
-
 
 
 def license_state(record: LicenseRecord | None, now: datetime.datetime, renew_before: float) -> str:
@@ -224,43 +257,71 @@ def _decode_text(raw: bytes | None) -> str | None:
         return None
 
 
-def _decode_updated_at(raw: bytes | None) -> int:
-    text = (_decode_text(raw) or "").strip()
-    # ASCII digits only, as KIC writes them: str.isdigit() also accepts "²" (which int() rejects),
-    # and int() refuses more than 4300 digits; a hand-edited Secret must not crash the reader.
-    if not (text.isascii() and text.isdigit()) or len(text) > 20:
+def _decode_updated_at(raw: bytes | None, now: datetime.datetime | None) -> int:
+    # Lenient: a hand-edited Secret must not crash the reader or hide its document; an updated_at out of
+    # the one accepted range (see license.parse_updated_at) counts as unknown (0), the lowest rank.
+    try:
+        return parse_updated_at(raw or b"", now)
+    except UpdatedAtError:
         return 0
-    return int(text)
 
 
-def record_from_secret(s: SecretSnapshot, source: str = "secret") -> LicenseRecord | None:
-    """The license the Secret holds: KIC's ``payload``/``id``/``updated_at``, else Kong's ``license``.
+def _record_from_key(s: SecretSnapshot, key: str, id: str, updated_at: int, source: str) -> LicenseRecord | None:
+    raw = s.data.get(key)
+    if not raw:
+        return None
+    document = _decode_text(raw)
+    if document is None:
+        return LicenseRecord(document="", id="", updated_at=0, source=source)  # undecodable bytes
+    return LicenseRecord(document=document, id=id, updated_at=updated_at, source=source)
 
-    None when it holds no document at all; a present but broken document comes back as an invalid
-    record (``.valid`` False) so the caller can tell "corrupt" from "empty".
+
+def record_from_secret(
+    s: SecretSnapshot, source: str = "secret", *, now: datetime.datetime | None = None
+) -> LicenseRecord | None:
+    """The best license the Secret holds, from KIC's ``payload`` or Kong's ``license`` key.
+
+    Both keys are read and the better document wins, so a repair never downgrades the key Kong reads.
+    The ``license`` key carries no metadata of its own: both documents get the Secret's ``id`` and
+    ``updated_at``. With those equal, the policy's order reduces to the later expiration date (the
+    ``unexpired`` rule agrees with it for any ``now``), then content.
+    ``now`` bounds ``updated_at`` (a value from the future counts as 0); without it only the fixed range
+    applies. None when the Secret holds no document at all; a present but broken document comes back as
+    an invalid record (``.valid`` False) so the caller can tell "corrupt" from "empty".
     """
     if not s.exists:
         return None
-    document = _decode_text(s.data.get("payload")) or _decode_text(s.data.get("license"))
-    if document is None:
-        if any(s.data.get(k) for k in ("payload", "license")):
-            return LicenseRecord(document="", id="", updated_at=0, source=source)  # undecodable bytes
-        return None
-    return LicenseRecord(
-        document=document,
-        id=_decode_text(s.data.get("id")) or "",
-        updated_at=_decode_updated_at(s.data.get("updated_at")),
-        source=source,
-    )
+    id = _decode_text(s.data.get("id")) or ""
+    updated_at = _decode_updated_at(s.data.get("updated_at"), now)
+    payload = _record_from_key(s, "payload", id, updated_at, source)
+    license = _record_from_key(s, "license", id, updated_at, source)
+    valid = [r for r in (payload, license) if r is not None and r.valid]
+    if not valid:
+        return payload or license
+    return max(valid, key=lambda r: (_expiration(r), _tie_break(r)))
 
 
-def secret_state(s: SecretSnapshot) -> SecretState:
+def _expiration(record: LicenseRecord) -> datetime.date:
+    lic = record.license
+    assert lic is not None
+    return lic.expiration_date
+
+
+def secret_state(s: SecretSnapshot, held: LicenseRecord | None = None) -> SecretState:
+    """What the Secret is like for the keeper. ``held``: the license the keeper holds, if any.
+
+    An immutable Secret is ``immutable`` (the critical alert) only when it does not already hold the
+    right data: ``held``'s, or without a valid ``held``, its own best license complete in every key.
+    """
     if not s.exists:
         return SecretState.MISSING
     if not may_write(s):
         return SecretState.FOREIGN
     record = record_from_secret(s)
     if s.immutable:
+        target = held if held is not None and held.valid else record
+        if target is not None and target.valid and data_matches(s, desired_secret(target)):
+            return SecretState.PRESENT
         return SecretState.IMMUTABLE
     if record is None:
         return SecretState.MISSING
@@ -298,10 +359,14 @@ def labels_to_impose(s: SecretSnapshot, desired: DesiredSecret) -> dict[str, str
     return {} if adoption_requested(s) else desired.labels
 
 
+def data_matches(s: SecretSnapshot, desired: DesiredSecret) -> bool:
+    """Our keys hold exactly what they should (the part an immutable Secret can never change)."""
+    return s.exists and all(s.data.get(k) == v for k, v in desired.data.items())
+
+
 def content_matches(s: SecretSnapshot, desired: DesiredSecret) -> bool:
     return (
-        s.exists
-        and all(s.data.get(k) == v for k, v in desired.data.items())
+        data_matches(s, desired)
         and all(s.labels.get(k) == v for k, v in labels_to_impose(s, desired).items())
         and all(s.annotations.get(k) == v for k, v in desired.annotations.items())
     )
@@ -315,9 +380,11 @@ def plan_write(s: SecretSnapshot, held: LicenseRecord | None, *, existed_before:
         return WritePlan(WriteAction.CREATE, "recreate" if existed_before else "create")
     if not may_write(s):
         return WritePlan(WriteAction.REFUSE, refusal=SecretState.FOREIGN)
-    if content_matches(s, desired_secret(held)):
+    desired = desired_secret(held)
+    if content_matches(s, desired):
         return WritePlan(WriteAction.NONE)
-    if s.immutable:
+    # Immutability freezes data only: labels and annotations of an immutable Secret can still be fixed.
+    if s.immutable and not data_matches(s, desired):
         return WritePlan(WriteAction.REFUSE, refusal=SecretState.IMMUTABLE)
     current = record_from_secret(s)
     if current is None:

@@ -199,18 +199,20 @@ class SecretStore:
         may_write: Callable[[], bool] = lambda: True,
         reason: str | None = None,
         snapshot: SecretSnapshot | None = None,
+        force: bool = False,
     ) -> SyncOutcome:
         """Make the Secret hold the best of ``held`` and what it already holds; write only on change.
 
         On a 409 the Secret is read again and the choice made again, so a better license that someone
         else wrote in the meantime is taken, never overwritten. ``may_write`` is asked right before
-        each write (leadership can be lost while we wait on the API server).
+        each write (leadership can be lost while we wait on the API server). ``force`` (an operator's
+        ``restore --force``) writes ``held`` even over a better license.
         """
         now = now or datetime.now(UTC)
         current = snapshot if snapshot is not None else await self.read()
         for _ in range(MAX_CONFLICT_RETRIES):
-            in_secret = record_from_secret(current)
-            best = choose(held, [in_secret], now)
+            in_secret = record_from_secret(current, now=now)
+            best = held if force and held is not None else choose(held, [in_secret], now)
             took = best is not held and best is in_secret and is_better(in_secret, held, now)
             plan = plan_write(current, best, existed_before=existed_before)
             if plan.action == WriteAction.NONE:

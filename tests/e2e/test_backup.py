@@ -20,7 +20,7 @@ from lightkube import AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
 
-from license_keeper.cli import BACKUP_FORMAT
+from license_keeper.cli.backup import BACKUP_FORMAT
 from license_keeper.kube import Kube
 from license_keeper.license import LicenseRecord
 from license_keeper.policy import MANAGED_BY_LABEL, MANAGED_BY_VALUE

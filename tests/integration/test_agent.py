@@ -162,7 +162,7 @@ async def test_the_secret_is_loaded_before_konnect_answers_and_a_better_one_is_t
         record = make_record(updated_at=int(time.time()))
         store = SecretStore(keeper.kube, keeper.namespace, SECRET)
         outcome = await store.sync(record, reason="restore")
-        assert outcome.wrote == "create"
+        assert outcome.wrote == "restore"
         await asyncio.wait_for(keeper.ready_event.wait(), 20)
         assert keeper.state.held is not None and keeper.state.held.document == record.document
         assert keeper.metrics.secret_writes.labels("create")._value.get() == 0  # taken, not rewritten

@@ -561,11 +561,10 @@ def test_helm_lifecycle_keeps_the_license(controlplane: Any, namespace: str) -> 
     Helm forces `app.kubernetes.io/managed-by: Helm` on every object it installs or upgrades, so the
     pre-created Secret carries the adopt annotation: the keeper must still count it as its own.
     """
+    from license_keeper.kube import Kube
     from license_keeper.policy import WriteAction, may_write, plan_write
     from license_keeper.store import SecretStore, SyncOutcome, snapshot_from
     from license_keeper.testing.licenses import make_record
-
-    from ..conftest import api_client_for
 
     helm = tool("helm", "helm")
     kube = ["--kubeconfig", str(controlplane.admin_kubeconfig), "--namespace", namespace]
@@ -585,11 +584,8 @@ def test_helm_lifecycle_keeps_the_license(controlplane: Any, namespace: str) -> 
     record = make_record(updated_at=1_700_000_000)
 
     async def keeper_sync() -> SyncOutcome:
-        api = await api_client_for(controlplane.admin_kubeconfig)
-        try:
-            return await SecretStore(api, namespace, "kong-license").sync(record)
-        finally:
-            await api.close()
+        async with Kube.from_kubeconfig(controlplane.admin_kubeconfig) as kube:
+            return await SecretStore(kube, namespace, "kong-license").sync(record)
 
     assert asyncio.run(keeper_sync()).wrote == "create"
     live = controlplane.must("GET", secret_path)

@@ -35,7 +35,7 @@ def test_wheel_builds_and_its_entry_point_starts_in_a_fresh_virtualenv(tmp_path:
     )
     (wheel,) = wheels.glob("license_keeper-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "license_keeper/cli.py" in names and "license_keeper/testing/konnect.py" in names
+    assert "license_keeper/cli/__init__.py" in names and "license_keeper/testing/konnect.py" in names
     assert not any(n.startswith("tests/") for n in names)
 
     venv = tmp_path / "venv"

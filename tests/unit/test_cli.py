@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from license_keeper.cli import BACKUP_FORMAT, main
+from license_keeper.cli import common, main
+from license_keeper.cli.backup import BACKUP_FORMAT, write_private
+from license_keeper.config import ConfigError, load_settings
 from license_keeper.testing.licenses import make_document
 
 TODAY = datetime.datetime.now(datetime.UTC).date()
@@ -93,6 +95,8 @@ def test_subcommand_help_names_env_vars(command: str) -> None:
     [
         (["--polling-period=abc"], "--polling-period: not a duration"),
         (["--initial-polling-period=0s"], "--initial-polling-period: duration must be positive"),
+        (["--polling-period=5s"], "--polling-period: must be at least 10s"),
+        (["--initial-polling-period=100ms"], "--initial-polling-period: must be at least 1s"),
         (["--probe-addr=8081"], "--probe-addr: not an address"),
         (["--log-level=loud"], "--log-level:"),
         (["--konnect-address=http://konnect.example"], "--konnect-address: must be an https:// URL"),
@@ -107,6 +111,45 @@ def test_run_with_bad_settings_exits_2_with_one_line(args: list[str], needle: st
 def test_run_reads_bad_settings_from_the_environment_too() -> None:
     result = invoke("run", env={"LICENSE_KEEPER_POLLING_PERIOD": "often"})
     assert_one_line_error(result, "--polling-period: not a duration")
+
+
+def test_resolve_namespace_looks_at_flag_env_pod_then_kubeconfig(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """In a pod, lightkube's in-cluster config carries the ServiceAccount's namespace as the context's."""
+    from license_keeper.kube import Kube
+
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    monkeypatch.delenv("LICENSE_KEEPER_NAMESPACE", raising=False)
+
+    def kubeconfig(namespace: str | None) -> Path:
+        path = tmp_path / f"kubeconfig-{namespace}"
+        context = f"{{cluster: k, user: u, namespace: {namespace}}}" if namespace else "{cluster: k, user: u}"
+        path.write_text(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+            f"contexts: [{{name: c, context: {context}}}]\n"
+            "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\nusers: [{name: u, user: {}}]\n"
+        )
+        return path
+
+    without = Kube.from_kubeconfig(kubeconfig(None))
+    with pytest.raises(ConfigError, match="no namespace: pass --namespace, set POD_NAMESPACE"):
+        common.resolve_namespace(load_settings(), without)
+    kube = Kube.from_kubeconfig(kubeconfig("from-kubeconfig"))
+    assert common.resolve_namespace(load_settings(), kube) == "from-kubeconfig"
+    monkeypatch.setenv("POD_NAMESPACE", "from-pod")
+    assert common.resolve_namespace(load_settings(), kube) == "from-pod"
+    assert common.resolve_namespace(load_settings(), without) == "from-pod"
+    monkeypatch.setenv("LICENSE_KEEPER_NAMESPACE", "from-env")
+    assert common.resolve_namespace(load_settings(), kube) == "from-env"
+    assert common.resolve_namespace(load_settings(namespace="from-flag"), kube) == "from-flag"
+
+
+def test_a_missing_kubeconfig_is_one_clear_line(tmp_path: Path) -> None:
+    from license_keeper.kube import Kube, KubeConfigError
+
+    with pytest.raises(KubeConfigError, match=r"cannot load Kubernetes credentials from .*nope"):
+        Kube.from_kubeconfig(tmp_path / "nope")
 
 
 def _konnect_args(cert: Path, key: Path) -> list[str]:
@@ -229,3 +272,92 @@ def test_restore_of_a_file_that_is_not_a_backup_exits_2(tmp_path: Path) -> None:
     f.write_text(json.dumps({"format": BACKUP_FORMAT, "document": document(200, signature="zz")}))
     line = assert_one_line_error(invoke("restore", "-f", str(f), "--namespace=x"), "signature")
     assert CUSTOMER not in line
+
+
+# --- files (issue 9 item 8) ------------------------------------------------------------------------------
+
+
+def test_write_private_never_follows_a_planted_symlink(tmp_path: Path) -> None:
+    """`export` used to open a fixed `.NAME.tmp` with O_TRUNC, following a symlink planted there."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = tmp_path / "backup.json"
+    (tmp_path / ".backup.json.tmp").symlink_to(victim)
+    write_private(out, '{"secret": true}\n')
+    assert victim.read_text() == "precious\n"
+    assert not out.is_symlink() and out.read_text() == '{"secret": true}\n'
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / ".backup.json.tmp").is_symlink()  # left alone, not used
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("victim", "backup.json", ".backup.json.tmp")]
+    assert leftovers == []
+
+
+def test_write_private_replaces_a_symlink_at_the_target_not_its_target(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = tmp_path / "backup.json"
+    out.symlink_to(victim)
+    write_private(out, "new\n")
+    assert victim.read_text() == "precious\n"
+    assert not out.is_symlink() and out.read_text() == "new\n"
+
+
+NESTED = b"[" * 100_000 + b"]" * 100_000
+
+
+def _backup(tmp_path: Path, **fields: object) -> Path:
+    f = tmp_path / "backup.json"
+    f.write_text(json.dumps({"format": BACKUP_FORMAT, "id": "i", "updated_at": 1, "document": document(200), **fields}))
+    return f
+
+
+def test_restore_of_deeply_nested_json_is_a_clear_error(tmp_path: Path) -> None:
+    f = tmp_path / "nested.json"
+    f.write_bytes(NESTED)
+    assert_one_line_error(invoke("restore", "-f", str(f), "--namespace=x"), "not a license-keeper backup")
+
+
+def test_validate_of_deeply_nested_json_is_invalid_with_exit_2(tmp_path: Path) -> None:
+    f = tmp_path / "nested.json"
+    f.write_bytes(NESTED)
+    result = invoke("validate", str(f), "-o", "json")
+    assert result.exit_code == 2, result.output
+    assert json.loads(result.stdout) == {"state": "invalid", "problem": "license document: is not valid JSON"}
+
+
+def test_validate_refuses_a_latin1_file(tmp_path: Path) -> None:
+    """It used to decode with errors='replace' and report such a file valid."""
+    f = tmp_path / "license.json"
+    text = document(200, customer="Zürich Shipping AG").replace("\\u00fc", "ü")
+    assert "ü" in text
+    f.write_bytes(text.encode("latin-1"))
+    assert invoke("validate", "-", input=text.encode("utf-8")).exit_code == 0  # the same in UTF-8 is fine
+    result = invoke("validate", str(f), "-o", "json")
+    assert result.exit_code == 2, result.output
+    assert json.loads(result.stdout) == {"state": "invalid", "problem": "license document: is not valid UTF-8"}
+
+
+def test_oversized_input_is_refused_before_parsing(tmp_path: Path) -> None:
+    f = _backup(tmp_path, padding="x" * (1024 * 1024))
+    assert_one_line_error(invoke("restore", "-f", str(f), "--namespace=x"), "larger than 1024 KiB")
+    assert_one_line_error(invoke("validate", str(f)), "larger than 1024 KiB")
+
+
+@pytest.mark.parametrize(
+    ("updated_at", "problem"),
+    [
+        (True, "not an integer"),
+        (1.5, "not an integer"),
+        (-5, "negative"),
+        (int(datetime.datetime.now(datetime.UTC).timestamp()) + 3 * 86400, "future"),
+        (int(datetime.datetime.now(datetime.UTC).timestamp()) * 1000, "3000"),
+    ],
+)
+def test_restore_checks_updated_at_with_the_one_parser(tmp_path: Path, updated_at: object, problem: str) -> None:
+    f = _backup(tmp_path, updated_at=updated_at)
+    assert_one_line_error(invoke("restore", "-f", str(f), "--namespace=x"), "updated_at", problem)
+
+
+def test_restore_of_a_backup_with_a_lone_surrogate_is_a_clear_error(tmp_path: Path) -> None:
+    f = _backup(tmp_path, id="\udc80")
+    assert_one_line_error(invoke("restore", "-f", str(f), "--namespace=x"), "license id: is not valid Unicode")

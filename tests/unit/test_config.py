@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from license_keeper import config
 from license_keeper.config import ConfigError, load_settings, parse_addr, parse_duration
 
 ENV_PREFIXES = ("LICENSE_KEEPER_", "CONTROLLER_KONNECT_", "KONNECT_")
@@ -227,29 +226,54 @@ def test_secret_and_lease_names() -> None:
     assert (s.effective_secret_name, s.effective_lease_name) == ("konnect-license-abc", "my-lease")
 
 
-def test_effective_namespace(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    sa_file = tmp_path / "namespace"
-    monkeypatch.setattr(config, "SERVICE_ACCOUNT_NAMESPACE_FILE", sa_file)
-    with pytest.raises(ConfigError, match="no namespace: pass --namespace, set POD_NAMESPACE"):
-        load_settings().effective_namespace()
+# --- lower bounds (issue 9 item 13) ---------------------------------------------------------------------
 
-    sa_file.write_text("from-sa-file\n")
-    assert load_settings().effective_namespace() == "from-sa-file"
 
+@pytest.mark.parametrize(
+    ("given", "flag", "least"),
+    [
+        ({"polling_period": "9s"}, "--polling-period", "10s"),
+        ({"polling_period": "300ms"}, "--polling-period", "10s"),
+        ({"initial_polling_period": "500ms"}, "--initial-polling-period", "1s"),
+        ({"konnect_timeout": "100ms"}, "--konnect-timeout", "1s"),
+        (
+            {
+                "leader_elect_lease_duration": "1500ms",
+                "leader_elect_renew_deadline": "1s",
+                "leader_elect_retry_period": "500ms",
+            },
+            "--leader-elect-lease-duration",
+            "2s",
+        ),
+        ({"leader_elect_retry_period": "100ms"}, "--leader-elect-retry-period", "0.5s"),
+    ],
+)
+def test_durations_have_lower_bounds(given: dict[str, str], flag: str, least: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(**given)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"{flag}: must be at least {least}" in message
+
+
+def test_the_lower_bounds_themselves_are_accepted() -> None:
+    s = load_settings(polling_period="10s", initial_polling_period="1s", konnect_timeout="1s")
+    assert (s.polling_period, s.initial_polling_period, s.konnect_timeout) == (10.0, 1.0, 1.0)
+
+
+def test_test_harnesses_may_poll_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LICENSE_KEEPER_ALLOW_SHORT_PERIODS", "true")
+    s = load_settings(polling_period="20ms", initial_polling_period="20ms")
+    assert s.polling_period == s.initial_polling_period == 0.02
+    with pytest.raises(ConfigError, match="--leader-elect-retry-period: must be at least"):
+        load_settings(leader_elect_retry_period="10ms")  # only the polling bounds are lifted
+
+
+def test_settings_read_no_namespace_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POD_NAMESPACE", "from-pod")
-    assert load_settings().effective_namespace() == "from-pod"
-
-    monkeypatch.setenv("LICENSE_KEEPER_NAMESPACE", "from-env")
-    assert load_settings().effective_namespace() == "from-env"
-    assert load_settings(namespace="from-flag").effective_namespace() == "from-flag"
-
-
-def test_empty_service_account_file_is_no_namespace(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    sa_file = tmp_path / "namespace"
-    sa_file.write_text("  \n")
-    monkeypatch.setattr(config, "SERVICE_ACCOUNT_NAMESPACE_FILE", sa_file)
-    with pytest.raises(ConfigError, match="no namespace"):
-        load_settings().effective_namespace()
+    s = load_settings()
+    assert s.namespace == ""
+    assert not hasattr(s, "effective_namespace")  # the lookup lives at the edge (cli.resolve_namespace)
 
 
 def test_require_konnect() -> None:

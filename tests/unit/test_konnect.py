@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import signal
@@ -241,6 +242,8 @@ def test_address_must_be_https(tls_material: TLSMaterial) -> None:
 
 
 DOC = make_document()
+NOW = datetime.datetime(2030, 6, 15, 12, 0, tzinfo=datetime.UTC)
+T_NOW = int(NOW.timestamp())
 
 
 def body(item: dict | None = None, **top: object) -> bytes:
@@ -269,10 +272,18 @@ def body(item: dict | None = None, **top: object) -> bytes:
         (body({"payload": DOC, "updated_at": True, "id": "i"}), "not an integer"),
         (body({"payload": '{"license": {}}', "updated_at": 5, "id": "i"}), "license payload: is missing"),
         (body({"payload": make_document(signature="zz" + "a" * 300), "updated_at": 5, "id": "i"}), "signature"),
+        # issue 9 item 12: one range for updated_at (future beyond a day of skew, milliseconds)
+        (body({"payload": DOC, "updated_at": T_NOW + 2 * 86400, "id": "i"}), "updated_at is in the future"),
+        (body({"payload": DOC, "updated_at": T_NOW * 1000, "id": "i"}), "3000"),
+        (body({"payload": DOC, "updated_at": -5, "id": "i"}), "zero or negative"),
+        # issue 9 item 9: a lone surrogate escape (json.dumps writes "\ud800" for it)
+        (body({"payload": DOC.replace("Example", "Ex\ud800ample"), "updated_at": 5, "id": "i"}), "document"),
+        (body({"payload": DOC.replace("Example", "Ex\\ud800ample"), "updated_at": 5, "id": "i"}), "customer"),
+        (body({"payload": DOC, "updated_at": 5, "id": "id-\udc00"}), "id is not valid Unicode"),
     ],
 )
 def test_parse_licenses_body_invalid(raw: bytes, reason_part: str) -> None:
-    result = parse_licenses_body(raw)
+    result = parse_licenses_body(raw, NOW)
     assert isinstance(result, KonnectInvalidResponse)
     assert reason_part in result.reason
     assert DOC not in result.describe()
@@ -284,7 +295,7 @@ def test_parse_licenses_body_ok_uses_first_item() -> None:
     raw = json.dumps(
         {"items": [{"payload": DOC, "updated_at": 7, "id": "a"}, {"payload": second, "updated_at": 9, "id": "b"}]}
     ).encode()
-    result = parse_licenses_body(raw)
+    result = parse_licenses_body(raw, NOW)
     assert isinstance(result, LicenseFetched)
     assert result.record == LicenseRecord(document=DOC, id="a", updated_at=7)
     assert result.record.source == "konnect"
@@ -365,3 +376,110 @@ async def test_stand_in_in_another_process(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+def test_a_lone_surrogate_in_an_answer_never_reaches_the_secret() -> None:
+    """issue 9 item 9: it used to come back as LicenseFetched and crash the leader at Secret encode."""
+    from license_keeper.policy import desired_secret
+
+    for item in (
+        {"payload": DOC.replace("Example", "Ex\ud800ample"), "updated_at": 5, "id": "i"},
+        {"payload": DOC, "updated_at": 5, "id": "\ud800"},
+    ):
+        result = parse_licenses_body(body(item), NOW)
+        assert isinstance(result, KonnectInvalidResponse), result
+        assert result.kind == "invalid_response"
+    ok = parse_licenses_body(body({"payload": DOC, "updated_at": 5, "id": "i"}), NOW)
+    assert isinstance(ok, LicenseFetched)
+    desired_secret(ok.record)  # encodes
+
+
+def test_fetched_describe_is_the_one_rendering() -> None:
+    from license_keeper.license import describe
+
+    record = make_record(updated_at=5)
+    assert LicenseFetched(record).describe() == f"Konnect served {describe(record)}"
+
+
+# --- HTTPS_PROXY / NO_PROXY (issue 9 item 13) -----------------------------------------------------------
+
+
+class ConnectProxy:
+    """A tiny HTTP CONNECT proxy on loopback that records the targets it tunnelled to."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aenter__(self) -> ConnectProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+            if method != "CONNECT":
+                writer.write(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                return
+            self.targets.append(target)
+            host, port = target.rsplit(":", 1)
+            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 5)
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await writer.drain()
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while chunk := await reader.read(65536):
+                writer.write(chunk)
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+def _clear_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+async def test_https_proxy_from_the_environment_is_used(
+    konnect: KonnectStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _clear_proxy_env(monkeypatch)
+    async with ConnectProxy() as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        async with client_for(konnect) as c:
+            result = await c.fetch()
+        assert isinstance(result, LicenseFetched), result.describe()
+        assert proxy.targets == [f"127.0.0.1:{konnect.port}"]
+
+
+async def test_no_proxy_bypasses_the_proxy(konnect: KonnectStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_proxy_env(monkeypatch)
+    async with ConnectProxy() as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        async with client_for(konnect) as c:
+            result = await c.fetch()
+        assert isinstance(result, LicenseFetched), result.describe()
+        assert proxy.targets == []

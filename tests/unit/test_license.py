@@ -10,7 +10,16 @@ from typing import Any
 
 import pytest
 
-from license_keeper.license import License, LicenseError, LicenseRecord, parse_license
+from license_keeper.license import (
+    MAX_UPDATED_AT,
+    License,
+    LicenseError,
+    LicenseRecord,
+    UpdatedAtError,
+    describe,
+    parse_license,
+    parse_updated_at,
+)
 from license_keeper.testing.licenses import make_document, make_record
 
 UTC = datetime.UTC
@@ -20,9 +29,7 @@ SIG = "deadbeef" * 40
 
 def sample(**overrides: Any) -> dict[str, Any]:
     doc = json.loads(
-        make_document(
-            license_key=KEY, signature=SIG, creation_date="2017-07-20", expiration_date="2017-07-20"
-        )
+        make_document(license_key=KEY, signature=SIG, creation_date="2017-07-20", expiration_date="2017-07-20")
     )
     for path, value in overrides.items():
         target = doc
@@ -117,9 +124,7 @@ MALFORMED: list[tuple[str, Any, str]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("doc", "field"), [(d, f) for _, d, f in MALFORMED], ids=[c for c, _, _ in MALFORMED]
-)
+@pytest.mark.parametrize(("doc", "field"), [(d, f) for _, d, f in MALFORMED], ids=[c for c, _, _ in MALFORMED])
 def test_malformed_documents_name_the_field(doc: Any, field: str) -> None:
     text = doc if isinstance(doc, str) else json.dumps(doc)
     with pytest.raises(LicenseError) as info:
@@ -262,3 +267,96 @@ def test_factory_defaults_valid_for_a_year() -> None:
     assert lic.expiration_date == today + datetime.timedelta(days=365)
     assert len(lic.signature) >= 256
     assert lic.license_key.startswith("0014") and "_" in lic.license_key
+
+
+# --- lone surrogates (issue 9, item 9) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [
+        # the surrogate as a raw str (what json.loads of a Konnect body gives for "\ud800")
+        (make_document().replace("Example Company", "Example \ud800Company"), "document"),
+        # the escape inside the document text: the text encodes fine, a field inside does not
+        (make_document(customer="Example \\ud800 Company").replace("\\\\", "\\"), "customer"),
+    ],
+)
+def test_a_lone_surrogate_makes_the_document_invalid(document: str, field: str) -> None:
+    with pytest.raises(LicenseError) as info:
+        parse_license(document)
+    assert info.value.field == field
+    record = LicenseRecord(document=document, id="i", updated_at=1)
+    assert not record.valid
+
+
+def test_a_lone_surrogate_in_the_id_makes_the_record_invalid() -> None:
+    record = make_record(updated_at=1, id="id-\udfff")
+    assert not record.valid
+    assert record.problem is not None and "id" in record.problem
+
+
+# --- updated_at (issue 9, item 12) --------------------------------------------------------------------
+
+NOW_2030 = datetime.datetime(2030, 6, 15, 12, 0, tzinfo=UTC)
+T_2030 = int(NOW_2030.timestamp())
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (1_700_000_000, 1_700_000_000),
+        (0, 0),
+        (T_2030, T_2030),
+        (T_2030 + 86400, T_2030 + 86400),  # a day of clock skew is tolerated
+        ("1700000000", 1_700_000_000),
+        (b" 42\n", 42),
+    ],
+)
+def test_parse_updated_at_accepts(raw: object, expected: int) -> None:
+    assert parse_updated_at(raw, NOW_2030) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (True, "not an integer"),
+        (1.5, "not an integer"),
+        (1e9, "not an integer"),
+        (-5, "negative"),
+        ("-5", "not decimal digits"),
+        ("1.5", "not decimal digits"),
+        ("0x10", "not decimal digits"),
+        ("²", "not decimal digits"),
+        (b"\xff", "not decimal digits"),
+        ("", "not decimal digits"),
+        (None, "not an integer"),
+        ([1], "not an integer"),
+        (T_2030 + 86400 + 1, "future"),
+        (T_2030 * 1000, "3000"),  # milliseconds
+        ("9" * 5000, "3000"),  # beyond Python's int-from-string limit, and never a time
+    ],
+)
+def test_parse_updated_at_rejects(raw: object, problem: str) -> None:
+    with pytest.raises(UpdatedAtError, match=problem):
+        parse_updated_at(raw, NOW_2030)
+
+
+def test_parse_updated_at_without_now_has_only_the_fixed_range() -> None:
+    assert parse_updated_at(T_2030 + 10 * 86400, None) == T_2030 + 10 * 86400
+    assert parse_updated_at(MAX_UPDATED_AT, None) == MAX_UPDATED_AT
+    with pytest.raises(UpdatedAtError):
+        parse_updated_at(MAX_UPDATED_AT + 1, None)
+
+
+# --- describe -------------------------------------------------------------------------------------------
+
+
+def test_describe_names_fingerprint_expiry_and_updated_at_only() -> None:
+    record = make_record(updated_at=7, id="the-id", customer="Secretive Customer", license_key=KEY, signature=SIG)
+    text = describe(record)
+    assert record.license is not None
+    assert text == f"license {record.license.fingerprint} (expires {record.license.expiration_date}, updated_at 7)"
+    for secret in ("Secretive", KEY, SIG[:16]):
+        assert secret not in text
+    assert describe(None) == "no license"
+    assert describe(LicenseRecord(document="{}", id="", updated_at=0)) == "an invalid license"

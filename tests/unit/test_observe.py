@@ -237,7 +237,8 @@ def test_health_fails_when_the_secret_view_is_stale_and_says_why() -> None:
     from license_keeper.observe import SECRET_VIEW_STALE_SECONDS, KeeperState
 
     s = KeeperState()
-    s.heartbeat = s.secret_view_at = 1000.0
+    s.secret_view_at = 1000.0
+    s.heartbeat = 1000.0 + SECRET_VIEW_STALE_SECONDS - 1  # the event loop runs; only the view ages
     assert s.health(now=1000.0 + SECRET_VIEW_STALE_SECONDS - 1) == (True, "ok")
     s.heartbeat = 1000.0 + SECRET_VIEW_STALE_SECONDS
     ok, reason = s.health(now=1000.0 + SECRET_VIEW_STALE_SECONDS + 1)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from license_keeper.license import LicenseRecord
-from license_keeper.policy import choose, deciding_rule, is_better, rank
+from license_keeper.policy import choose, deciding_rule, is_better, order_key, rank
 from license_keeper.testing.licenses import make_document, make_record
 
 UTC = datetime.UTC
@@ -36,9 +36,7 @@ def rec(
 
 
 INVALID = LicenseRecord(document="{not json", id="bad", updated_at=10**9)
-INVALID_DATE = LicenseRecord(
-    document=make_document(expiration_date="2030-02-31"), id="bad2", updated_at=10**9
-)
+INVALID_DATE = LicenseRecord(document=make_document(expiration_date="2030-02-31"), id="bad2", updated_at=10**9)
 
 
 # --- named cases ---------------------------------------------------------------------------------------
@@ -59,7 +57,6 @@ CASES = [
     ("older updated_at loses even with later expiry", rec(6, 30), [rec(5, 300, id="n")], "held"),
     ("same updated_at, later expiration wins", rec(5, 30), [rec(5, 31, id="n")], 0),
     ("same updated_at, earlier expiration loses", rec(5, 31), [rec(5, 30, id="n")], "held"),
-    ("equal rank keeps held (no churn)", rec(5, 30, id="a"), [rec(5, 30, id="b", sig="cd" * 40)], "held"),
     ("identical record keeps held", rec(5, 30), [rec(5, 30, source="secret")], "held"),
     ("both expired: newer updated_at wins", rec(5, -10), [rec(6, -20, id="n")], 0),
     ("expires today is still unexpired", rec(100, -1), [rec(1, 0, id="n")], 0),
@@ -67,12 +64,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("held", "candidates", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
-)
-def test_named_cases(
-    held: LicenseRecord | None, candidates: list[LicenseRecord | None], expected: object
-) -> None:
+@pytest.mark.parametrize(("held", "candidates", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_named_cases(held: LicenseRecord | None, candidates: list[LicenseRecord | None], expected: object) -> None:
     result = choose(held, candidates, NOW)
     if expected == "held":
         assert result is held
@@ -109,7 +102,8 @@ def test_rank_and_deciding_rule() -> None:
     assert deciding_rule(rec(1, 1), rec(99, -1), NOW) == "unexpired"
     assert deciding_rule(rec(2, 1), rec(1, 9), NOW) == "newer_updated_at"
     assert deciding_rule(rec(1, 2), rec(1, 1), NOW) == "later_expiration"
-    assert deciding_rule(rec(1, 1, id="x"), rec(1, 1, id="y"), NOW) is None
+    assert deciding_rule(rec(1, 1, id="x"), rec(1, 1, id="y"), NOW) == "content"
+    assert deciding_rule(rec(1, 1), rec(1, 1, source="secret"), NOW) is None
 
 
 # --- properties ----------------------------------------------------------------------------------------
@@ -140,9 +134,7 @@ def _valid(r: LicenseRecord | None) -> bool:
 
 @settings(max_examples=1000, deadline=None)
 @given(held=records, candidates=candidate_lists, now=nows)
-def test_never_replaced_by_worse(
-    held: LicenseRecord | None, candidates: list, now: datetime.datetime
-) -> None:
+def test_never_replaced_by_worse(held: LicenseRecord | None, candidates: list, now: datetime.datetime) -> None:
     result = choose(held, candidates, now)
     assert rank(result, now) >= rank(held, now)
     assert result is held or any(result is c for c in candidates)
@@ -152,13 +144,12 @@ def test_never_replaced_by_worse(
 
 @settings(max_examples=1000, deadline=None)
 @given(held=records, candidates=candidate_lists, now=nows)
-def test_never_replaced_by_equal(
-    held: LicenseRecord | None, candidates: list, now: datetime.datetime
-) -> None:
+def test_never_replaced_by_equal(held: LicenseRecord | None, candidates: list, now: datetime.datetime) -> None:
     result = choose(held, candidates, now)
     if result is not held:
-        assert rank(result, now) > rank(held, now)
+        assert order_key(result, now) > order_key(held, now)
         assert is_better(result, held, now)
+        assert result != held  # an equal record never replaces the held one (no churn)
 
 
 @settings(max_examples=1000, deadline=None)
@@ -181,9 +172,7 @@ def test_deterministic_and_order_independent(
 
 @settings(max_examples=1000, deadline=None)
 @given(held=records, candidates=candidate_lists, now=nows)
-def test_invalid_never_wins_over_valid(
-    held: LicenseRecord | None, candidates: list, now: datetime.datetime
-) -> None:
+def test_invalid_never_wins_over_valid(held: LicenseRecord | None, candidates: list, now: datetime.datetime) -> None:
     result = choose(held, candidates, now)
     if any(_valid(r) for r in [held, *candidates]):
         assert _valid(result)
@@ -193,11 +182,78 @@ def test_invalid_never_wins_over_valid(
 
 @settings(max_examples=1000, deadline=None)
 @given(held=records, candidates=candidate_lists, now=nows)
-def test_unexpired_beats_expired(
-    held: LicenseRecord | None, candidates: list, now: datetime.datetime
-) -> None:
+def test_unexpired_beats_expired(held: LicenseRecord | None, candidates: list, now: datetime.datetime) -> None:
     result = choose(held, candidates, now)
     offered = [r for r in [held, *candidates] if _valid(r)]
     if any(not r.license.is_expired(now) for r in offered):
         assert result is not None and result.license is not None
         assert not result.license.is_expired(now)
+
+
+# --- a total order (issue 9 item 11) --------------------------------------------------------------------
+
+
+def test_equal_rank_different_content_is_decided_by_content_whoever_holds_which() -> None:
+    a = rec(5, 30, id="a", sig="ab" * 40)
+    b = rec(5, 30, id="b", sig="cd" * 40)
+    assert rank(a, NOW) == rank(b, NOW) and a != b
+    assert choose(a, [b], NOW) == choose(b, [a], NOW)
+    assert is_better(a, b, NOW) != is_better(b, a, NOW)
+
+
+def _write_round(secret: LicenseRecord | None, held: LicenseRecord) -> tuple[LicenseRecord, bool]:
+    """One writer's turn, as SecretStore.sync decides it: take the better, write if it differs."""
+    best = choose(held, [secret], NOW)
+    assert best is not None
+    return best, best != secret
+
+
+def test_two_writers_with_equally_ranked_licenses_converge() -> None:
+    """They used to write back and forth forever: ties went to the held license."""
+    replica_a = rec(5, 30, id="a", sig="ab" * 40)
+    replica_b = rec(5, 30, id="b", sig="cd" * 40)
+    secret: LicenseRecord | None = None
+    writes = 0
+    for _ in range(10):
+        replica_a, wrote = _write_round(secret, replica_a)
+        if wrote:
+            secret, writes = replica_a, writes + 1
+        replica_b, wrote = _write_round(secret, replica_b)
+        if wrote:
+            secret, writes = replica_b, writes + 1
+    assert replica_a == replica_b == secret
+    assert writes <= 2
+
+
+@settings(max_examples=500, deadline=None)
+@given(a=records, b=records, now=nows)
+def test_is_better_is_antisymmetric_and_total_on_valid_records(
+    a: LicenseRecord | None, b: LicenseRecord | None, now: datetime.datetime
+) -> None:
+    assert not (is_better(a, b, now) and is_better(b, a, now))
+    if _valid(a) and _valid(b) and not is_better(a, b, now) and not is_better(b, a, now):
+        assert a == b  # only equal records tie
+
+
+@settings(max_examples=500, deadline=None)
+@given(a=records, b=records, c=records, now=nows)
+def test_is_better_is_transitive(
+    a: LicenseRecord | None, b: LicenseRecord | None, c: LicenseRecord | None, now: datetime.datetime
+) -> None:
+    if is_better(a, b, now) and is_better(b, c, now):
+        assert is_better(a, c, now)
+    if not is_better(b, a, now) and not is_better(c, b, now):
+        assert not is_better(c, a, now)
+
+
+@settings(max_examples=500, deadline=None)
+@given(offered=st.lists(records, min_size=1, max_size=6), now=nows, data=st.data())
+def test_choose_does_not_depend_on_who_holds_what(
+    offered: list[LicenseRecord | None], now: datetime.datetime, data: st.DataObject
+) -> None:
+    shuffled = data.draw(st.permutations(offered))
+    first = choose(offered[0], offered[1:], now)
+    second = choose(shuffled[0], shuffled[1:], now)
+    if any(_valid(r) for r in offered):
+        assert first == second
+        assert _valid(first)

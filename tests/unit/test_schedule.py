@@ -14,12 +14,13 @@ from license_keeper.schedule import (
     BACKOFF_BASE_SECONDS,
     MAX_SLEEP_SLICE_SECONDS,
     MIN_DELAY_SECONDS,
+    WALL_JUMP_TOLERANCE_SECONDS,
     ScheduleConfig,
-    applicable_period,
     backoff_ceiling,
     needs_fast_polling,
     next_delay,
-    sleep_slice,
+    poll_wait,
+    wall_jumped,
 )
 from license_keeper.testing.licenses import make_record
 
@@ -58,9 +59,8 @@ CASES = {
 
 
 @pytest.mark.parametrize(("held", "fast"), list(CASES.values()), ids=list(CASES))
-def test_needs_fast_polling_and_applicable_period(held: LicenseRecord | None, fast: bool) -> None:
+def test_needs_fast_polling(held: LicenseRecord | None, fast: bool) -> None:
     assert needs_fast_polling(held, NOW, CFG.renew_before) is fast
-    assert applicable_period(held, NOW, CFG) == (CFG.initial_period if fast else CFG.regular_period)
 
 
 def test_exact_renew_before_boundary_is_fast() -> None:
@@ -109,7 +109,8 @@ configs = st.builds(
 def test_next_delay_after_errors_is_within_one_second_and_the_ceiling(
     held: LicenseRecord | None, n: int, cfg: ScheduleConfig, seed: int
 ) -> None:
-    ceiling = backoff_ceiling(n, applicable_period(held, NOW, cfg), cfg.backoff_base)
+    period = cfg.initial_period if needs_fast_polling(held, NOW, cfg.renew_before) else cfg.regular_period
+    ceiling = backoff_ceiling(n, period, cfg.backoff_base)
     d = next_delay(held, n, NOW, cfg, random.Random(seed))
     assert MIN_DELAY_SECONDS <= d <= ceiling
 
@@ -143,23 +144,50 @@ def test_backoff_jitter_actually_spreads() -> None:
     assert len(delays) > 40  # full jitter: not one synchronized retry time
 
 
-wall = st.floats(min_value=0, max_value=4e9, allow_nan=False, allow_infinity=False)
+# --- sleeping on the monotonic clock (issue 9 item 10) ---------------------------------------------------
+
+mono = st.floats(min_value=0, max_value=1e9, allow_nan=False, allow_infinity=False)
+step = st.floats(min_value=-1e7, max_value=1e7, allow_nan=False, allow_infinity=False)
+
+
+def test_a_wall_clock_step_back_of_a_day_does_not_delay_the_poll() -> None:
+    """It used to: the due time was on the wall clock, so a step back of a day added a day."""
+    start_mono, delay = 5_000.0, 60.0
+    due = start_mono + delay
+    # a minute of monotonic time later, while the wall clock was stepped back by a day
+    assert poll_wait(due, start_mono + delay, mono_elapsed=delay, wall_elapsed=delay - DAY) == 0.0
+    # halfway there, the step back changes nothing either
+    assert poll_wait(due, start_mono + 30, mono_elapsed=30, wall_elapsed=30 - DAY) == 30.0
+
+
+def test_a_forward_wall_clock_jump_makes_the_poll_due_at_once() -> None:
+    due = 1_000.0 + 12 * 3600
+    assert poll_wait(due, 1_060.0, mono_elapsed=60, wall_elapsed=60) == MAX_SLEEP_SLICE_SECONDS
+    # the node was suspended for an hour: the monotonic clock stood still, the wall clock did not
+    assert poll_wait(due, 1_060.0, mono_elapsed=60, wall_elapsed=3660) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("mono_elapsed", "wall_elapsed", "jumped"),
+    [
+        (60.0, 60.0, False),
+        (60.0, 60.0 + WALL_JUMP_TOLERANCE_SECONDS, False),
+        (60.0, 60.5 + WALL_JUMP_TOLERANCE_SECONDS, True),
+        (60.0, 60.0 - DAY, False),  # backward steps are not jumps
+        (0.0, DAY, True),
+    ],
+)
+def test_wall_jumped(mono_elapsed: float, wall_elapsed: float, jumped: bool) -> None:
+    assert wall_jumped(mono_elapsed, wall_elapsed) is jumped
 
 
 @PROPS
-@given(due=wall, now=wall)
-def test_sleep_slice_bounded_and_zero_when_due(due: float, now: float) -> None:
-    s = sleep_slice(due, now)
-    assert 0.0 <= s <= MAX_SLEEP_SLICE_SECONDS
-    if now >= due:
-        assert s == 0.0
-    else:
-        assert s == min(due - now, MAX_SLEEP_SLICE_SECONDS)
-
-
-@PROPS
-@given(now=wall, period=st.floats(min_value=61.0, max_value=30 * DAY), jump=st.floats(min_value=0.0, max_value=1e7))
-def test_a_wall_clock_jump_forward_past_the_due_time_makes_it_zero(now: float, period: float, jump: float) -> None:
-    due = now + period
-    assert sleep_slice(due, now) == MAX_SLEEP_SLICE_SECONDS  # a 12 h wait is slept in short slices
-    assert sleep_slice(due, now + period + jump) == 0.0  # suspended node / clock jump: due at once
+@given(due=mono, now=mono, mono_elapsed=st.floats(0, 120), wall_step=step)
+def test_poll_wait_is_bounded_and_never_later_than_due(
+    due: float, now: float, mono_elapsed: float, wall_step: float
+) -> None:
+    wait = poll_wait(due, now, mono_elapsed=mono_elapsed, wall_elapsed=mono_elapsed + wall_step)
+    assert 0.0 <= wait <= MAX_SLEEP_SLICE_SECONDS
+    assert now + wait <= max(due, now)  # no wall-clock step can push the wake-up past the due time
+    if wall_step <= 0:  # without a forward jump it is exactly the remaining time, in slices
+        assert wait == (0.0 if now >= due else min(due - now, MAX_SLEEP_SLICE_SECONDS))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from license_keeper.license import LicenseRecord
+from license_keeper.license import MAX_UPDATED_AT, LicenseRecord
 from license_keeper.policy import (
     ADOPT_ANNOTATION,
     EXPIRATION_ANNOTATION,
@@ -23,7 +24,9 @@ from license_keeper.policy import (
     SecretState,
     WriteAction,
     WritePlan,
+    choose,
     content_matches,
+    data_matches,
     desired_secret,
     may_write,
     merged_secret_fields,
@@ -146,12 +149,21 @@ CASES: dict[str, tuple[SecretSnapshot, bool, SecretState, LicenseRecord | str | 
         OTHER,
         WritePlan(WriteAction.REFUSE, refusal=SecretState.IMMUTABLE),
     ),
+    # issue 9 item 13: holding the right license already, immutability is harmless (no critical alert)
     "ours, immutable, already the held license": (
         written(HELD, immutable=True),
         True,
-        SecretState.IMMUTABLE,
+        SecretState.PRESENT,
         HELD,
         WritePlan(WriteAction.NONE),
+    ),
+    # immutability freezes data only: our annotations can still be written
+    "ours, immutable, held license, stale annotations": (
+        written(HELD, immutable=True, annotations={EXPIRATION_ANNOTATION: "1999-01-01"}),
+        True,
+        SecretState.PRESENT,
+        HELD,
+        WritePlan(WriteAction.UPDATE, "repair"),
     ),
     "empty and immutable": (
         snap(immutable=True),
@@ -160,8 +172,16 @@ CASES: dict[str, tuple[SecretSnapshot, bool, SecretState, LicenseRecord | str | 
         None,
         WritePlan(WriteAction.REFUSE, refusal=SecretState.IMMUTABLE),
     ),
-    "ours, corrupt payload": (
+    # issue 9 item 5: the `license` key is read too, so a good one survives a corrupt payload
+    "ours, corrupt payload, good license key": (
         snap({**full_data(HELD), "payload": GARBAGE}, OURS),
+        True,
+        SecretState.PRESENT,
+        HELD,
+        WritePlan(WriteAction.UPDATE, "repair"),
+    ),
+    "ours, corrupt payload and license": (
+        snap({**full_data(HELD), "payload": GARBAGE, "license": GARBAGE}, OURS),
         True,
         SecretState.INVALID,
         "invalid",
@@ -244,7 +264,7 @@ CASES: dict[str, tuple[SecretSnapshot, bool, SecretState, LicenseRecord | str | 
 def test_secret_table(case: str) -> None:
     s, writable, state, record, plan = CASES[case]
     assert may_write(s) is writable
-    assert secret_state(s) is state
+    assert secret_state(s, HELD) is state
     got = record_from_secret(s)
     if record == "invalid":
         assert got is not None and not got.valid
@@ -343,8 +363,6 @@ printable = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")
 
 @st.composite
 def valid_records(draw: st.DrawFn) -> LicenseRecord:
-    import datetime
-
     created = draw(st.dates(datetime.date(2015, 1, 1), datetime.date(2040, 1, 1)))
     expires = created + datetime.timedelta(days=draw(st.integers(-30, 3000)))
     document = make_document(
@@ -359,7 +377,7 @@ def valid_records(draw: st.DrawFn) -> LicenseRecord:
     return LicenseRecord(
         document=document,
         id=draw(st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)),
-        updated_at=draw(st.integers(0, 2**40)),
+        updated_at=draw(st.integers(0, MAX_UPDATED_AT)),  # the one accepted range
         source=draw(st.sampled_from(["konnect", "secret", "backup", "file"])),
     )
 
@@ -397,7 +415,8 @@ def test_no_write_when_the_secret_already_holds_it(
         resource_version="7",
     )
     assert plan_write(s, record, existed_before=existed_before) == WritePlan(WriteAction.NONE)
-    assert secret_state(s) is (SecretState.IMMUTABLE if immutable else SecretState.PRESENT)
+    # immutable or not: it holds the right license, so no alert (issue 9 item 13)
+    assert secret_state(s) is secret_state(s, record) is SecretState.PRESENT
     # and it reads back as the very same record
     assert record_from_secret(s) == record
 
@@ -447,7 +466,10 @@ def test_any_secret_content_is_classified_without_raising(
     if state is SecretState.FOREIGN:
         assert plan.action in (WriteAction.NONE, WriteAction.REFUSE)
     if plan.action is WriteAction.UPDATE:
-        assert may_write(s) and not s.immutable
+        assert may_write(s)
+        assert held is not None
+        if s.immutable:  # an immutable Secret's data is never changed, only our labels/annotations
+            assert data_matches(s, desired_secret(held))
         # carrying the plan out leaves nothing more to do
         assert held is not None
         d = merged_secret_fields(s, desired_secret(held))
@@ -485,3 +507,99 @@ def test_an_adopted_helm_secret_keeps_helms_label_and_needs_no_write_for_it() ->
     )
     assert plan_write(not_adopted, record).action == WriteAction.NONE
     assert merged_secret_fields(not_adopted, desired).labels[MANAGED_BY_LABEL] == "license-keeper"
+
+
+# --- issue 9 item 5: both keys are read, the better document wins, `license` is never downgraded ----
+
+TODAY = datetime.date.today()
+NOW = datetime.datetime.now(datetime.UTC)
+
+
+def expiring(days: int, **kw: Any) -> LicenseRecord:
+    return make_record(
+        updated_at=1_700_000_000,
+        id="the-id",
+        creation_date=TODAY - datetime.timedelta(days=400),
+        expiration_date=TODAY + datetime.timedelta(days=days),
+        **kw,
+    )
+
+
+def keys(payload: LicenseRecord, license: LicenseRecord) -> SecretSnapshot:
+    return snap({**full_data(payload), "license": license.document.encode()}, OURS)
+
+
+def sync_once(s: SecretSnapshot, held: LicenseRecord | None) -> tuple[LicenseRecord | None, WritePlan]:
+    """What SecretStore.sync decides: the best of held and the Secret, then the plan for it."""
+    best = choose(held, [record_from_secret(s, now=NOW)], NOW)
+    return best, plan_write(s, best)
+
+
+def test_a_better_document_in_the_license_key_is_kept() -> None:
+    short, long = expiring(30), expiring(300)
+    s = keys(payload=short, license=long)
+    assert record_from_secret(s, now=NOW) == LicenseRecord(
+        document=long.document, id="the-id", updated_at=1_700_000_000
+    )
+    # the keeper holds the payload's license (from Konnect, same id and updated_at)
+    best, plan = sync_once(s, short)
+    assert best is not None and best.document == long.document
+    assert plan == WritePlan(WriteAction.UPDATE, "repair")
+    assert desired_secret(best).data["license"] == long.document.encode()  # never downgraded
+
+
+def test_an_expired_license_key_is_replaced_by_a_valid_payload() -> None:
+    expired, good = expiring(-3), expiring(100)
+    s = keys(payload=good, license=expired)
+    assert record_from_secret(s, now=NOW) == good
+    best, plan = sync_once(s, good)
+    assert best == good and plan == WritePlan(WriteAction.UPDATE, "repair")
+    assert desired_secret(good).data["license"] == good.document.encode()
+
+
+def test_the_choice_between_keys_does_not_depend_on_which_key_holds_which() -> None:
+    a, b = expiring(50), expiring(50)  # equal rank, different content
+    first = record_from_secret(keys(payload=a, license=b), now=NOW)
+    second = record_from_secret(keys(payload=b, license=a), now=NOW)
+    assert first is not None and first == second
+
+
+def test_without_a_held_license_the_better_key_is_loaded_at_start() -> None:
+    s = snap(
+        {"payload": GARBAGE, "license": HELD.document.encode(), "id": b"held-id", "updated_at": b"1700000000"}, OURS
+    )
+    assert record_from_secret(s) == HELD
+    assert choose(None, [record_from_secret(s)], NOW) == HELD
+
+
+# --- issue 9 item 12: the Secret's updated_at is read with the one parser and range -----------------
+
+
+@pytest.mark.parametrize(
+    ("updated_at", "expected"),
+    [
+        (str(int(NOW.timestamp())).encode(), int(NOW.timestamp())),
+        (str(int(NOW.timestamp()) + 3 * 86400).encode(), 0),  # from the future: would beat Konnect forever
+        (str(int(NOW.timestamp()) * 1000).encode(), 0),  # milliseconds
+    ],
+)
+def test_the_secrets_updated_at_is_bounded_by_now(updated_at: bytes, expected: int) -> None:
+    s = snap({"payload": HELD.document.encode(), "id": b"i", "updated_at": updated_at}, OURS)
+    record = record_from_secret(s, now=NOW)
+    assert record is not None and record.updated_at == expected
+
+
+# --- issue 9 item 13: an immutable Secret holding the right license is present -------------------------
+
+
+def test_an_immutable_secret_with_the_right_license_is_present_and_needs_no_write() -> None:
+    s = written(HELD, immutable=True)
+    assert secret_state(s) is SecretState.PRESENT
+    assert secret_state(s, HELD) is SecretState.PRESENT
+    assert plan_write(s, HELD) == WritePlan(WriteAction.NONE)
+    # holding another license, the keeper cannot store it: that is the immutable state (and the alert)
+    assert secret_state(s, OTHER) is SecretState.IMMUTABLE
+    assert plan_write(s, OTHER) == WritePlan(WriteAction.REFUSE, refusal=SecretState.IMMUTABLE)
+    # an immutable Secret with only part of our keys cannot be completed
+    partial = snap(kic_data(HELD), OURS, immutable=True)
+    assert secret_state(partial) is SecretState.IMMUTABLE

@@ -99,9 +99,7 @@ class TLSMaterial:
         """
         if trusted:
             if self._ca is None:
-                raise RuntimeError(
-                    "this TLS material was loaded from disk; only untrusted rotation is possible"
-                )
+                raise RuntimeError("this TLS material was loaded from disk; only untrusted rotation is possible")
             ca = self._ca
         else:
             ca = trustme.CA(organization_name="untrusted test CA")

@@ -1,0 +1,234 @@
+"""The keeper's figures in one table: start to ready, failover, memory, API calls per unchanged poll.
+
+    .venv/bin/python bench/keeper.py [--runs 10] [--failovers 5] [--rss-minutes 10] [--polls 20]
+
+Uses the real control plane (built by `make controlplane`, audit log on), the Konnect stand-in and
+real keeper processes with the default Lease timings (15 s lease, 10 s renew deadline, 2 s retry).
+Prints figures; asserts nothing (the tests do). `make bench` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import signal
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from license_keeper.testing.controlplane import ControlPlane, ServiceAccountAccess
+from license_keeper.testing.keeper import KeeperProcess, KonnectEndpoint, keeper_rules
+from license_keeper.testing.konnect import KonnectStandIn
+
+SECRET, LEASE = "kong-license", "kong-license-keeper"
+
+
+@dataclass
+class Figure:
+    name: str
+    value: str
+    goal: str
+    anchor: str
+
+
+def rss_mib(k: KeeperProcess) -> float:
+    assert k.proc is not None
+    for line in Path(f"/proc/{k.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def until(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.01) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if await asyncio.to_thread(predicate):
+            return time.monotonic() - start
+        await asyncio.sleep(interval)
+    raise TimeoutError("condition not met")
+
+
+class Bench:
+    def __init__(self, cp: ControlPlane, konnect: KonnectStandIn, work: Path) -> None:
+        self.cp, self.konnect, self.work = cp, konnect, work
+        self.count = 0
+        self.running: list[KeeperProcess] = []
+
+    def namespace(self) -> tuple[str, ServiceAccountAccess]:
+        self.count += 1
+        ns = self.cp.create_namespace(f"bench-{self.count}-{int(time.time())}")
+        return ns, self.cp.service_account(ns, "license-keeper", keeper_rules(SECRET, LEASE))
+
+    def keeper(self, ns: str, access: ServiceAccountAccess, name: str, *args: str) -> KeeperProcess:
+        k = KeeperProcess(
+            kubeconfig=access.kubeconfig,
+            namespace=ns,
+            konnect=KonnectEndpoint.of(self.konnect),
+            workdir=self.work / ns,
+            name=name,
+            args=args,
+        ).start()
+        self.running.append(k)
+        return k
+
+    def wait_ready(self, k: KeeperProcess) -> float:
+        """Seconds from spawn to the first 200 on /readyz, probed every 10 ms."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if k.ready():
+                return time.monotonic() - k.started_at
+            time.sleep(0.01)
+        raise TimeoutError(f"{k.name} not ready")
+
+    async def seeded(self) -> tuple[str, ServiceAccountAccess]:
+        """A namespace whose Secret holds a valid license (written by a keeper that is gone again)."""
+        ns, access = self.namespace()
+        await self.konnect.set_mode("license")
+        first = self.keeper(ns, access, "seed")
+        await until(lambda: first.writes() == 1)
+        first.terminate()
+        return ns, access
+
+    async def ready_times(self, runs: int) -> list[float]:
+        ns, access = await self.seeded()
+        await self.konnect.set_mode("blackhole")
+        times = []
+        for i in range(runs):
+            k = self.keeper(ns, access, f"ready-{i}")
+            times.append(await asyncio.to_thread(self.wait_ready, k))
+            k.kill()
+        return times
+
+    async def failover(self, kill: bool) -> float:
+        ns, access = self.namespace()
+        await self.konnect.set_mode("license")
+        leader = self.keeper(ns, access, "leader")
+        await until(lambda: leader.metric("license_keeper_leader") == 1)
+        follower = self.keeper(ns, access, "follower")
+        await asyncio.to_thread(self.wait_ready, follower)
+        await asyncio.sleep(3)  # the follower has observed the Lease and is waiting on it
+        start = time.monotonic()
+        if kill:
+            leader.kill()
+        else:
+            leader.signal(signal.SIGTERM)
+        await until(lambda: follower.metric("license_keeper_leader") == 1, timeout=60)
+        took = time.monotonic() - start
+        follower.kill()
+        leader.kill()
+        return took
+
+    async def steady_rss(self, minutes: float) -> tuple[float, float]:
+        ns, access = self.namespace()
+        await self.konnect.set_mode("license")
+        leader = self.keeper(ns, access, "rss-leader")
+        await until(lambda: leader.metric("license_keeper_leader") == 1)
+        follower = self.keeper(ns, access, "rss-follower")
+        await asyncio.sleep(minutes * 60)
+        return rss_mib(leader), rss_mib(follower)
+
+    async def calls_per_unchanged_poll(self, polls: int) -> tuple[float, int]:
+        """Secret requests by the keeper's ServiceAccount per unchanged Konnect poll, from the audit log."""
+        ns, access = self.namespace()
+        await self.konnect.set_mode("license")
+        k = self.keeper(ns, access, "polls", "--polling-period=1s", "--initial-polling-period=1s")
+        await until(lambda: k.writes() == 1)
+        await asyncio.sleep(3)  # past the start-up: the watch is open, the Secret written once
+        since = datetime.datetime.now(datetime.UTC)
+        before = self.konnect.requests
+        await until(lambda: self.konnect.requests - before >= polls, timeout=polls * 3 + 30)
+        await asyncio.sleep(1)
+        made = self.konnect.requests - before
+        entries = self.cp.audit_entries(since=since, namespace=ns, resource="secrets")
+        secret_calls = [e for e in entries if e.username == access.username and e.verb not in ("watch",)]
+        return len(secret_calls) / made, made
+
+    def stop(self) -> None:
+        for k in self.running:
+            k.kill()
+
+
+async def main(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="lk-bench-"))
+    cp = await asyncio.to_thread(ControlPlane(work / "cp").start)
+    figures: list[Figure] = []
+    try:
+        async with KonnectStandIn(tls_dir=work / "tls") as konnect:
+            bench = Bench(cp, konnect, work)
+            try:
+                ready = await bench.ready_times(args.runs)
+                print(f"start -> ready: {', '.join(f'{t:.2f}' for t in ready)} s", flush=True)
+                figures.append(
+                    Figure(
+                        f"start -> ready, Konnect black-holed (median of {len(ready)})",
+                        f"{statistics.median(ready):.2f} s",
+                        "<= 0.5 s",
+                        "KIC 3.5: up to 300 s",
+                    )
+                )
+                kills = [await bench.failover(kill=True) for _ in range(args.failovers)]
+                terms = [await bench.failover(kill=False) for _ in range(args.failovers)]
+                print(f"failover SIGKILL: {', '.join(f'{t:.2f}' for t in kills)} s", flush=True)
+                print(f"failover SIGTERM: {', '.join(f'{t:.2f}' for t in terms)} s", flush=True)
+                figures.append(
+                    Figure(
+                        f"failover after SIGKILL (median of {len(kills)})",
+                        f"{statistics.median(kills):.2f} s",
+                        "<= 17 s",
+                        "Lease duration 15 s is the floor",
+                    )
+                )
+                figures.append(
+                    Figure(
+                        f"failover after SIGTERM (median of {len(terms)})",
+                        f"{statistics.median(terms):.2f} s",
+                        "<= 0.5 s",
+                        "one retry period (2 s) before",
+                    )
+                )
+                per_poll, polls = await bench.calls_per_unchanged_poll(args.polls)
+                figures.append(
+                    Figure(
+                        f"Secret API requests per unchanged poll ({polls} polls, audit log)",
+                        f"{per_poll:.2f}",
+                        "0",
+                        "KIC 3.5: one Secret write per poll",
+                    )
+                )
+                leader_rss, follower_rss = await bench.steady_rss(args.rss_minutes)
+                figures.append(
+                    Figure(
+                        f"RSS after {args.rss_minutes:g} min, leader / follower",
+                        f"{leader_rss:.0f} / {follower_rss:.0f} MiB",
+                        "<= 55 MiB each",
+                        "88 MiB with kubernetes-asyncio",
+                    )
+                )
+            finally:
+                bench.stop()
+    finally:
+        await asyncio.to_thread(cp.stop)
+    print_table(figures)
+
+
+def print_table(figures: list[Figure]) -> None:
+    rows = [("figure", "measured", "goal", "anchor"), *((f.name, f.value, f.goal, f.anchor) for f in figures)]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    print()
+    for i, row in enumerate(rows):
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10, help="start -> ready measurements")
+    parser.add_argument("--failovers", type=int, default=5, help="failovers of each kind")
+    parser.add_argument("--rss-minutes", type=float, default=10.0, help="how long leader and follower run first")
+    parser.add_argument("--polls", type=int, default=20, help="unchanged polls counted in the audit log")
+    asyncio.run(main(parser.parse_args()))

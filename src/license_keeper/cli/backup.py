@@ -1,0 +1,199 @@
+"""`export` and `restore`: the backup file format, reading it back, and writing private files."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..config import ConfigError
+from ..license import LicenseRecord, UpdatedAtError, describe, parse_updated_at
+from ..policy import deciding_rule, is_better, record_from_secret
+from .common import EXIT_BAD, connect, fail, load_json, read_capped, run_async, secret_options, settings_from
+
+__all__ = ["BACKUP_FORMAT", "export_", "read_backup", "restore", "write_private"]
+
+BACKUP_FORMAT = "license-keeper/backup/v1"
+
+
+@click.command(name="export")
+@secret_options
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Backup file to write (mode 0600).",
+)
+def export_(output: Path, **flags: Any) -> None:
+    """Write the license held in the Secret, with its metadata, to a JSON backup file.
+
+    The file holds the license itself: keep it like a Secret.
+    """
+    from ..store import SecretStore, StoreError
+
+    settings = settings_from(**flags)
+
+    async def go() -> int:
+        namespace, api = await connect(settings)
+        try:
+            snapshot = await SecretStore(api, namespace, settings.effective_secret_name).read()
+        except StoreError as e:
+            fail(str(e))
+        finally:
+            await api.close()
+        record = record_from_secret(snapshot, now=datetime.now(UTC))
+        if record is None or not record.valid:
+            fail(f"Secret {namespace}/{settings.effective_secret_name} holds no valid license to export")
+        assert record is not None and record.license is not None
+        backup = {
+            "format": BACKUP_FORMAT,
+            "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "secret": f"{namespace}/{settings.effective_secret_name}",
+            "id": record.id,
+            "updated_at": record.updated_at,
+            "expiration_date": record.license.expiration_date.isoformat(),
+            "fingerprint": record.license.fingerprint,
+            "document": record.document,
+        }
+        write_private(output, json.dumps(backup, indent=2) + "\n")
+        click.echo(f"wrote {output} ({describe(record)})")
+        click.echo("warning: this file holds the license; store it like a Secret", err=True)
+        return 0
+
+    sys.exit(run_async(go()))
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, readable by the owner only (0600) from the first byte.
+
+    The temporary file has a unique name and is created with O_EXCL|O_NOFOLLOW, so a file or symlink
+    planted beside the target is never opened, followed or truncated; it is fsynced before the rename
+    over ``path`` (which replaces a symlink at ``path`` itself, never its target).
+    """
+    directory = path.parent
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(16):
+        tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o600)
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 16 collisions of 64 random bits
+        raise OSError(errno.EEXIST, "cannot create a unique temporary file", str(directory))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is durable only once the directory is synced; not every filesystem allows it.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def read_backup(path: Path, now: datetime | None = None) -> LicenseRecord:
+    raw = read_capped(path)
+    try:
+        data = load_json(raw)
+    except ValueError as e:
+        raise ConfigError(f"{path} is not a license-keeper backup ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != BACKUP_FORMAT:
+        raise ConfigError(f"{path} is not a license-keeper backup (format is not {BACKUP_FORMAT})")
+    document, record_id = data.get("document"), data.get("id", "")
+    if not isinstance(document, str) or not isinstance(record_id, str):
+        raise ConfigError(f"{path}: backup lacks the license document or has a bad id")
+    try:
+        updated_at = parse_updated_at(data.get("updated_at", 0), now or datetime.now(UTC))
+    except UpdatedAtError as e:
+        raise ConfigError(f"{path}: backup {e}") from None
+    record = LicenseRecord(document=document, id=record_id, updated_at=updated_at, source="backup")
+    if not record.valid:
+        raise ConfigError(f"{path}: {record.problem}")
+    return record
+
+
+@click.command()
+@secret_options
+@click.option(
+    "-f",
+    "--file",
+    "file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Backup written by `export`.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write even if the Secret holds a better license (a downgrade). "
+    "A running keeper restores the better license it holds.",
+)
+def restore(file: Path, force: bool, **flags: Any) -> None:
+    """Put a backed-up license into the Secret, through the selection policy.
+
+    Refuses to replace a better license unless --force. Works with or without a running keeper;
+    a running keeper sees the change through its watch and takes the restored license.
+    """
+    from ..policy import SecretState, may_write
+    from ..store import SecretStore, StoreError
+
+    settings = settings_from(**flags)
+    try:
+        record = read_backup(file)
+    except ConfigError as e:
+        fail(str(e))
+        return
+
+    async def go() -> int:
+        namespace, api = await connect(settings)
+        what = f"Secret {namespace}/{settings.effective_secret_name}"
+        try:
+            store = SecretStore(api, namespace, settings.effective_secret_name)
+            current = await store.read()
+            now = datetime.now(UTC)
+            in_secret = record_from_secret(current, now=now)
+            if current.exists and not may_write(current):
+                fail(f"{what} is not managed by license-keeper; left untouched")
+            if in_secret is not None and is_better(in_secret, record, now) and not force:
+                rule = deciding_rule(in_secret, record, now)
+                fail(
+                    f"{what} holds a better license ({describe(in_secret)}; decided by {rule}); "
+                    "refusing to downgrade (use --force)"
+                )
+            outcome = await store.sync(record, now, snapshot=current, reason="restore", force=force)
+        except StoreError as e:
+            fail(str(e))
+            return EXIT_BAD
+        finally:
+            await api.close()
+        if outcome.refused is SecretState.IMMUTABLE:
+            fail(f"{what} is immutable; cannot restore into it")
+        click.echo(
+            f"{what}: " + ("restored" if outcome.wrote else "already holds this license") + f" ({describe(record)})"
+        )
+        return 0
+
+    sys.exit(run_async(go()))

@@ -1,0 +1,203 @@
+"""`status` (the Secret's license, the leader) and `validate` (a document or backup, offline): the
+report, its rendering for humans, and the exit code for scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..config import ConfigError, Settings, parse_duration
+from ..license import LicenseError, LicenseRecord, parse_license
+from ..policy import LICENSE_KEYS, SecretSnapshot, license_state, record_from_secret, secret_state
+from .backup import BACKUP_FORMAT
+from .common import (
+    EXIT_BAD,
+    EXIT_EXPIRING,
+    EXIT_VALID,
+    connect,
+    fail,
+    load_json,
+    opt,
+    read_capped,
+    run_async,
+    secret_options,
+    settings_from,
+)
+
+__all__ = [
+    "exit_code_for",
+    "license_summary",
+    "render_status",
+    "status",
+    "status_report",
+    "validate",
+    "validate_summary",
+]
+
+
+def license_summary(record: LicenseRecord | None, now: datetime, renew_before: float) -> dict[str, Any]:
+    if record is None:
+        return {"state": "missing"}
+    lic = record.license
+    if lic is None:
+        return {"state": "invalid", "problem": record.problem}
+    days = lic.days_left(now)
+    return {
+        "state": license_state(record, now, renew_before),
+        "customer": lic.customer,
+        "product": lic.product,
+        "expiration_date": lic.expiration_date.isoformat(),
+        "days_left": round(days, 2),
+        "id": record.id,
+        "updated_at": record.updated_at,
+        "updated_at_iso": datetime.fromtimestamp(record.updated_at, UTC).isoformat() if record.updated_at else None,
+        "fingerprint": lic.fingerprint,
+    }
+
+
+def exit_code_for(state: str) -> int:
+    return {"valid": EXIT_VALID, "expiring": EXIT_EXPIRING}.get(state, EXIT_BAD)
+
+
+@click.command()
+@secret_options
+@opt("renew-before", "Report 'expiring' (exit 1) when the license expires within this.  [default: 7d]")
+@opt("lease-name", "Lease to report the leader from.  [default: <controller-name>-license-keeper]")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def status(output: str, **flags: Any) -> None:
+    """Show the license in the Secret. Exit 0 valid, 1 expiring, 2 expired, missing, foreign or invalid."""
+    from ..election import read_holder
+    from ..kube import KubeError
+    from ..store import SecretStore, StoreError
+
+    settings = settings_from(**flags)
+
+    async def go() -> int:
+        namespace, api = await connect(settings)
+        try:
+            store = SecretStore(api, namespace, settings.effective_secret_name)
+            try:
+                snapshot = await store.read()
+            except StoreError as e:
+                fail(str(e))
+            holder = None
+            try:
+                lease = await read_holder(api, namespace, settings.effective_lease_name)
+                holder = lease.holder if lease is not None else None
+            except KubeError:  # status must work with only Secret read access
+                holder = None
+        finally:
+            await api.close()
+        report = status_report(snapshot, settings, namespace, holder, datetime.now(UTC))
+        if output == "json":
+            click.echo(json.dumps(report, indent=2))
+        else:
+            click.echo(render_status(report))
+        return exit_code_for(report["state"])
+
+    sys.exit(run_async(go()))
+
+
+def status_report(
+    snapshot: SecretSnapshot, settings: Settings, namespace: str, holder: str | None, now: datetime
+) -> dict[str, Any]:
+    record = record_from_secret(snapshot, now=now)
+    s_state = secret_state(snapshot)
+    report: dict[str, Any] = {
+        "secret": f"{namespace}/{settings.effective_secret_name}",
+        "secret_state": s_state.value,
+        "keys": sorted(k for k in snapshot.data if snapshot.data[k]) if snapshot.exists else [],
+        "missing_keys": [k for k in LICENSE_KEYS if not snapshot.data.get(k)]
+        if snapshot.exists
+        else list(LICENSE_KEYS),
+        "leader": holder,
+        **license_summary(record, now, settings.renew_before),
+    }
+    if s_state.value == "foreign" and report["state"] in ("valid", "expiring"):
+        report["note"] = "the Secret is not managed by license-keeper"
+        report["state"] = "foreign"
+    return report
+
+
+def render_status(r: dict[str, Any]) -> str:
+    rows = [
+        ("Secret", r["secret"]),
+        ("Secret state", r["secret_state"]),
+        ("State", r["state"]),
+        ("Customer", r.get("customer")),
+        ("Product", r.get("product")),
+        ("Expires", r.get("expiration_date")),
+        ("Days left", r.get("days_left")),
+        ("Updated at", f"{r.get('updated_at')} ({r.get('updated_at_iso')})" if r.get("updated_at") else None),
+        ("License id", r.get("id")),
+        ("Fingerprint", r.get("fingerprint")),
+        ("Keys present", ", ".join(r["keys"]) or "(none)"),
+        ("Keys missing", ", ".join(r["missing_keys"]) or "(none)"),
+        ("Leader", r.get("leader") or "(unknown)"),
+        ("Problem", r.get("problem")),
+        ("Note", r.get("note")),
+    ]
+    return "\n".join(f"{k + ':':<14}{v}" for k, v in rows if v is not None)
+
+
+# --- validate ---------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True))
+@opt("renew-before", "Report 'expiring' (exit 1) when the license expires within this.  [default: 7d]")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def validate(file: Path, output: str, renew_before: str | None) -> None:
+    """Check a license document offline (structure and dates; the signature cannot be checked offline).
+
+    FILE holds the document (the Konnect `payload`), a license-keeper backup, or '-' for stdin.
+    Exit 0 valid, 1 expiring, 2 expired or invalid.
+    """
+    try:
+        raw = read_capped(file)
+    except ConfigError as e:
+        fail(str(e))
+        return
+    renew_before = renew_before or os.environ.get("LICENSE_KEEPER_RENEW_BEFORE")  # as its --help says
+    try:
+        window = parse_duration(renew_before) if renew_before else 7 * 86400.0
+    except ValueError as e:
+        fail(f"--renew-before: {e}")
+        return
+    summary = validate_summary(raw, window, datetime.now(UTC))
+    if output == "json":
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo("\n".join(f"{k.replace('_', ' ').capitalize() + ':':<18}{v}" for k, v in summary.items()))
+    sys.exit(exit_code_for(summary["state"]))
+
+
+def validate_summary(raw: bytes, window: float, now: datetime) -> dict[str, Any]:
+    """The report of `validate` for the bytes of a document or of a backup."""
+    try:
+        document = raw.decode("utf-8")  # strict: a Latin-1 file is not a license Kong would accept
+    except UnicodeDecodeError:
+        return {"state": "invalid", "problem": "license document: is not valid UTF-8"}
+    try:
+        maybe_backup = load_json(raw)
+    except ValueError:
+        maybe_backup = None  # parse_license names the problem
+    if isinstance(maybe_backup, dict) and maybe_backup.get("format") == BACKUP_FORMAT:
+        inner = maybe_backup.get("document")
+        if not isinstance(inner, str):
+            return {"state": "invalid", "problem": "license document: is missing from the backup"}
+        document = inner
+    try:
+        parse_license(document)
+    except LicenseError as e:
+        return {"state": "invalid", "problem": str(e)}
+    summary = license_summary(LicenseRecord(document=document, id="", updated_at=0, source="file"), now, window)
+    for k in ("id", "updated_at", "updated_at_iso"):
+        summary.pop(k, None)
+    return summary
