@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev test test-unit lint demo controlplane clean lock lock-upgrade image
+.PHONY: dev test test-unit lint demo controlplane clean soak lock lock-upgrade image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: dev controlplane
 ## test-unit: only the tests that need no control plane
 test-unit: dev
 	$(PY) -m pytest -q -m 'not controlplane and not image' $(PYTEST_ARGS)
+
+## soak: the seeded fault soak; SEED=n STEPS=n replays one schedule (default: the CI seeds, 50 steps each)
+soak: dev controlplane
+	SOAK_SEEDS=$(SEED) SOAK_STEPS=$(STEPS) $(PY) -m pytest -q -s -m soak tests/soak $(PYTEST_ARGS)
 
 ## lint: ruff and mypy
 lint: dev

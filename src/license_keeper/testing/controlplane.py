@@ -18,6 +18,7 @@ import atexit
 import base64
 import contextlib
 import ctypes
+import datetime
 import json
 import os
 import secrets
@@ -39,6 +40,28 @@ from typing import Any
 REPO_BUILD_SCRIPT = Path(__file__).resolve().parents[3] / "tools" / "controlplane" / "build.sh"
 ADMIN_USER = "license-keeper-admin"
 SECRETBOX_KEY_NAME = "key1"
+
+# What the audit log records: every request on Secrets, Leases and Events at Metadata level (who, verb,
+# object, status; never the body, so no license text reaches the log), except the API server's own
+# housekeeping. Everything else is noise for the tests that judge by it.
+AUDIT_POLICY: dict[str, Any] = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "None", "users": ["system:apiserver"]},
+        {"level": "None", "namespaces": ["kube-system", "kube-public", "kube-node-lease"]},
+        {
+            "level": "Metadata",
+            "resources": [
+                {"group": "", "resources": ["secrets", "events"]},
+                {"group": "events.k8s.io", "resources": ["events"]},
+                {"group": "coordination.k8s.io", "resources": ["leases"]},
+            ],
+        },
+        {"level": "None"},
+    ],
+}
 
 
 class ControlPlaneError(RuntimeError):
@@ -118,6 +141,124 @@ class ApiResponse:
     body: dict[str, Any]
 
 
+def _parse_time(value: str | None) -> datetime.datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One audit event (Metadata level): who did what to which object, and the answer."""
+
+    audit_id: str
+    stage: str  # ResponseComplete, ResponseStarted (long-running: watches) or Panic
+    verb: str  # get, list, watch, create, update, patch, delete, ...
+    username: str
+    namespace: str | None
+    resource: str | None
+    name: str | None
+    subresource: str | None
+    api_group: str
+    code: int | None  # responseStatus.code
+    received: datetime.datetime | None  # requestReceivedTimestamp
+    at: datetime.datetime | None  # stageTimestamp
+    user_agent: str
+    raw: dict[str, Any]
+
+    @classmethod
+    def parse(cls, event: Mapping[str, Any]) -> AuditEntry:
+        ref = event.get("objectRef") or {}
+        status = event.get("responseStatus") or {}
+        return cls(
+            audit_id=str(event.get("auditID", "")),
+            stage=str(event.get("stage", "")),
+            verb=str(event.get("verb", "")),
+            username=str((event.get("user") or {}).get("username", "")),
+            namespace=ref.get("namespace"),
+            resource=ref.get("resource"),
+            name=ref.get("name"),
+            subresource=ref.get("subresource"),
+            api_group=str(ref.get("apiGroup", "")),
+            code=status.get("code"),
+            received=_parse_time(event.get("requestReceivedTimestamp")),
+            at=_parse_time(event.get("stageTimestamp")),
+            user_agent=str(event.get("userAgent", "")),
+            raw=dict(event),
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.code is not None and 200 <= self.code < 300
+
+    def brief(self) -> str:
+        """One line for failure reports (metadata only; the audit level records no bodies)."""
+        at = self.at.strftime("%H:%M:%S.%f")[:-3] if self.at else "?"
+        obj = f"{self.resource or '?'}/{self.name or ''}" + (f"/{self.subresource}" if self.subresource else "")
+        return f"{at} {self.stage[:8]:8} {self.verb:6} {obj:40} {self.code} {self.username}"
+
+
+def _since_value(since: datetime.datetime | float | None) -> datetime.datetime | None:
+    if since is None or isinstance(since, datetime.datetime):
+        return since
+    return datetime.datetime.fromtimestamp(since, datetime.UTC)
+
+
+def filter_entries(
+    entries: Iterable[AuditEntry],
+    *,
+    since: datetime.datetime | float | None = None,
+    namespace: str | None = None,
+    resource: str | None = None,
+) -> list[AuditEntry]:
+    """Entries at or after ``since`` (a datetime or a Unix time), in ``namespace``, on ``resource``."""
+    start = _since_value(since)
+    return [
+        e
+        for e in entries
+        if (start is None or (e.at is not None and e.at >= start))
+        and (namespace is None or e.namespace == namespace)
+        and (resource is None or e.resource == resource)
+    ]
+
+
+class AuditTail:
+    """Reads an audit log incrementally: each ``read()`` returns the complete lines written since the last.
+
+    A long soak reads the log hundreds of times; re-parsing it from the start each time would be
+    quadratic. A partial last line (the API server is mid-write) is kept for the next call.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+
+    def read(self) -> list[AuditEntry]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        out = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                out.append(AuditEntry.parse(json.loads(line)))
+            except (ValueError, AttributeError):
+                continue  # not an audit event (never expected); skip rather than fail the reader
+        return out
+
+
 @dataclass(frozen=True)
 class ServiceAccountAccess:
     """A ServiceAccount bound to some rules, with a token and a kubeconfig that uses it."""
@@ -172,12 +313,21 @@ class ControlPlane:
     def admin_kubeconfig(self) -> Path:
         return self.workdir / "admin.kubeconfig"
 
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
+
+    @property
+    def audit_policy_file(self) -> Path:
+        return self.workdir / "audit-policy.yaml"
+
     # lifecycle
     def start(self, timeout: float = 120.0) -> ControlPlane:
         started = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._write_pki()
         self._write_auth_and_encryption()
+        self.audit_policy_file.write_text(json.dumps(AUDIT_POLICY, indent=2))  # JSON is valid YAML
         self._start_etcd()
         self._wait_etcd(deadline=started + timeout)
         self.start_apiserver(timeout=max(5.0, timeout - (time.monotonic() - started)))
@@ -211,6 +361,22 @@ class ControlPlane:
     def stop_apiserver(self) -> None:
         _stop_process(self._apiserver)
         self._apiserver = None
+
+    def stop_etcd(self) -> None:
+        """Take etcd away (the API server keeps running and answers errors until it is back)."""
+        _stop_process(self._etcd)
+        self._etcd = None
+
+    def start_etcd(self, timeout: float = 30.0) -> None:
+        """Bring etcd back on the same ports with the same data."""
+        if self._etcd is not None and self._etcd.poll() is None:
+            return
+        self._start_etcd()
+        self._wait_etcd(deadline=time.monotonic() + timeout)
+
+    @property
+    def etcd_running(self) -> bool:
+        return self._etcd is not None and self._etcd.poll() is None
 
     @property
     def apiserver_running(self) -> bool:
@@ -335,6 +501,13 @@ class ControlPlane:
             "--service-cluster-ip-range=10.0.0.0/24",
             "--disable-admission-plugins=ServiceAccount",
             f"--encryption-provider-config={self.workdir / 'encryption.yaml'}",
+            f"--audit-policy-file={self.audit_policy_file}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            # blocking: an entry is in the file before the response is sent, so a test that made a call can
+            # read its entry at once (batch mode would delay it); at test volumes this costs nothing.
+            "--audit-log-mode=blocking",
+            "--audit-log-maxsize=0",
             "--profiling=false",
             "--v=1",
         ]
@@ -379,6 +552,20 @@ class ControlPlane:
         with urllib.request.urlopen(req, timeout=10) as r:
             kvs = json.load(r).get("kvs") or []
         return base64.b64decode(kvs[0]["value"]) if kvs else None
+
+    # the audit log
+    def audit_entries(
+        self,
+        since: datetime.datetime | float | None = None,
+        namespace: str | None = None,
+        resource: str | None = None,
+    ) -> list[AuditEntry]:
+        """Parsed audit events (Secrets, Leases, Events; Metadata level), oldest first.
+
+        ``since`` is a datetime or a Unix time compared with each entry's stageTimestamp. For repeated
+        reads of a growing log use ``AuditTail(cp.audit_log)`` instead.
+        """
+        return filter_entries(AuditTail(self.audit_log).read(), since=since, namespace=namespace, resource=resource)
 
     # objects the tests need
     def create_namespace(self, name: str) -> str:
@@ -432,21 +619,40 @@ class ControlPlane:
         self.write_kubeconfig(path, token=token, user=name, namespace=namespace)
         return ServiceAccountAccess(namespace, name, token, path)
 
-    def write_kubeconfig(self, path: Path, *, token: str, user: str, namespace: str = "default") -> Path:
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {"name": "local", "cluster": {"server": self.server, "certificate-authority": str(self.ca_file)}}
-            ],
-            "users": [{"name": user, "user": {"token": token}}],
-            "contexts": [{"name": "local", "context": {"cluster": "local", "user": user, "namespace": namespace}}],
-            "current-context": "local",
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=2))
-        path.chmod(0o600)
-        return path
+    def write_kubeconfig(
+        self,
+        path: Path,
+        *,
+        token: str,
+        user: str,
+        namespace: str = "default",
+        server: str | None = None,
+        ca_file: Path | None = None,
+    ) -> Path:
+        """A token kubeconfig for this API server, or for ``server``/``ca_file`` (e.g. a fault proxy in front)."""
+        return write_kubeconfig(
+            path,
+            server=server or self.server,
+            ca_file=ca_file or self.ca_file,
+            token=token,
+            user=user,
+            namespace=namespace,
+        )
+
+
+def write_kubeconfig(path: Path, *, server: str, ca_file: Path, token: str, user: str, namespace: str) -> Path:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority": str(ca_file)}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": user, "namespace": namespace}}],
+        "current-context": "local",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2))
+    path.chmod(0o600)
+    return path
 
 
 # --- command line ----------------------------------------------------------------------------------

@@ -74,6 +74,9 @@ class KeeperProcess:
     env: Mapping[str, str] = field(default_factory=dict)
     probe_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    # The interpreter that runs the keeper: LICENSE_KEEPER_TEST_PYTHON runs the same tests against
+    # another build (an older checkout's virtualenv, to show a regression test failing before its fix).
+    python: str = field(default_factory=lambda: os.environ.get("LICENSE_KEEPER_TEST_PYTHON") or sys.executable)
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
 
@@ -83,7 +86,7 @@ class KeeperProcess:
 
     def command(self) -> list[str]:
         return [
-            sys.executable,
+            self.python,
             "-m",
             "license_keeper",
             "run",
