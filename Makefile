@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev test test-unit lint demo controlplane clean soak lock lock-upgrade image
+.PHONY: dev test test-unit lint demo controlplane bench clean soak lock lock-upgrade image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ lint: dev
 ## demo: the whole job end to end on a local control plane, with the Konnect stand-in
 demo: dev controlplane
 	$(PY) -m license_keeper.testing.demo
+
+## bench: the keeper's figures in one table (start to ready, failover, API calls per poll, memory; ~15 min)
+bench: dev controlplane
+	$(PY) bench/keeper.py $(BENCH_ARGS)
 
 ## lock: pin the image's dependencies with hashes: requirements.lock from pyproject.toml's dependencies,
 ## build-requirements.lock from its build-system (keeps existing pins that still fit; lock-upgrade takes the newest)
