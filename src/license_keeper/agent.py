@@ -262,7 +262,8 @@ class Keeper:
                 ),
             )
 
-    def may_write(self) -> bool:
+    def leading_now(self) -> bool:
+        """We hold the Lease right now (and are not stopping): the one check before a write."""
         if self._stopping.is_set() or not self._leading:
             return False
         return self.elector is None or self.elector.is_leader
@@ -276,7 +277,7 @@ class Keeper:
         log.info("probes on port %d, metrics on port %d", self.ports.probe, self.ports.metrics)
 
     async def _sync_requested(self) -> tuple[int, str]:
-        if not self.may_write():
+        if not self.leading_now():
             holder = self.elector.holder if self.elector is not None else None
             return 409, f"not the leader (leader: {holder or 'unknown'}); ask the leader"
         self.request_poll()
@@ -340,7 +341,7 @@ class Keeper:
                 else:
                     log.info("the Secret holds a better license, taking it: %s", describe(in_secret))
                 self.deliverer.kick()  # it is in the Secret already: gateways may have it now
-            if self.may_write():
+            if self.leading_now():
                 await self._persist(snapshot=snapshot)
 
     def _note_secret(self, snapshot: SecretSnapshot) -> None:
@@ -408,14 +409,14 @@ class Keeper:
 
     async def _persist(self, snapshot: SecretSnapshot | None = None) -> None:
         """Make the Secret hold the held license (caller holds the lock)."""
-        if self.state.held is None or not self.may_write():
+        if self.state.held is None or not self.leading_now():
             return
         try:
             outcome = await self.store.sync(
                 self.state.held,
                 self._now(),
                 existed_before=self._secret_seen,
-                may_write=self.may_write,
+                still_leading=self.leading_now,
                 # The watch keeps our last snapshot fresh, so an unchanged poll costs no API call at all;
                 # a stale snapshot costs a 409 and a re-read, never a lost update.
                 snapshot=snapshot if snapshot is not None else (None if self._first_snapshot else self._secret),

@@ -97,7 +97,7 @@ async def test_a_dead_elector_ends_the_leading_keeper_with_exit_1(
         code = await asyncio.wait_for(serving, 30)
     assert code == 1
     assert "background task 'election' ended unexpectedly (RuntimeError" in caplog.text
-    assert not keeper.may_write()
+    assert not keeper.leading_now()
 
 
 async def test_a_dead_watch_ends_the_keeper_instead_of_leaving_it_half_alive(

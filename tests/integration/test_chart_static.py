@@ -568,7 +568,7 @@ def test_helm_lifecycle_keeps_the_license(controlplane: Any, namespace: str) -> 
     pre-created Secret carries the adopt annotation: the keeper must still count it as its own.
     """
     from license_keeper.kube import Kube
-    from license_keeper.policy import WriteAction, may_write, plan_write
+    from license_keeper.policy import WriteAction, manageable, plan_write
     from license_keeper.store import SecretStore, SyncOutcome, snapshot_from
     from license_keeper.testing.licenses import make_record
 
@@ -584,7 +584,7 @@ def test_helm_lifecycle_keeps_the_license(controlplane: Any, namespace: str) -> 
     live = controlplane.must("GET", secret_path)
     assert not live.get("data")
     assert live["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    assert may_write(snapshot_from(live))
+    assert manageable(snapshot_from(live))
 
     # the keeper fills it, with its own store code
     record = make_record(updated_at=1_700_000_000)
@@ -601,7 +601,7 @@ def test_helm_lifecycle_keeps_the_license(controlplane: Any, namespace: str) -> 
     helm_run("upgrade", RELEASE, str(CHART), *set_args({**REQUIRED, "logLevel": "debug"}))
     after = controlplane.must("GET", secret_path)
     assert after["data"] == live["data"], "helm upgrade must not touch the license"
-    assert may_write(snapshot_from(after)), "after an upgrade the keeper must still own the Secret"
+    assert manageable(snapshot_from(after)), "after an upgrade the keeper must still own the Secret"
     assert plan_write(snapshot_from(after), record).action == WriteAction.NONE, "no repair write after an upgrade"
 
     helm_run("uninstall", RELEASE)
