@@ -25,15 +25,7 @@ from typing import Any
 
 from .delivery import TargetSpec, parse_target
 
-__all__ = [
-    "DEFAULT_KONNECT_ADDRESS",
-    "MIN_DURATIONS",
-    "ConfigError",
-    "Settings",
-    "load_settings",
-    "parse_addr",
-    "parse_duration",
-]
+__all__ = ["DEFAULT_KONNECT_ADDRESS", "ConfigError", "Settings", "load_settings", "parse_addr", "parse_duration"]
 
 DEFAULT_KONNECT_ADDRESS = "https://us.kic.api.konghq.com"
 

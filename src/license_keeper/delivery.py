@@ -21,19 +21,25 @@ from urllib.parse import urlsplit
 from .license import License
 
 __all__ = [
+    "DEFAULT_GRACE_SECONDS",
+    "DELIVERY_STATES",
     "FINGERPRINT_ANNOTATION",
-    "AdminPlan",
     "DeliveryState",
+    "ReportedLicense",
     "TargetReport",
     "TargetSpec",
     "diagnose_admin",
     "diagnose_konglicense",
     "diagnose_rollout",
+    "konglicense_object",
+    "konglicense_winner",
     "license_row_id",
+    "newest_row",
     "parse_target",
     "plan_admin",
     "plan_konglicense",
     "plan_restart",
+    "rollout_finished",
 ]
 
 FINGERPRINT_ANNOTATION = "license-keeper.io/license-fingerprint"

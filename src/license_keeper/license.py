@@ -17,7 +17,6 @@ from typing import Any
 
 __all__ = [
     "MAX_UPDATED_AT",
-    "UPDATED_AT_SKEW_SECONDS",
     "License",
     "LicenseError",
     "LicenseRecord",

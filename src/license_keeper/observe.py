@@ -29,6 +29,24 @@ from .kube import Kube, KubeError, NotFound
 from .license import LicenseRecord
 from .policy import SecretState, license_state
 
+__all__ = [
+    "HEALTH_STALE_SECONDS",
+    "KONNECT_RESULTS",
+    "LICENSE_STATES",
+    "POLL_LOOP_STALE_SECONDS",
+    "SECRET_VIEW_STALE_SECONDS",
+    "WRITE_REASONS",
+    "EventRecorder",
+    "JsonFormatter",
+    "KeeperState",
+    "Metrics",
+    "TextFormatter",
+    "metrics_app",
+    "probe_app",
+    "setup_logging",
+    "start_site",
+]
+
 log = logging.getLogger("license_keeper.observe")
 
 LICENSE_STATES = ("valid", "expiring", "expired", "missing", "invalid")
@@ -367,9 +385,6 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
         if record.exc_info and record.exc_info[0] is not None:
             entry["error"] = record.exc_info[0].__name__  # type only: tracebacks may quote data
         return json.dumps(entry, default=str)

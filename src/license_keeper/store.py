@@ -34,15 +34,7 @@ from .policy import (
     record_from_secret,
 )
 
-__all__ = [
-    "SecretStore",
-    "StoreConflict",
-    "StoreError",
-    "StoreForbidden",
-    "StoreImmutable",
-    "SyncOutcome",
-    "snapshot_from",
-]
+__all__ = ["SecretStore", "StoreError", "StoreForbidden", "SyncOutcome", "snapshot_from"]
 
 log = logging.getLogger("license_keeper.store")
 
@@ -50,16 +42,11 @@ MAX_CONFLICT_RETRIES = 5
 
 
 class StoreError(Exception):
-    """The API server refused or failed a Secret operation. Messages carry no Secret content.
-
-    ``transient``: the API server could not be reached or answered 5xx; try again later.
-    """
-
-    transient = False
+    """The API server refused or failed a Secret operation. Messages carry no Secret content."""
 
 
 class StoreUnreachable(StoreError):
-    transient = True
+    """The API server could not be reached or answered 5xx; try again later."""
 
 
 class StoreForbidden(StoreError):

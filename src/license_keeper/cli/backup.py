@@ -19,7 +19,7 @@ from ..license import LicenseRecord, UpdatedAtError, describe, parse_updated_at
 from ..policy import deciding_rule, is_better, record_from_secret
 from .common import EXIT_BAD, connect, fail, load_json, read_capped, run_async, secret_options, settings_from
 
-__all__ = ["BACKUP_FORMAT", "export_", "read_backup", "restore", "write_private"]
+__all__ = ["BACKUP_FORMAT", "export_", "restore", "write_private"]
 
 BACKUP_FORMAT = "license-keeper/backup/v1"
 

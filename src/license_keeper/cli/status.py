@@ -31,15 +31,7 @@ from .common import (
     settings_from,
 )
 
-__all__ = [
-    "exit_code_for",
-    "license_summary",
-    "render_status",
-    "status",
-    "status_report",
-    "validate",
-    "validate_summary",
-]
+__all__ = ["status", "validate"]
 
 
 def license_summary(record: LicenseRecord | None, now: datetime, renew_before: float) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from license_keeper.testing.controlplane import ControlPlane, ControlPlaneError
 
-__all__ = ["KONGLICENSE_CRD", "KongLicenseController", "install_konglicense_crd"]
+__all__ = ["KONGLICENSES", "KongLicenseController", "install_konglicense_crd"]
 
 GROUP = "configuration.konghq.com"
 KONGLICENSES = f"/apis/{GROUP}/v1alpha1/konglicenses"

@@ -21,10 +21,9 @@ from typing import Any
 
 from license_keeper.license import License, LicenseError, parse_license
 
-__all__ = ["ApiAnswer", "KongNode", "LicenseRow", "validate_payload"]
+__all__ = ["ApiAnswer", "KongNode"]
 
 UNLICENSED = "UNLICENSED"
-ROLES = ("traditional", "control_plane", "data_plane")
 
 
 @dataclass

@@ -13,7 +13,7 @@ import uuid
 
 from license_keeper.license import LicenseRecord
 
-__all__ = ["make_document", "make_record", "random_license_key", "random_signature"]
+__all__ = ["make_document", "make_record"]
 
 _KEY_ALPHABET = string.ascii_letters + string.digits
 

@@ -117,13 +117,6 @@ class TLSMaterial:
         ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
 
-    def client_ssl_context(self) -> ssl.SSLContext:
-        """Client side, for ad-hoc test requests: trust ca.pem, present client.pem."""
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file))
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(self.client_cert_file, self.client_key_file)
-        return ctx
-
     def paths(self) -> dict[str, str]:
         return {
             "ca_file": str(self.ca_file),
