@@ -10,11 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from license_keeper import election
-from license_keeper.election import (
+from license_keeper.election import default_identity
+from license_keeper.lease import (
     LeaseRecord,
     Observation,
     acquire_spec,
-    default_identity,
     format_micro_time,
     is_leading,
     lease_expired,
@@ -309,7 +309,7 @@ def test_default_identity_without_pod_name_is_unique(monkeypatch: pytest.MonkeyP
 
 
 def test_follower_wakes_at_lease_expiry_when_it_comes_before_the_next_retry() -> None:
-    from license_keeper.election import next_attempt_at
+    from license_keeper.lease import next_attempt_at
 
     held = Observation(rec("other", 15), observed_at=100.0)
     assert next_attempt_at(held, started=114.2, retry_period=2.0, default_duration=15.0) == 115.0
