@@ -1,5 +1,8 @@
 """The keeper's loop: wires Konnect, the Secret, leader election and observability together.
 
+(Over 400 lines on purpose: ``Keeper`` is one loop whose steps share one lock and one state; each
+decision in it is a call into a pure module, what stays here is the order of things and who may write.)
+
 Every replica loads and watches the Secret (read only), so it is ready and shows the right metrics as
 soon as the Secret holds a valid license. Only the replica holding the Lease asks Konnect and writes.
 All decisions go through one lock and the pure functions in ``policy`` and ``schedule``.
@@ -25,7 +28,8 @@ from typing import Any
 from aiohttp import web
 
 from .config import Settings
-from .deliver import DeliveryCollector, TargetReport, deliverer_from_settings, delivery_event
+from .deliver import DeliveryCollector, deliverer_from_settings, delivery_event
+from .delivery import TargetReport
 from .election import LeaderElector, default_identity
 from .konnect import KonnectClient, KonnectFailure, KonnectResult, LicenseFetched, NoLicense
 from .kube import Kube, KubeError
@@ -34,6 +38,8 @@ from .observe import EventRecorder, KeeperState, Metrics, metrics_app, probe_app
 from .policy import SecretSnapshot, SecretState, choose, is_better, record_from_secret, secret_state
 from .schedule import ScheduleConfig, next_delay, poll_wait
 from .store import SecretStore, StoreError, SyncOutcome
+
+__all__ = ["Keeper"]
 
 log = logging.getLogger("license_keeper.agent")
 

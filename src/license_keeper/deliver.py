@@ -15,7 +15,8 @@ Interface for the agent (leader only; the Secret stays the source of truth)::
 Each target answers with a ``TargetReport(target, state, reason, wrote, at)``: state is one of delivered,
 pending, drift, unsupported, error; reasons and log lines carry no license text, key, signature or token.
 A failing target never raises out of ``deliver``/``check``: it becomes an ``error`` report, and
-``run_periodic`` backs off (jittered) until the next success or ``kick``.
+``run_periodic`` backs off (jittered) until the next success or ``kick``. The targets themselves are in
+``targets.py`` (those others import are re-exported here); the decisions are in ``delivery.py``.
 """
 
 from __future__ import annotations
@@ -23,39 +24,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import quote
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
-import aiohttp
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .delivery import (
-    DEFAULT_GRACE_SECONDS,
-    DELIVERY_STATES,
-    DeliveryState,
-    ReportedLicense,
-    TargetReport,
-    TargetSpec,
-    diagnose_admin,
-    diagnose_konglicense,
-    diagnose_rollout,
-    konglicense_object,
-    konglicense_winner,
-    license_row_id,
-    plan_admin,
-    plan_konglicense,
-    plan_restart,
-)
+from .delivery import DEFAULT_GRACE_SECONDS, DELIVERY_STATES, DeliveryState, TargetReport
 from .license import License, LicenseRecord
+from .targets import AdminApiOptions, AdminApiTarget, KongLicenseTarget, RestartTarget, Target, build_targets
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .kube import Kube
 
 __all__ = [
     "AdminApiOptions",
@@ -64,9 +46,6 @@ __all__ = [
     "DeliveryCollector",
     "KongLicenseTarget",
     "RestartTarget",
-    "Target",
-    "TargetFailure",
-    "build_targets",
     "deliverer_from_settings",
     "delivery_event",
     "render_reports",
@@ -74,362 +53,7 @@ __all__ = [
 
 log = logging.getLogger("license_keeper.deliver")
 
-MAX_BODY_BYTES = 8 * 1024 * 1024
-MAX_PAGES = 100
 ROUND_TIMEOUT_SECONDS = 120.0
-
-
-class Target(Protocol):
-    label: str
-
-    async def deliver(self, lic: License) -> TargetReport: ...
-    async def check(self, lic: License) -> TargetReport: ...
-    async def close(self) -> None: ...
-
-
-class TargetFailure(Exception):
-    """A target could not be asked or written; ``reason`` is fit for logs (no body, no license text)."""
-
-    def __init__(self, state: DeliveryState, reason: str) -> None:
-        super().__init__(reason)
-        self.state = state
-        self.reason = reason
-
-
-# --- Kong Admin API ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AdminApiOptions:
-    token_file: Path | None = None
-    client_cert_file: Path | None = None
-    client_key_file: Path | None = None
-    ca_file: Path | None = None
-    timeout: float = 10.0
-    grace: float = DEFAULT_GRACE_SECONDS  # a write not shown by then is drift
-
-
-class AdminApiTarget:
-    """``/licenses`` on one Kong Admin API (a traditional node or a hybrid control plane).
-
-    A fresh aiohttp session per round, so a rotated token, client certificate or CA file is read again;
-    a round is a few requests every few minutes. Every request runs under ``options.timeout``.
-    """
-
-    def __init__(
-        self,
-        spec: TargetSpec,
-        row_id: str,
-        options: AdminApiOptions | None = None,
-        *,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.label = spec.label
-        self.url = spec.value
-        self.row_id = row_id
-        self.options = options or AdminApiOptions()
-        self.clock = clock
-        self.wrote_at: float | None = None
-        self.unsupported: str | None = None  # why the node refused our write (405), once seen
-
-    async def close(self) -> None:
-        return None
-
-    async def deliver(self, lic: License) -> TargetReport:
-        return await self._round(lic, write=True)
-
-    async def check(self, lic: License) -> TargetReport:
-        return await self._round(lic, write=False)
-
-    async def _round(self, lic: License, *, write: bool) -> TargetReport:
-        try:
-            async with self._session() as session:
-                rows = await self._rows(session)
-                wrote = False
-                if write and plan_admin(rows, lic.document).put:
-                    await self._put(session, lic.document)
-                    wrote, self.wrote_at = True, self.clock()
-                    rows = await self._rows(session)
-                report = await self._report(session)
-        except TargetFailure as failure:
-            self.unsupported = failure.reason if failure.state is DeliveryState.UNSUPPORTED else self.unsupported
-            return TargetReport(self.label, failure.state, failure.reason, at=self.clock())
-        state, reason = diagnose_admin(
-            lic, rows, report, self.row_id, wrote_at=self.wrote_at, now=self.clock(), grace=self.options.grace
-        )
-        if state is not DeliveryState.DELIVERED and self.unsupported and not write:
-            # a read-only check of a node that refused our write: say so, not "drift"
-            state, reason = DeliveryState.UNSUPPORTED, self.unsupported
-        return TargetReport(self.label, state, reason, wrote=wrote, at=self.clock())
-
-    def _session(self) -> aiohttp.ClientSession:
-        opts = self.options
-        headers = {"Accept": "application/json", "User-Agent": "license-keeper"}
-        try:
-            if opts.token_file is not None:
-                headers["Kong-Admin-Token"] = opts.token_file.read_text().strip()
-            ctx = ssl.create_default_context(cafile=str(opts.ca_file) if opts.ca_file else None)
-            if opts.client_cert_file is not None:
-                ctx.load_cert_chain(opts.client_cert_file, opts.client_key_file)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise TargetFailure(
-                DeliveryState.ERROR, f"cannot load Admin API credentials: {type(exc).__name__}"
-            ) from None
-        return aiohttp.ClientSession(
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=opts.timeout),
-            connector=aiohttp.TCPConnector(ssl=ctx if self.url.startswith("https:") else False),
-            trust_env=False,
-        )
-
-    async def _call(self, session: aiohttp.ClientSession, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        what = f"{method} {path.split('?')[0]}"
-        try:
-            async with session.request(method, self.url + path, json=body, allow_redirects=False) as resp:
-                raw = await _read_capped(resp)
-                status, ctype = resp.status, resp.headers.get("Content-Type", "")
-        except TimeoutError:
-            raise TargetFailure(DeliveryState.ERROR, f"{what}: timed out after {self.options.timeout:g} s") from None
-        except aiohttp.ClientConnectorCertificateError:
-            raise TargetFailure(DeliveryState.ERROR, f"{what}: TLS: server certificate not trusted") from None
-        except aiohttp.ClientSSLError:
-            raise TargetFailure(DeliveryState.ERROR, f"{what}: TLS handshake failed") from None
-        except aiohttp.ClientConnectorError:
-            raise TargetFailure(DeliveryState.ERROR, f"{what}: unreachable (cannot connect)") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise TargetFailure(DeliveryState.ERROR, f"{what}: transport error ({type(exc).__name__})") from None
-        return status, _check_answer(what, status, ctype, raw)
-
-    async def _rows(self, session: aiohttp.ClientSession) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        path: str | None = "/licenses?size=1000"
-        for _ in range(MAX_PAGES):
-            if path is None:
-                return rows
-            status, body = await self._call(session, "GET", path)
-            if status != 200 or not isinstance(body, dict) or not isinstance(body.get("data"), list):
-                raise TargetFailure(DeliveryState.ERROR, f"GET /licenses: unexpected answer (HTTP {status})")
-            rows += [r for r in body["data"] if isinstance(r, dict)]
-            nxt = body.get("next")
-            path = nxt if isinstance(nxt, str) and nxt.startswith("/licenses") else None
-        raise TargetFailure(DeliveryState.ERROR, f"GET /licenses: more than {MAX_PAGES} pages")
-
-    async def _put(self, session: aiohttp.ClientSession, document: str) -> None:
-        path = f"/licenses/{quote(self.row_id)}"
-        status, _ = await self._call(session, "PUT", path, {"payload": document})
-        if status in (200, 201):
-            log.info("delivered the license to %s (PUT /licenses/%s)", self.label, self.row_id)
-            return
-        if status == 405:
-            raise TargetFailure(
-                DeliveryState.UNSUPPORTED,
-                "Kong refuses /licenses writes (405: DB-less or data plane); deliver with konglicense or restart",
-            )
-        if status == 400:
-            raise TargetFailure(
-                DeliveryState.ERROR, "PUT /licenses: Kong refused the license (HTTP 400 schema violation)"
-            )
-        if status == 409:
-            raise TargetFailure(DeliveryState.PENDING, "PUT /licenses: another row took the license meanwhile (409)")
-        raise TargetFailure(DeliveryState.ERROR, f"PUT /licenses: unexpected HTTP {status}")
-
-    async def _report(self, session: aiohttp.ClientSession) -> ReportedLicense:
-        status, body = await self._call(session, "GET", "/license/report")
-        lic = body.get("license") if isinstance(body, dict) else None
-        if status != 200 or not isinstance(lic, dict):
-            raise TargetFailure(
-                DeliveryState.ERROR, f"GET /license/report: unexpected answer (HTTP {status}; Kong Enterprise?)"
-            )
-        return ReportedLicense(str(lic.get("license_key") or ""), str(lic.get("license_expiration_date") or ""))
-
-
-async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
-    """The body, but no more than MAX_BODY_BYTES + 1 bytes (a proxy could stream forever)."""
-    raw = bytearray()
-    while chunk := await resp.content.read(65536):
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            break
-    return bytes(raw)
-
-
-def _check_answer(what: str, status: int, ctype: str, raw: bytes) -> Any:
-    """The JSON body, or a failure for answers that are not Kong's (never quoting the body)."""
-    import json
-
-    if status in (401, 403):
-        raise TargetFailure(
-            DeliveryState.ERROR, f"{what}: HTTP {status} (check the Kong-Admin-Token and its RBAC role)"
-        )
-    if status >= 500 or status == 429:
-        raise TargetFailure(DeliveryState.ERROR, f"{what}: HTTP {status} from the Admin API")
-    if 300 <= status < 400:
-        raise TargetFailure(DeliveryState.ERROR, f"{what}: HTTP {status} redirect (not followed)")
-    if len(raw) > MAX_BODY_BYTES:
-        raise TargetFailure(DeliveryState.ERROR, f"{what}: answer larger than {MAX_BODY_BYTES} bytes")
-    if status == 204 or not raw:
-        return None
-    if "json" not in ctype.lower():
-        kind = ctype.split(";")[0].strip() or "no content type"
-        raise TargetFailure(DeliveryState.ERROR, f"{what}: HTTP {status} answer is not JSON ({kind})")
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise TargetFailure(DeliveryState.ERROR, f"{what}: HTTP {status} answer is not valid JSON") from None
-
-
-# --- Kubernetes targets -----------------------------------------------------------------------------------
-
-
-class KubeLike(Protocol):
-    async def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        what: str,
-        params: dict[str, str] | None = None,
-        content_type: str = "application/json",
-        timeout: float | None = None,
-    ) -> dict[str, Any]: ...
-
-
-MERGE_PATCH = "application/merge-patch+json"
-KONGLICENSES = "/apis/configuration.konghq.com/v1alpha1/konglicenses"
-
-
-async def _kube(what: str, op: Awaitable[dict[str, Any]], *, missing_ok: bool = False) -> dict[str, Any] | None:
-    """One kube call; KubeError -> TargetFailure (kube.py already strips object content from messages)."""
-    from .kube import Forbidden, KubeError, NotFound
-
-    try:
-        return await op
-    except NotFound:
-        if missing_ok:
-            return None
-        raise TargetFailure(DeliveryState.ERROR, f"{what}: not found") from None
-    except Forbidden as exc:
-        raise TargetFailure(
-            DeliveryState.ERROR, f"{what}: forbidden (RBAC: see the chart's delivery values) ({exc})"
-        ) from None
-    except KubeError as exc:
-        raise TargetFailure(DeliveryState.ERROR, str(exc)) from None
-
-
-class KongLicenseTarget:
-    """A cluster-scoped KongLicense that KIC / Kong Operator push to their gateways."""
-
-    def __init__(
-        self,
-        spec: TargetSpec,
-        kube: KubeLike,
-        *,
-        clock: Callable[[], float] = time.time,
-        grace: float = DEFAULT_GRACE_SECONDS,
-    ) -> None:
-        self.label = spec.label
-        self.name = spec.value
-        self.grace = grace
-        self.kube = kube
-        self.clock = clock
-        self.wrote_at: float | None = None
-
-    async def close(self) -> None:
-        return None
-
-    async def deliver(self, lic: License) -> TargetReport:
-        return await self._round(lic, write=True)
-
-    async def check(self, lic: License) -> TargetReport:
-        return await self._round(lic, write=False)
-
-    async def _round(self, lic: License, *, write: bool) -> TargetReport:
-        path = f"{KONGLICENSES}/{self.name}"
-        what = f"KongLicense {self.name}"
-        try:
-            obj = await _kube(f"get {what}", self.kube.request("GET", path, what=f"get {what}"), missing_ok=True)
-            plan = plan_konglicense(obj, lic.document) if write else None
-            wrote = plan is not None
-            if plan is not None and plan.get("create"):
-                obj = await _kube(
-                    f"create {what} (is the KongLicense CRD installed?)",
-                    self.kube.request(
-                        "POST", KONGLICENSES, konglicense_object(self.name, lic.document), what=f"create {what}"
-                    ),
-                )
-            elif plan is not None:
-                obj = await _kube(
-                    f"patch {what}",
-                    self.kube.request("PATCH", path, plan, what=f"patch {what}", content_type=MERGE_PATCH),
-                )
-            if wrote:
-                self.wrote_at = self.clock()
-                log.info(
-                    "delivered the license to %s (%s)",
-                    self.label,
-                    "created" if plan and plan.get("create") else "patched",
-                )
-            winner = await self._winner()
-        except TargetFailure as failure:
-            return TargetReport(self.label, failure.state, failure.reason, at=self.clock())
-        state, reason = diagnose_konglicense(
-            obj, lic.document, winner, wrote_at=self.wrote_at, now=self.clock(), grace=self.grace
-        )
-        return TargetReport(self.label, state, reason, wrote=wrote, at=self.clock())
-
-    async def _winner(self) -> str | None:
-        """Which KongLicense controllers pick; None when listing is not allowed (then status alone tells)."""
-        from .kube import KubeError
-
-        try:
-            listing = await self.kube.request("GET", KONGLICENSES, what="list KongLicenses")
-        except KubeError as exc:  # 403 without delivery.kongLicense.detectCompeting: the status still tells
-            log.debug("cannot list KongLicenses: %s", exc)
-            return None
-        return konglicense_winner([o for o in listing.get("items") or [] if isinstance(o, dict)])
-
-
-class RestartTarget:
-    """Roll a Deployment / StatefulSet whose pods read KONG_LICENSE_DATA from the Secret at start."""
-
-    def __init__(
-        self, spec: TargetSpec, kube: KubeLike, namespace: str, *, clock: Callable[[], float] = time.time
-    ) -> None:
-        self.label = spec.label
-        kind, self.name = spec.workload
-        self.kind = kind
-        self.path = f"/apis/apps/v1/namespaces/{namespace}/{kind}s/{self.name}"
-        self.kube = kube
-        self.clock = clock
-
-    async def close(self) -> None:
-        return None
-
-    async def deliver(self, lic: License) -> TargetReport:
-        return await self._round(lic, write=True)
-
-    async def check(self, lic: License) -> TargetReport:
-        return await self._round(lic, write=False)
-
-    async def _round(self, lic: License, *, write: bool) -> TargetReport:
-        what = f"{self.kind} {self.name}"
-        fingerprint = lic.fingerprint
-        wrote = False
-        try:
-            obj = await _kube(f"get {what}", self.kube.request("GET", self.path, what=f"get {what}"), missing_ok=True)
-            patch = plan_restart(obj, fingerprint) if write and obj is not None else None
-            if patch is not None:
-                obj = await _kube(
-                    f"patch {what}",
-                    self.kube.request("PATCH", self.path, patch, what=f"patch {what}", content_type=MERGE_PATCH),
-                )
-                wrote = True
-                log.info("restarting %s for license %s", what, fingerprint)
-        except TargetFailure as failure:
-            return TargetReport(self.label, failure.state, failure.reason, at=self.clock())
-        state, reason = diagnose_rollout(obj, fingerprint, what)
-        return TargetReport(self.label, state, reason, wrote=wrote, at=self.clock())
 
 
 # --- the round, the loop, metrics ----------------------------------------------------------------------------
@@ -594,33 +218,9 @@ def render_reports(reports: Sequence[TargetReport], now: float | None = None) ->
     return "\n".join(lines)
 
 
-def build_targets(
-    specs: Sequence[TargetSpec],
-    *,
-    kube: KubeLike | None,
-    namespace: str,
-    secret_name: str,
-    admin: AdminApiOptions | None = None,
-    grace: float = DEFAULT_GRACE_SECONDS,
-) -> list[Target]:
-    """One target object per ``--deliver`` spec; Kubernetes targets need ``kube``."""
-    out: list[Target] = []
-    for spec in specs:
-        if spec.kind == "admin-api":
-            options = AdminApiOptions(grace=grace) if admin is None else admin
-            out.append(AdminApiTarget(spec, license_row_id(namespace, secret_name), options))
-        elif kube is None:
-            raise ValueError(f"{spec.label} needs a Kubernetes client")
-        elif spec.kind == "konglicense":
-            out.append(KongLicenseTarget(spec, kube, grace=grace))
-        else:
-            out.append(RestartTarget(spec, kube, namespace))
-    return out
-
-
 def deliverer_from_settings(
     settings: Settings,
-    kube: KubeLike | None,
+    kube: Kube | None,
     *,
     namespace: str,
     on_report: Callable[[TargetReport | None, TargetReport], None] | None = None,
