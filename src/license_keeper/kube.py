@@ -1,5 +1,8 @@
 """The one door to the Kubernetes API: every call the keeper makes goes through here.
 
+(Over 400 lines on purpose: it is the one place that knows the client library; its failure
+classification, timeouts and watch loop are read together, and split they would invite a second door.)
+
 Three promises, so callers never handle a client library's exceptions themselves:
 
 * **One timeout on every call** (Events too): nothing waits on the API server forever.
@@ -35,7 +38,6 @@ from lightkube.config.kubeconfig import KubeConfig, SingleConfig
 from lightkube.core.exceptions import ConfigError as LightkubeConfigError
 
 __all__ = [
-    "API_TIMEOUT_SECONDS",
     "Backoff",
     "Conflict",
     "Forbidden",
@@ -47,7 +49,6 @@ __all__ = [
     "NotFound",
     "Rejected",
     "Unreachable",
-    "WatchEvent",
     "classify",
     "error_for_status",
 ]
