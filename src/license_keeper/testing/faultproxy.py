@@ -1,5 +1,9 @@
 """An HTTPS fault proxy between one client (a keeper replica) and the real API server, for tests.
 
+(Over 400 lines on purpose: one thread with its own event loop that owns the rules and every open
+connection; the forwarding, the fault modes and the cuts act on the same connections and are read
+together. Its HTTP/1.1 parsing is the minimum a forwarder needs.)
+
 The house rule is "no fake Kubernetes API": faults go *between* the keeper and the real API server. The
 proxy terminates TLS on loopback with its own certificate, forwards every request (Authorization header
 included) to the API server, and streams the answer back, so watches (long chunked responses) work. At
@@ -25,7 +29,6 @@ import asyncio
 import contextlib
 import json
 import re
-import signal
 import socket
 import ssl
 import struct
@@ -43,10 +46,11 @@ import aiohttp
 import yarl
 from aiohttp import web
 
+from .control import control_app, serve_until_stopped, stop_on_signals
 from .controlplane import write_kubeconfig
 from .tls import TLSMaterial
 
-__all__ = ["MODES", "FaultProxy", "Rule", "main"]
+__all__ = ["FaultProxy", "Rule"]
 
 MODES: dict[str, str] = {
     "pass": "forward the request and stream the answer back",
@@ -370,10 +374,6 @@ class FaultProxy:
         rule = make_rule(mode, methods=methods, path=path, watch=watch, **params)
         self.set_rules([] if mode == "pass" and rule.unfiltered else [rule])
 
-    def add_rule(self, rule: Rule) -> None:
-        """Add a rule after the existing ones (the first rule that matches a request decides)."""
-        self.set_rules([*self._rules, rule])
-
     def set_rules(self, rules: Iterable[Rule]) -> None:
         self._rules = tuple(rules)
         if self._loop is not None:
@@ -591,26 +591,18 @@ class FaultProxy:
 
 
 def _control_app(proxy: FaultProxy) -> web.Application:
-    async def mode(request: web.Request) -> web.Response:
-        body = await request.json()
-        try:
-            rules = [make_rule(**r) for r in body["rules"]] if "rules" in body else [make_rule(**body)]
-        except (TypeError, ValueError, KeyError) as e:
-            return web.json_response({"error": str(e)}, status=400)
+    async def mode(body: Any) -> dict[str, Any]:
+        rules = [make_rule(**r) for r in body["rules"]] if "rules" in body else [make_rule(**body)]
         await asyncio.to_thread(proxy.set_rules, [] if [r.mode for r in rules] == ["pass"] else rules)
-        return web.json_response(proxy.stats())
+        return proxy.stats()
 
-    async def cut(request: web.Request) -> web.Response:
-        return web.json_response({"cut": await asyncio.to_thread(proxy.cut)})
+    async def cut(_: Any) -> dict[str, Any]:
+        return {"cut": await asyncio.to_thread(proxy.cut)}
 
-    async def stats(request: web.Request) -> web.Response:
-        return web.json_response(proxy.stats())
+    async def stats(_: Any) -> dict[str, Any]:
+        return proxy.stats()
 
-    app = web.Application()
-    app.router.add_post("/mode", mode)
-    app.router.add_post("/cut", cut)
-    app.router.add_get("/stats", stats)
-    return app
+    return control_app({("POST", "/mode"): mode, ("POST", "/cut"): cut, ("GET", "/stats"): stats})
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -641,20 +633,6 @@ control (plain HTTP on 127.0.0.1:CONTROL_PORT):
     return parser
 
 
-async def _serve_control(proxy: FaultProxy, port: int, stop: asyncio.Event) -> None:
-    runner = web.AppRunner(_control_app(proxy), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    control_port = runner.addresses[0][1]
-    print(f"fault proxy at {proxy.address} (CA {proxy.ca_file}); control at http://127.0.0.1:{control_port}")
-    print("Ctrl-C stops it.", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.kubeconfig and not args.token:
@@ -668,12 +646,12 @@ def main(argv: list[str] | None = None) -> int:
             proxy.write_kubeconfig(args.kubeconfig, token=args.token, user=args.user, namespace=args.namespace)
             print(f"kubeconfig: {args.kubeconfig}")
 
+        def announce(info: dict[str, Any]) -> None:
+            print(f"fault proxy at {proxy.address} (CA {proxy.ca_file}); control at {info['control_url']}")
+            print("Ctrl-C stops it.", flush=True)
+
         async def run() -> None:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await _serve_control(proxy, args.control_port, stop)
+            await serve_until_stopped(stop_on_signals(), {}, _control_app(proxy), args.control_port, announce=announce)
 
         asyncio.run(run())
     finally:

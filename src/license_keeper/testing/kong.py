@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import signal
 import ssl
 import sys
 import time
@@ -35,11 +33,12 @@ from typing import Any
 
 from aiohttp import web
 
+from license_keeper.testing.control import control_app, serve_until_stopped, stop_on_signals
 from license_keeper.testing.kong_model import ApiAnswer, KongNode
 from license_keeper.testing.konnect_tls import TLSFront
 from license_keeper.testing.tls import TLSMaterial
 
-__all__ = ["MODES", "KongStandIn", "main"]
+__all__ = ["KongStandIn"]
 
 MODES: dict[str, str] = {
     "normal": "behave like Kong",
@@ -281,26 +280,20 @@ class KongStandIn:
 
 
 def _control_app(kong: KongStandIn) -> web.Application:
-    async def set_mode(request: web.Request) -> web.Response:
-        try:
-            await kong.set_mode(str((await request.json())["mode"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response(kong.stats())
+    async def set_mode(body: Any) -> dict[str, Any]:
+        await kong.set_mode(str(body["mode"]))
+        return kong.stats()
 
-    async def set_env_license(request: web.Request) -> web.Response:
-        body = await request.json()
+    async def set_env_license(body: Any) -> dict[str, Any]:
         kong.node.env_license = body.get("document") if isinstance(body, dict) else None
-        return web.json_response(kong.stats())
+        return kong.stats()
 
-    async def stats(_: web.Request) -> web.Response:
-        return web.json_response(kong.stats())
+    async def stats(_: Any) -> dict[str, Any]:
+        return kong.stats()
 
-    app = web.Application()
-    app.router.add_post("/mode", set_mode)
-    app.router.add_put("/env-license", set_env_license)
-    app.router.add_get("/stats", stats)
-    return app
+    return control_app(
+        {("POST", "/mode"): set_mode, ("PUT", "/env-license"): set_env_license, ("GET", "/stats"): stats}
+    )
 
 
 async def _serve(args: argparse.Namespace, token: str | None, env_license: str | None) -> int:
@@ -313,24 +306,10 @@ async def _serve(args: argparse.Namespace, token: str | None, env_license: str |
         mode=args.mode,
     )
     kong.node.env_license = env_license
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    runner: web.AppRunner | None = None
+    stop = stop_on_signals()
     async with kong:
         info: dict[str, Any] = {"address": kong.address, **kong.tls.paths()}
-        if args.control_port is not None:
-            runner = web.AppRunner(_control_app(kong), access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", args.control_port).start()
-            info["control_url"] = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        print(json.dumps(info), flush=True)
-        try:
-            await stop.wait()
-        finally:
-            if runner is not None:
-                await runner.cleanup()
+        await serve_until_stopped(stop, info, _control_app(kong), args.control_port)
     return 0
 
 

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,10 +33,11 @@ import aiohttp
 from aiohttp import web
 
 from license_keeper.license import LicenseRecord
+from license_keeper.testing.control import control_app, serve_until_stopped, stop_on_signals
 from license_keeper.testing.konnect_app import MODES, KonnectStandIn
 from license_keeper.testing.licenses import make_document
 
-__all__ = ["MODES", "KonnectStandIn", "StandInControl", "main"]
+__all__ = ["KonnectStandIn", "StandInControl"]
 
 # --- driving a stand-in in another process ---------------------------------------------------------------
 
@@ -84,41 +83,35 @@ class StandInControl:
 
 
 def _control_app(standin: KonnectStandIn) -> web.Application:
-    async def set_mode(request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-            await standin.set_mode(str(body["mode"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response(standin.stats())
+    async def set_mode(body: Any) -> dict[str, Any]:
+        await standin.set_mode(str(body["mode"]))
+        return standin.stats()
 
-    async def put_license(request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-            if body is None or body.get("document") is None:
-                standin.serve(None)
-            else:
-                updated_at = body["updated_at"]
-                if isinstance(updated_at, bool) or not isinstance(updated_at, int):
-                    raise TypeError("updated_at must be an integer")
-                standin.serve(LicenseRecord(document=str(body["document"]), id=str(body["id"]), updated_at=updated_at))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response(standin.stats())
+    async def put_license(body: Any) -> dict[str, Any]:
+        if body is None or body.get("document") is None:
+            standin.serve(None)
+        else:
+            updated_at = body["updated_at"]
+            if isinstance(updated_at, bool) or not isinstance(updated_at, int):
+                raise TypeError("updated_at must be an integer")
+            standin.serve(LicenseRecord(document=str(body["document"]), id=str(body["id"]), updated_at=updated_at))
+        return standin.stats()
 
-    async def rotate(request: web.Request) -> web.Response:
+    async def rotate(_: Any) -> dict[str, Any]:
         standin.rotate()
-        return web.json_response(standin.stats())
+        return standin.stats()
 
-    async def stats(request: web.Request) -> web.Response:
-        return web.json_response(standin.stats())
+    async def stats(_: Any) -> dict[str, Any]:
+        return standin.stats()
 
-    app = web.Application()
-    app.router.add_post("/mode", set_mode)
-    app.router.add_put("/license", put_license)
-    app.router.add_post("/license/rotate", rotate)
-    app.router.add_get("/stats", stats)
-    return app
+    return control_app(
+        {
+            ("POST", "/mode"): set_mode,
+            ("PUT", "/license"): put_license,
+            ("POST", "/license/rotate"): rotate,
+            ("GET", "/stats"): stats,
+        }
+    )
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -129,11 +122,7 @@ async def _serve(args: argparse.Namespace) -> int:
         mode=args.mode,
         slow_seconds=args.slow_seconds,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    control_runner: web.AppRunner | None = None
+    stop = stop_on_signals()
     async with standin:
         info: dict[str, Any] = {
             "address": standin.address,
@@ -141,17 +130,7 @@ async def _serve(args: argparse.Namespace) -> int:
             "path": standin.path,
             **standin.tls.paths(),
         }
-        if args.control_port is not None:
-            control_runner = web.AppRunner(_control_app(standin), access_log=None)
-            await control_runner.setup()
-            await web.TCPSite(control_runner, "127.0.0.1", args.control_port).start()
-            info["control_url"] = f"http://127.0.0.1:{control_runner.addresses[0][1]}"
-        print(json.dumps(info), flush=True)
-        try:
-            await stop.wait()
-        finally:
-            if control_runner is not None:
-                await control_runner.cleanup()
+        await serve_until_stopped(stop, info, _control_app(standin), args.control_port)
     return 0
 
 
