@@ -19,8 +19,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +26,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from prometheus_client.parser import text_string_to_metric_families
+from .probes import KeeperProbes
+
+__all__ = ["KeeperContainer", "PodFiles", "hardened"]
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 KONNECT_TLS_DIR = "/etc/license-keeper/konnect"  # the chart's mount paths
@@ -89,7 +89,7 @@ class PodFiles:
 
 
 @dataclass
-class KeeperContainer:
+class KeeperContainer(KeeperProbes):
     image: str
     env: Mapping[str, str]
     mounts: Sequence[str]
@@ -116,47 +116,11 @@ class KeeperContainer:
             raise RuntimeError(f"{self.name} did not start ({proc.returncode}): {proc.stderr[-2000:]}")
         return self
 
-    def _get(self, port: int, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError:
-            return 0, ""
-
     def running(self) -> bool:
         return self._engine("inspect", "--format={{.State.Running}}", self.name).stdout.strip() == "true"
 
-    def ready(self) -> bool:
-        return self._get(self.probe_port, "/readyz")[0] == 200
-
-    def wait_ready(self, timeout: float = 30.0) -> float:
-        """Seconds from the engine's `run` until /readyz answered 200."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready():
-                return time.monotonic() - self.started_at
-            if not self.running():
-                raise RuntimeError(f"{self.name} exited:\n{self.logs()[-3000:]}")
-            time.sleep(0.05)
-        raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s:\n{self.logs()[-3000:]}")
-
-    def metrics(self) -> dict[str, float]:
-        """Samples as {'name{label="v",...}': value}, plus bare names for unlabelled ones."""
-        status, text = self._get(self.metrics_port, "/metrics")
-        if status != 200:
-            raise RuntimeError(f"{self.name}: /metrics answered {status}")
-        out: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-        return out
-
-    def writes(self) -> float:
-        """Secret writes by this keeper (license_keeper_secret_writes_total, all labels)."""
-        return sum(v for k, v in self.metrics().items() if k.startswith("license_keeper_secret_writes_total"))
+    def exited(self) -> str | None:
+        return None if self.running() else "exited"
 
     def rss_mib(self) -> float:
         pid = self._engine("inspect", "--format={{.State.Pid}}", self.name).stdout.strip()
