@@ -87,12 +87,20 @@ class KonnectFailure(KonnectResult):
 
 
 @dataclass(frozen=True)
-class KonnectUnreachable(KonnectFailure):
-    kind: ClassVar[str] = "unreachable"
+class _Explained(KonnectFailure):
+    """A failure told by its headline and the reason (no response body, no license text)."""
+
+    headline: ClassVar[str]
     reason: str
 
     def describe(self) -> str:
-        return f"Konnect unreachable: {self.reason}"
+        return f"{self.headline}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class KonnectUnreachable(_Explained):
+    kind: ClassVar[str] = "unreachable"
+    headline: ClassVar[str] = "Konnect unreachable"
 
 
 @dataclass(frozen=True)
@@ -105,12 +113,9 @@ class KonnectTimeout(KonnectFailure):
 
 
 @dataclass(frozen=True)
-class KonnectAuthFailed(KonnectFailure):
+class KonnectAuthFailed(_Explained):
     kind: ClassVar[str] = "auth"
-    reason: str
-
-    def describe(self) -> str:
-        return f"Konnect authentication failed: {self.reason}"
+    headline: ClassVar[str] = "Konnect authentication failed"
 
 
 @dataclass(frozen=True)
@@ -123,12 +128,9 @@ class KonnectServerError(KonnectFailure):
 
 
 @dataclass(frozen=True)
-class KonnectInvalidResponse(KonnectFailure):
+class KonnectInvalidResponse(_Explained):
     kind: ClassVar[str] = "invalid_response"
-    reason: str
-
-    def describe(self) -> str:
-        return f"Konnect sent an invalid response: {self.reason}"
+    headline: ClassVar[str] = "Konnect sent an invalid response"
 
 
 # --- TLS -------------------------------------------------------------------------------------------------
