@@ -35,7 +35,7 @@ from aiohttp import web
 
 from license_keeper.testing.control import control_app, serve_until_stopped, stop_on_signals
 from license_keeper.testing.kong_model import ApiAnswer, KongNode
-from license_keeper.testing.konnect_tls import TLSFront
+from license_keeper.testing.konnect_tls import TLSFront, check_mode, follow_mode, shut_down
 from license_keeper.testing.tls import TLSMaterial
 
 __all__ = ["KongStandIn"]
@@ -129,18 +129,14 @@ class KongStandIn:
 
     async def stop(self) -> None:
         self._release.set()
-        if self._front is not None:
-            await asyncio.to_thread(self._front.close)
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await shut_down(self._front, self._runner)
         self._runner = None
 
     # --- control ---------------------------------------------------------------------------------------
 
     @staticmethod
     def _check_mode(mode: str) -> None:
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
+        check_mode(mode, MODES)
 
     async def set_mode(self, mode: str) -> None:
         self._check_mode(mode)
@@ -149,11 +145,7 @@ class KongStandIn:
             return
         self._front._ctx = self._ssl_context()  # new connections only
         self._front.drop_connections()
-        if mode == "closed" and old != "closed":
-            await asyncio.to_thread(self._front.unlisten)
-        elif mode != "closed":
-            await asyncio.to_thread(self._front.listen)
-            self.port = self._front.port
+        self.port = await follow_mode(self._front, old, mode) or self.port
         if old == "stall":
             self._release.set()
             self._release = asyncio.Event()

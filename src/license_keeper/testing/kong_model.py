@@ -244,15 +244,7 @@ class KongNode:
         checksum = hashlib.sha256(str(payload).encode("utf-8", "surrogatepass")).hexdigest()
         for other in self.rows.values():
             if other.id != row_id and other.checksum == checksum:
-                return ApiAnswer(
-                    409,
-                    {
-                        "code": 5,
-                        "name": "unique constraint violation",
-                        "message": f"UNIQUE violation detected on '{{checksum=\"{checksum}\"}}'",
-                        "fields": {"checksum": checksum},
-                    },
-                )
+                return _conflict("unique constraint violation", "UNIQUE violation detected on", "checksum", checksum)
         return str(payload)
 
     def create(self, body: Any, now: int) -> ApiAnswer:
@@ -265,15 +257,7 @@ class KongNode:
                 return _schema_violation("id", "expected a valid UUID")
             row_id = body["id"].lower()
             if row_id in self.rows:
-                return ApiAnswer(
-                    409,
-                    {
-                        "code": 5,
-                        "name": "primary key violation",
-                        "message": f"primary key violation on key '{{id=\"{row_id}\"}}'",
-                        "fields": {"id": row_id},
-                    },
-                )
+                return _conflict("primary key violation", "primary key violation on key", "id", row_id)
         checked = self._check(body, row_id)
         if isinstance(checked, ApiAnswer):
             return checked
@@ -313,3 +297,11 @@ class KongNode:
             return refused
         self.rows.pop(row_id.lower(), None)
         return ApiAnswer(204, None)
+
+
+def _conflict(name: str, text: str, key: str, value: str) -> ApiAnswer:
+    """Kong's 409 body (error code 5) for a row that clashes with another on ``key``."""
+    return ApiAnswer(
+        409,
+        {"code": 5, "name": name, "message": f"{text} '{{{key}=\"{value}\"}}'", "fields": {key: value}},
+    )

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from license_keeper.konnect import licenses_path
 from license_keeper.license import LicenseRecord
-from license_keeper.testing.konnect_tls import TLSFront
+from license_keeper.testing.konnect_tls import TLSFront, check_mode, follow_mode, shut_down
 from license_keeper.testing.licenses import make_record
 from license_keeper.testing.tls import TLSMaterial
 
@@ -111,10 +111,7 @@ class KonnectStandIn:
         self._release.set()  # wake blackholed and slow handlers
         for task in list(self._hanging):
             task.cancel()
-        if self._front is not None:
-            await asyncio.to_thread(self._front.close)
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await shut_down(self._front, self._runner)
         self._runner = None
 
     @property
@@ -131,19 +128,12 @@ class KonnectStandIn:
 
     @staticmethod
     def _check_mode(mode: str) -> None:
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
+        check_mode(mode, MODES)
 
     async def set_mode(self, mode: str) -> None:
         self._check_mode(mode)
         old, self.mode = self.mode, mode
-        if self._front is None:
-            return
-        if mode == "closed" and old != "closed":
-            await asyncio.to_thread(self._front.unlisten)
-        elif mode != "closed":
-            await asyncio.to_thread(self._front.listen)
-            self.port = self._front.port
+        self.port = await follow_mode(self._front, old, mode) or self.port
 
     def serve(self, record: LicenseRecord | None) -> None:
         """The license served in "license" and "slow" modes; None means 404."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import select
 import socket
@@ -9,7 +10,34 @@ import ssl
 import threading
 import time
 
-__all__ = ["TLSFront"]
+from aiohttp import web
+
+__all__ = ["TLSFront", "check_mode", "follow_mode", "shut_down"]
+
+
+def check_mode(mode: str, modes: dict[str, str]) -> None:
+    if mode not in modes:
+        raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(modes)}")
+
+
+async def follow_mode(front: TLSFront | None, old: str, new: str) -> int | None:
+    """Listen, or stop listening, as a stand-in's mode change asks ("closed": connections refused).
+    Returns the port listened on (the same one again after "closed"), None without a front."""
+    if front is None:
+        return None
+    if new == "closed" and old != "closed":
+        await asyncio.to_thread(front.unlisten)
+    elif new != "closed":
+        await asyncio.to_thread(front.listen)
+    return front.port
+
+
+async def shut_down(front: TLSFront | None, runner: web.AppRunner | None) -> None:
+    """Close the TLS front, then the HTTP app behind it."""
+    if front is not None:
+        await asyncio.to_thread(front.close)
+    if runner is not None:
+        await runner.cleanup()
 
 
 class TLSFront:
