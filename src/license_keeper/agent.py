@@ -47,7 +47,6 @@ EXIT_OK = 0
 EXIT_LOST_LEASE = 1
 EXIT_TASK_DIED = 1
 HEARTBEAT_SECONDS = 5.0
-RESYNC_SECONDS = 60.0  # re-read the Secret even without watch events, in case the watch is starved
 SLEEP_SLICE_SECONDS = 30.0  # the poll loop beats at least this often while it sleeps
 MIN_REQUESTED_POLL_INTERVAL = 10.0  # /sync and SIGHUP: at most one extra Konnect call per 10 s
 ERROR_LOG_REPEAT_SECONDS = 60.0
@@ -86,7 +85,7 @@ class Keeper:
         self.state = KeeperState(
             renew_before=settings.renew_before,
             polling_period=settings.polling_period,
-            secret_view_stale_after=3 * RESYNC_SECONDS,
+            secret_view_stale_after=3 * settings.resync_period,
         )
         self.metrics = Metrics(self.state)
         self.store = SecretStore(kube, namespace, settings.effective_secret_name)
@@ -321,7 +320,7 @@ class Keeper:
     async def _resync(self) -> None:
         """Re-read the Secret now and then, so a starved or silently broken watch cannot hide a change."""
         while True:
-            await asyncio.sleep(RESYNC_SECONDS)
+            await asyncio.sleep(self.settings.resync_period)
             try:
                 snapshot = await self.store.read()
             except StoreError as e:

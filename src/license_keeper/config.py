@@ -35,6 +35,7 @@ DEFAULT_KONNECT_ADDRESS = "https://us.kic.api.konghq.com"
 MIN_DURATIONS: dict[str, float] = {
     "polling_period": 10.0,
     "initial_polling_period": 1.0,
+    "resync_period": 5.0,
     "konnect_timeout": 1.0,
     "leader_elect_lease_duration": 2.0,
     "leader_elect_renew_deadline": 1.0,
@@ -104,6 +105,9 @@ class Settings:
     initial_polling_period: float = 60.0
     polling_period: float = 12 * 3600.0
     renew_before: float = 7 * 86400.0
+    # The Secret is re-read this often even without watch events; /healthz fails after 3 periods
+    # without a fresh view of it (no watch event and no successful read).
+    resync_period: float = 60.0
 
     probe_addr: str = ":8081"
     metrics_addr: str = ":8080"

@@ -309,3 +309,25 @@ async def test_sync_requests_are_rate_limited_and_keep_the_backoff(
     await asyncio.sleep(2)
     # The backoff after one failure is at least 1 s and at most 10 s; 50 requests add at most one call.
     assert konnect.requests - failing <= 1
+
+
+async def test_health_turns_unhealthy_when_the_secret_view_goes_stale_and_recovers(
+    proxied_keeper: ProxiedKeeper, proxy: FaultProxy, konnect: KonnectStandIn
+) -> None:
+    """Health is honest: a replica cut off from the API server (no watch event, no successful re-read
+    for 3 re-read periods) says so on /healthz, with the reason, so the kubelet restarts it; it is
+    healthy again once its view is fresh."""
+    k = proxied_keeper("keeper-0", "--resync-period=5s", *LONG_LEASE)
+    await ready(k)
+    assert k.healthy()
+    proxy.set_mode("partition")
+    cut = time.monotonic()
+    await wait_for(lambda: not k.healthy(), 40)
+    stale_after = time.monotonic() - cut
+    status, body = k._get(k.probe_port, "/healthz")
+    print(f"\n/healthz {status} {stale_after:.1f} s after the partition: {body.strip()}")
+    assert status == 503 and "Secret view stale" in body
+    assert stale_after >= 14  # 3 x 5 s, counted from the last fresh view
+    assert k.ready()  # it still holds a valid license: readiness is about the license, health about the keeper
+    proxy.set_mode("pass")
+    await wait_for(k.healthy, 40)

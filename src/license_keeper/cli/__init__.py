@@ -66,6 +66,11 @@ def main() -> None:
 )
 @opt("polling-period", "Regular poll period once a valid license is held.  [default: 12h]")
 @opt("renew-before", "Poll at the initial period when the license expires within this.  [default: 7d]")
+@opt(
+    "resync-period",
+    "Re-read the Secret this often even without watch events; /healthz fails after 3 periods without a "
+    "fresh view of it.  [default: 1m]",
+)
 @opt("probe-addr", "Address for /healthz, /readyz and POST /sync.  [default: :8081]")
 @opt("metrics-addr", "Address for Prometheus /metrics.  [default: :8080]")
 @opt("log-format", "text or json.  [default: text]")
