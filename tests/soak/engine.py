@@ -75,7 +75,7 @@ class Limits:
     # counts as up only once the keeper's own request timeout (30 s) has had time to end them.
     stall_grace: float = 35.0
     stale: float = 190.0  # invariant 7: a view older than this must show in /healthz (3 x 60 s re-read + slack)
-    dwell: float = 1.0  # each step's pause after its action
+    dwell: float = 0.5  # each step's pause after its action
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -85,7 +85,7 @@ class Limits:
             settle=_env_float("SOAK_SETTLE", 5.0),
             stall_grace=_env_float("SOAK_STALL_GRACE", 35.0),
             stale=_env_float("SOAK_STALE_LIMIT", 190.0),
-            dwell=_env_float("SOAK_DWELL", 1.0),
+            dwell=_env_float("SOAK_DWELL", 0.5),
         )
 
 
@@ -423,6 +423,7 @@ class Soak:
         self._loop: ThreadLoop | None = None
         self.konnect: ScriptedKonnect | None = None
         self.history: SecretHistory | None = None
+        self.t0 = time.monotonic()
 
     # --- setup and teardown ------------------------------------------------------------------------
 
@@ -476,7 +477,7 @@ class Soak:
     # --- running -------------------------------------------------------------------------------------
 
     def run(self) -> Figures:
-        started = time.monotonic()
+        started = self.t0 = time.monotonic()
         try:
             self.setup()
             for step in self.schedule:
@@ -559,7 +560,7 @@ class Soak:
     # --- actions ---------------------------------------------------------------------------------------
 
     def _apply(self, step: Step) -> None:
-        self.log(step.describe())
+        self.log(f"{time.monotonic() - self.t0:7.1f}s {step.describe()}")
         self._fault(f"{step.kind}:{step.arg}" if step.arg else step.kind)
         if step.kind == "konnect":
             self._konnect(step)
@@ -754,6 +755,7 @@ class Soak:
         elif key == "immutable" and self._admin_write(
             "DELETE", f"{self.secret_path}/{SECRET}", None, "immutable->delete"
         ):
+            self.tokens.append(now_utc())  # a keeper may recreate it before we do (a justified write)
             meta = obj["metadata"]
             data = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
             self._create_secret(data, meta.get("labels") or {}, meta.get("annotations") or {}, "immutable->recreate")
