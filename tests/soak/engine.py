@@ -74,6 +74,9 @@ class Limits:
     # After a stall heals, requests sent during it stay unanswered (a black hole never answers): the path
     # counts as up only once the keeper's own request timeout (30 s) has had time to end them.
     stall_grace: float = 35.0
+    # Requests per second a replica may send while every answer is an error: lease retries every 0.5 s,
+    # a watch and a re-read with backoff stay far below; ~25/s is the reconnect storm of issue 9 #2.
+    error_rate: float = 12.0
     stale: float = 190.0  # invariant 7: a view older than this must show in /healthz (3 x 60 s re-read + slack)
     dwell: float = 0.5  # each step's pause after its action
 
@@ -333,6 +336,7 @@ class Replica:
     started: float = field(default_factory=time.monotonic)
     heal_at: int | None = None  # step at which the proxy fault / downtime ends
     stalled: bool = False  # the current proxy fault leaves requests unanswered
+    fault_started: tuple[float, int, str] | None = None  # (when, requests through the proxy so far, fault)
     exits: int = 0  # exits the schedule did not ask for (restarted as a kubelet would)
     unhealthy_in_a_row: int = 0
 
@@ -361,6 +365,7 @@ class Figures:
     keeper_writes: int = 0
     justified: int = 0
     repair_times: list[float] = field(default_factory=list)
+    error_answer_rates: list[float] = field(default_factory=list)
     ready_times: list[float] = field(default_factory=list)
     convergence: float | None = None
     unplanned_exits: int = 0
@@ -379,6 +384,9 @@ class Figures:
             "max_repair_s": round(max(self.repair_times), 2) if self.repair_times else None,
             "repairs_measured": len(self.repair_times),
             "max_ready_s": round(max(self.ready_times), 2) if self.ready_times else None,
+            "max_requests_per_s_on_error_answers": (
+                round(max(self.error_answer_rates), 1) if self.error_answer_rates else None
+            ),
             "readiness_measured": len(self.ready_times),
             "convergence_s": round(self.convergence, 2) if self.convergence is not None else None,
             "unplanned_exits": self.unplanned_exits,
@@ -674,6 +682,7 @@ class Soak:
         r = self.replicas[step.target or 0]
         p = r.proxy
         arg = step.arg
+        r.fault_started = (time.monotonic(), sum(p.stats()["requests"].values()), arg)
         if arg == "cut":
             p.cut()
             return
@@ -736,9 +745,29 @@ class Soak:
                 self._heal_hold(key)
 
     def _heal_path(self, r: Replica) -> None:
+        self._check_backoff(r)
         r.proxy.set_mode("pass")
         r.path_up_since = time.monotonic() + (self.limits.stall_grace if r.stalled else 0.0)
         r.stalled = False
+
+    def _check_backoff(self, r: Replica) -> None:
+        """Error answers (503, 502, 429) must slow the replica down, not start a retry storm (issue 9, #2)."""
+        if r.fault_started is None:
+            return
+        since, before, fault = r.fault_started
+        r.fault_started = None
+        took = time.monotonic() - since
+        if fault not in ("503", "502", "429") or took < 1.0:
+            return
+        rate = (sum(r.proxy.stats()["requests"].values()) - before) / took
+        self.figures.error_answer_rates.append(rate)
+        self.figures.checks["3b backoff on error answers"] += 1
+        if rate > self.limits.error_rate:
+            raise Violation(
+                3,
+                f"{r.name} sent {rate:.1f} requests/s for {took:.1f} s while its API path answered {fault} "
+                f"(limit {self.limits.error_rate:.0f}/s): a retry storm, not a backoff",
+            )
 
     def _heal_hold(self, key: str) -> None:
         del self.hold[key]
