@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from .config import Settings
+from .deliver import DeliveryCollector, TargetReport, deliverer_from_settings, delivery_event
 from .election import LeaderElector, default_identity
 from .konnect import KonnectClient, KonnectFailure, KonnectResult, LicenseFetched, NoLicense
 from .kube import Kube, KubeError
@@ -102,6 +103,10 @@ class Keeper:
                 retry_period=settings.leader_elect_retry_period,
                 on_change=self._on_leadership,
             )
+        # Delivery to running gateways: leader only, after the Secret (the source of truth); its
+        # failures never touch the Secret or readiness.
+        self.deliverer = deliverer_from_settings(settings, kube, namespace=namespace, on_report=self._on_delivery)
+        self.metrics.registry.register(DeliveryCollector(self.deliverer))
         self.ports = Ports()
         self.ready_event = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -224,6 +229,7 @@ class Keeper:
             await self.events.flush(timeout=2.0)
         if self.konnect is not None:
             await self.konnect.close()
+        await self.deliverer.close()
         for runner in self._runners:
             await runner.cleanup()
 
@@ -236,9 +242,10 @@ class Keeper:
             self._lost_leadership = not self._stopping.is_set()
             self._leading = False
             self.state.leader = False
-            lead = self._tasks.pop("lead", None)
-            if lead is not None:
-                lead.cancel()
+            for name in ("lead", "deliver"):
+                task = self._tasks.pop(name, None)
+                if task is not None:
+                    task.cancel()
             self._ended.set()
 
     def _begin_leading(self) -> None:
@@ -247,8 +254,16 @@ class Keeper:
         self._leading = True
         self.state.leader = True
         self._spawn("lead", self._lead())
+        if self.deliverer.targets:
+            self._spawn(
+                "deliver",
+                self.deliverer.run_periodic(
+                    lambda: self.state.held, self._stopping, period=self.settings.delivery_period
+                ),
+            )
 
-    def may_write(self) -> bool:
+    def leading_now(self) -> bool:
+        """We hold the Lease right now (and are not stopping): the one check before a write."""
         if self._stopping.is_set() or not self._leading:
             return False
         return self.elector is None or self.elector.is_leader
@@ -262,7 +277,7 @@ class Keeper:
         log.info("probes on port %d, metrics on port %d", self.ports.probe, self.ports.metrics)
 
     async def _sync_requested(self) -> tuple[int, str]:
-        if not self.may_write():
+        if not self.leading_now():
             holder = self.elector.holder if self.elector is not None else None
             return 409, f"not the leader (leader: {holder or 'unknown'}); ask the leader"
         self.request_poll()
@@ -325,7 +340,8 @@ class Keeper:
                     )
                 else:
                     log.info("the Secret holds a better license, taking it: %s", describe(in_secret))
-            if self.may_write():
+                self.deliverer.kick()  # it is in the Secret already: gateways may have it now
+            if self.leading_now():
                 await self._persist(snapshot=snapshot)
 
     def _note_secret(self, snapshot: SecretSnapshot) -> None:
@@ -393,14 +409,14 @@ class Keeper:
 
     async def _persist(self, snapshot: SecretSnapshot | None = None) -> None:
         """Make the Secret hold the held license (caller holds the lock)."""
-        if self.state.held is None or not self.may_write():
+        if self.state.held is None or not self.leading_now():
             return
         try:
             outcome = await self.store.sync(
                 self.state.held,
                 self._now(),
                 existed_before=self._secret_seen,
-                may_write=self.may_write,
+                still_leading=self.leading_now,
                 # The watch keeps our last snapshot fresh, so an unchanged poll costs no API call at all;
                 # a stale snapshot costs a 409 and a re-read, never a lost update.
                 snapshot=snapshot if snapshot is not None else (None if self._first_snapshot else self._secret),
@@ -434,10 +450,17 @@ class Keeper:
         self._announced.discard(SecretState.FOREIGN.value)
         self._announced.discard(SecretState.IMMUTABLE.value)
         if outcome.wrote:
+            self.deliverer.kick()  # after the Secret, never before it
             self.metrics.secret_writes.labels(outcome.wrote).inc()
             reason, warning = _WRITE_EVENTS.get(outcome.wrote, ("LicenseStored", False))
             log.info("wrote the Secret (%s): %s", outcome.wrote, describe(self.state.held))
             self.events.emit(reason, f"Secret written ({outcome.wrote}): {describe(self.state.held)}", warning=warning)
+
+    def _on_delivery(self, previous: TargetReport | None, report: TargetReport) -> None:
+        event = delivery_event(previous, report)
+        if event is not None:
+            reason, message, warning = event
+            self.events.emit(reason, message, warning=warning)
 
     def _hold(self, record: LicenseRecord | None) -> None:
         self.state.held = record

@@ -4,19 +4,26 @@ Precedence: a flag on the command line, then ``LICENSE_KEEPER_<FLAG>``, then KIC
 ``CONTROLLER_KONNECT_*`` name (so a keeper can be dropped next to an existing KIC configuration),
 then the default.
 
-Pure apart from pydantic-settings reading the environment for the flags: where the namespace comes
-from when no flag names it (POD_NAMESPACE, the ServiceAccount file, the kubeconfig) is decided at the
-edge, in the CLI.
+Pure: ``load_settings`` takes the environment as an argument (``os.environ`` by default) and turns
+every value into a typed field with one check per field, then a few checks across fields. Where the
+namespace comes from when no flag names it (POD_NAMESPACE, the ServiceAccount, the kubeconfig) is
+decided at the edge, in the CLI.
+
+Plain dataclasses rather than pydantic-settings: a dozen checks do not need a validation framework,
+and importing pydantic costs the keeper 13 MiB of its 55 MiB memory budget (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from .delivery import TargetSpec, parse_target
 
 __all__ = [
     "DEFAULT_KONNECT_ADDRESS",
@@ -74,43 +81,26 @@ def parse_addr(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _env(*names: str) -> AliasChoices:
-    return AliasChoices(*names)
+ENV_PREFIX = "LICENSE_KEEPER_"
+# KIC's names for the Konnect settings, read after ours, so a keeper can run next to KIC's configuration.
+KIC_ENV = {
+    "konnect_address": "CONTROLLER_KONNECT_ADDRESS",
+    "konnect_control_plane_id": "CONTROLLER_KONNECT_CONTROL_PLANE_ID",
+    "konnect_tls_client_cert_file": "CONTROLLER_KONNECT_TLS_CLIENT_CERT_FILE",
+    "konnect_tls_client_key_file": "CONTROLLER_KONNECT_TLS_CLIENT_KEY_FILE",
+}
+_DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
-class Settings(BaseSettings):
+@dataclass(frozen=True)
+class Settings:
     """Everything `license-keeper run` needs. Field names are the flag names with `_` for `-`."""
 
-    # An empty LICENSE_KEEPER_X (a chart value left blank) must not hide a set CONTROLLER_KONNECT_X.
-    model_config = SettingsConfigDict(
-        env_prefix="LICENSE_KEEPER_", populate_by_name=True, extra="forbid", env_ignore_empty=True
-    )
-
-    konnect_address: str = Field(
-        DEFAULT_KONNECT_ADDRESS,
-        validation_alias=_env("LICENSE_KEEPER_KONNECT_ADDRESS", "CONTROLLER_KONNECT_ADDRESS"),
-    )
-    konnect_control_plane_id: str = Field(
-        "",
-        validation_alias=_env(
-            "LICENSE_KEEPER_KONNECT_CONTROL_PLANE_ID",
-            "CONTROLLER_KONNECT_CONTROL_PLANE_ID",
-        ),
-    )
-    konnect_tls_client_cert_file: Path | None = Field(
-        None,
-        validation_alias=_env(
-            "LICENSE_KEEPER_KONNECT_TLS_CLIENT_CERT_FILE",
-            "CONTROLLER_KONNECT_TLS_CLIENT_CERT_FILE",
-        ),
-    )
-    konnect_tls_client_key_file: Path | None = Field(
-        None,
-        validation_alias=_env(
-            "LICENSE_KEEPER_KONNECT_TLS_CLIENT_KEY_FILE",
-            "CONTROLLER_KONNECT_TLS_CLIENT_KEY_FILE",
-        ),
-    )
+    konnect_address: str = DEFAULT_KONNECT_ADDRESS
+    konnect_control_plane_id: str = ""
+    konnect_tls_client_cert_file: Path | None = None
+    konnect_tls_client_key_file: Path | None = None
     konnect_ca_file: Path | None = None
     konnect_timeout: float = 30.0
 
@@ -125,8 +115,18 @@ class Settings(BaseSettings):
 
     probe_addr: str = ":8081"
     metrics_addr: str = ":8080"
-    log_format: Literal["text", "json"] = "text"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: str = "text"
+    log_level: str = "info"
+
+    # Delivery to running gateways (none by default): --deliver admin-api=URL | konglicense=NAME |
+    # restart=deployment/NAME (repeatable; LICENSE_KEEPER_DELIVER is comma-separated).
+    deliver: list[str] = field(default_factory=list)
+    deliver_admin_token_file: Path | None = None
+    deliver_admin_client_cert_file: Path | None = None
+    deliver_admin_client_key_file: Path | None = None
+    deliver_admin_ca_file: Path | None = None
+    deliver_admin_timeout: float = 10.0
+    delivery_period: float = 600.0
 
     leader_elect: bool = True
     lease_name: str = ""
@@ -137,65 +137,8 @@ class Settings(BaseSettings):
     # For test harnesses only (env LICENSE_KEEPER_ALLOW_SHORT_PERIODS): lifts the polling lower bounds.
     allow_short_periods: bool = False
 
-    @field_validator(
-        "konnect_timeout",
-        "initial_polling_period",
-        "polling_period",
-        "renew_before",
-        "leader_elect_lease_duration",
-        "leader_elect_renew_deadline",
-        "leader_elect_retry_period",
-        mode="before",
-    )
-    @classmethod
-    def _duration(cls, v: Any) -> float:
-        return parse_duration(v)
-
-    @field_validator("probe_addr", "metrics_addr")
-    @classmethod
-    def _addr(cls, v: str) -> str:
-        parse_addr(v)
-        return v
-
-    @field_validator("log_format", "log_level", mode="before")
-    @classmethod
-    def _lower(cls, v: Any) -> Any:
-        return v.lower() if isinstance(v, str) else v
-
-    @field_validator("konnect_address")
-    @classmethod
-    def _https(cls, v: str) -> str:
-        if not re.match(r"^https://[^/\s]+", v):
-            raise ValueError("must be an https:// URL (Konnect speaks mutual TLS only)")
-        return v.rstrip("/")
-
-    @field_validator("controller_name", "secret_name", "lease_name", "namespace")
-    @classmethod
-    def _dns_name(cls, v: str) -> str:
-        if v and not re.match(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", v):
-            raise ValueError("must be a lowercase DNS name (a-z, 0-9, '-', '.')")
-        return v
-
-    @model_validator(mode="after")
-    def _lower_bounds(self) -> Settings:
-        for name, least in MIN_DURATIONS.items():
-            if self.allow_short_periods and name in _SHORT_PERIODS_ALLOWED_FOR:
-                continue
-            value = getattr(self, name)
-            if value < least:
-                flag = "--" + name.replace("_", "-")
-                raise ValueError(f"{flag}: must be at least {least:g}s, got {value:g}s")
-        return self
-
-    @model_validator(mode="after")
-    def _leases(self) -> Settings:
-        if not (self.leader_elect_lease_duration > self.leader_elect_renew_deadline > self.leader_elect_retry_period):
-            raise ValueError(
-                "leader election needs lease-duration > renew-deadline > retry-period "
-                f"(got {self.leader_elect_lease_duration:g}s, {self.leader_elect_renew_deadline:g}s, "
-                f"{self.leader_elect_retry_period:g}s)"
-            )
-        return self
+    def delivery_targets(self) -> list[TargetSpec]:
+        return [parse_target(label) for label in self.deliver]
 
     # derived values
     @property
@@ -221,27 +164,143 @@ class Settings(BaseSettings):
             raise ConfigError(f"missing required setting(s): {', '.join(missing)}")
 
 
-def load_settings(**given: Any) -> Settings:
-    """Settings from explicit values (flags; None means 'not given') over the environment."""
-    values = {k: v for k, v in given.items() if v is not None}
-    try:
-        return Settings(**values)
-    except ValidationError as e:
-        raise ConfigError(_one_line(e)) from None
+# --- one parser per kind of value ------------------------------------------------------------------------
 
 
-def _field_name(loc: str) -> str:
-    """Errors on the aliased Konnect fields are located by the alias (an env name): name the flag."""
-    for name, info in Settings.model_fields.items():
-        if isinstance(info.validation_alias, AliasChoices) and loc in info.validation_alias.choices:
-            return name
-    return loc
+def _text(value: Any) -> str:
+    return str(value)
 
 
-def _one_line(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors(include_input=False, include_url=False):
-        loc = "-".join(_field_name(str(p)) for p in err["loc"]).replace("_", "-")
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        parts.append(f"--{loc}: {msg}" if loc else msg)
-    return "invalid settings: " + "; ".join(parts)
+def _path(value: Any) -> Path:
+    return Path(value)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise ValueError(f"not a boolean: {value!r} (use true or false)")
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {value!r}")
+        return text
+
+    return parse
+
+
+def _dns_name(value: Any) -> str:
+    text = str(value)
+    if text and not _DNS_NAME.match(text):
+        raise ValueError("must be a lowercase DNS name (a-z, 0-9, '-', '.')")
+    return text
+
+
+def _addr(value: Any) -> str:
+    parse_addr(str(value))
+    return str(value)
+
+
+def _https(value: Any) -> str:
+    text = str(value)
+    if not re.match(r"^https://[^/\s]+", text):
+        raise ValueError("must be an https:// URL (Konnect speaks mutual TLS only)")
+    return text.rstrip("/")
+
+
+def _targets(value: Any) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else list(value or [])
+    specs = [parse_target(str(item)) for part in items for item in str(part).split(",") if item.strip()]
+    labels = [spec.label for spec in specs]
+    if len(set(labels)) != len(labels):
+        raise ValueError("the same delivery target is given twice")
+    return labels
+
+
+def _parser(name: str, default: Any) -> Callable[[Any], Any]:
+    special: dict[str, Callable[[Any], Any]] = {
+        "konnect_address": _https,
+        "log_format": _choice("text", "json"),
+        "log_level": _choice("debug", "info", "warning", "error"),
+        "probe_addr": _addr,
+        "metrics_addr": _addr,
+        "deliver": _targets,
+        **dict.fromkeys(("controller_name", "secret_name", "lease_name", "namespace"), _dns_name),
+    }
+    if name in special:
+        return special[name]
+    if isinstance(default, bool):
+        return _bool
+    if isinstance(default, float):
+        return parse_duration
+    return _path if name.endswith(("_file", "kubeconfig")) else _text
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+# --- from flags and environment ---------------------------------------------------------------------------
+
+
+def _raw_value(name: str, given: Mapping[str, Any], environ: Mapping[str, str]) -> Any:
+    """A flag, then LICENSE_KEEPER_<NAME>, then KIC's name; empty variables count as unset (a chart
+    value left blank must not hide a set CONTROLLER_KONNECT_X). None: take the default."""
+    if given.get(name) is not None:
+        return given[name]
+    for env in (ENV_PREFIX + name.upper(), KIC_ENV.get(name)):
+        if env and environ.get(env, "").strip():
+            return environ[env]
+    return None
+
+
+def _cross_checks(s: Settings) -> list[str]:
+    problems = []
+    for name, least in MIN_DURATIONS.items():
+        if s.allow_short_periods and name in _SHORT_PERIODS_ALLOWED_FOR:
+            continue
+        value = getattr(s, name)
+        if value < least:
+            problems.append(f"{_flag(name)}: must be at least {least:g}s, got {value:g}s")
+    if not (s.leader_elect_lease_duration > s.leader_elect_renew_deadline > s.leader_elect_retry_period):
+        problems.append(
+            "leader election needs lease-duration > renew-deadline > retry-period "
+            f"(got {s.leader_elect_lease_duration:g}s, {s.leader_elect_renew_deadline:g}s, "
+            f"{s.leader_elect_retry_period:g}s)"
+        )
+    if bool(s.deliver_admin_client_cert_file) != bool(s.deliver_admin_client_key_file):
+        problems.append("--deliver-admin-client-cert-file and --deliver-admin-client-key-file go together")
+    return problems
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def load_settings(*, environ: Mapping[str, str] | None = None, **given: Any) -> Settings:
+    """Settings from explicit values (flags; None means 'not given') over the environment.
+
+    Every problem is reported at once, in one line that names the flag.
+    """
+    environ = os.environ if environ is None else environ
+    problems = [f"{_flag(name)}: unknown setting" for name in given if name not in _FIELDS]
+    values: dict[str, Any] = {}
+    for name, spec in _FIELDS.items():
+        raw = _raw_value(name, given, environ)
+        if raw is None:
+            continue
+        default = spec.default if spec.default is not dataclasses.MISSING else None
+        try:
+            values[name] = _parser(name, default)(raw)
+        except ValueError as e:
+            problems.append(f"{_flag(name)}: {e}")
+    if not problems:
+        settings = Settings(**values)
+        problems = _cross_checks(settings)
+    if problems:
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+    return settings

@@ -48,7 +48,7 @@ __all__ = [
     "desired_secret",
     "is_better",
     "license_state",
-    "may_write",
+    "manageable",
     "merged_secret_fields",
     "order_key",
     "plan_write",
@@ -243,7 +243,7 @@ def adoption_requested(s: SecretSnapshot) -> bool:
     return s.annotations.get(ADOPT_ANNOTATION, "").strip().lower() == "true"
 
 
-def may_write(s: SecretSnapshot) -> bool:
+def manageable(s: SecretSnapshot) -> bool:
     """Ours, empty (pre-created by a chart), or explicitly handed over; anything else is foreign."""
     return not s.exists or is_ours(s) or is_empty(s) or adoption_requested(s)
 
@@ -315,7 +315,7 @@ def secret_state(s: SecretSnapshot, held: LicenseRecord | None = None) -> Secret
     """
     if not s.exists:
         return SecretState.MISSING
-    if not may_write(s):
+    if not manageable(s):
         return SecretState.FOREIGN
     record = record_from_secret(s)
     if s.immutable:
@@ -378,7 +378,7 @@ def plan_write(s: SecretSnapshot, held: LicenseRecord | None, *, existed_before:
         return WritePlan(WriteAction.NONE)
     if not s.exists:
         return WritePlan(WriteAction.CREATE, "recreate" if existed_before else "create")
-    if not may_write(s):
+    if not manageable(s):
         return WritePlan(WriteAction.REFUSE, refusal=SecretState.FOREIGN)
     desired = desired_secret(held)
     if content_matches(s, desired):

@@ -196,7 +196,7 @@ class SecretStore:
         now: datetime | None = None,
         *,
         existed_before: bool = False,
-        may_write: Callable[[], bool] = lambda: True,
+        still_leading: Callable[[], bool] = lambda: True,
         reason: str | None = None,
         snapshot: SecretSnapshot | None = None,
         force: bool = False,
@@ -204,7 +204,7 @@ class SecretStore:
         """Make the Secret hold the best of ``held`` and what it already holds; write only on change.
 
         On a 409 the Secret is read again and the choice made again, so a better license that someone
-        else wrote in the meantime is taken, never overwritten. ``may_write`` is asked right before
+        else wrote in the meantime is taken, never overwritten. ``still_leading`` is asked right before
         each write (leadership can be lost while we wait on the API server). ``force`` (an operator's
         ``restore --force``) writes ``held`` even over a better license.
         """
@@ -219,7 +219,7 @@ class SecretStore:
                 return SyncOutcome(current, best, took_secret=took)
             if plan.action == WriteAction.REFUSE:
                 return SyncOutcome(current, best, refused=plan.refusal, took_secret=took)
-            if not may_write():
+            if not still_leading():
                 return SyncOutcome(current, best, took_secret=took)
             assert best is not None
             desired = desired_secret(best)

@@ -14,6 +14,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from lightkube import AsyncClient
@@ -292,7 +293,8 @@ async def test_a_running_keeper_picks_up_a_restored_newer_license(
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    served = lic(updated_at=1_800_000_000, days=200)
+    # updated_at is checked against the clock (at most a day ahead), so both are relative to now.
+    served = lic(updated_at=int(time.time()) - 7200, days=200)
     konnect.serve(served)
     k = keepers("keeper-0", "--polling-period=300ms", "--initial-polling-period=300ms")
     await ready(k)

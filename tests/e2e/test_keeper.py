@@ -390,9 +390,15 @@ async def test_immutable_secret_gets_a_clear_state_and_no_retry_loop(
 @pytest.mark.controlplane
 async def test_the_demo_runs_end_to_end() -> None:
     out = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "license_keeper.demo"], capture_output=True, text=True, timeout=240
+        subprocess.run,
+        [sys.executable, "-m", "license_keeper.testing.demo"],
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "Secret writes by the new keeper: 0; resourceVersion unchanged: True" in out.stdout
     assert "Secret writes: 1 (rotate)" in out.stdout
-    assert out.stdout.count("proves:") == 4
+    assert "the running gateway runs the rotated license" in out.stdout
+    assert 'license_keeper_delivery_state{state="drift"} = 1' in out.stdout
+    assert out.stdout.count("proves:") == 5

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from license_keeper.agent import Keeper
-from license_keeper.config import Settings
+from license_keeper.config import load_settings
 from license_keeper.konnect import KonnectClient
 from license_keeper.kube import Kube
 from license_keeper.testing.controlplane import ControlPlane, ServiceAccountAccess
@@ -52,7 +52,7 @@ async def make_keeper(
     kubes: list[Kube] = []
 
     def make(**overrides: Any) -> Keeper:
-        settings = Settings(
+        settings = load_settings(
             namespace=namespace,
             probe_addr="127.0.0.1:0",
             metrics_addr="127.0.0.1:0",
@@ -97,7 +97,7 @@ async def test_a_dead_elector_ends_the_leading_keeper_with_exit_1(
         code = await asyncio.wait_for(serving, 30)
     assert code == 1
     assert "background task 'election' ended unexpectedly (RuntimeError" in caplog.text
-    assert not keeper.may_write()
+    assert not keeper.leading_now()
 
 
 async def test_a_dead_watch_ends_the_keeper_instead_of_leaving_it_half_alive(

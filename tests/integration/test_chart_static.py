@@ -10,6 +10,7 @@ is a FAILURE with instructions, never a skip: a chart nobody rendered must not l
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import os
@@ -168,6 +169,7 @@ def test_every_alert_has_a_firing_and_a_non_firing_case() -> None:
         "LicenseKeeperSecretNotPresent",
         "LicenseKeeperNoLeader",
         "LicenseKeeperGatewayLicenseMismatch",
+        "LicenseDeliveryDrift",
     }
     assert set(_alert_names()) == expected
     for name in expected:
@@ -196,6 +198,8 @@ def test_helm_lint() -> None:
     assert proc.returncode == 0, f"helm lint failed:\n{proc.stdout}\n{proc.stderr}"
     proc = run([tool("helm", "helm"), "lint", "--strict", str(CHART), *set_args({**REQUIRED, **NON_DEFAULT})])
     assert proc.returncode == 0, f"helm lint (non-default values) failed:\n{proc.stdout}\n{proc.stderr}"
+    proc = run([tool("helm", "helm"), "lint", "--strict", str(CHART), *set_args({**REQUIRED, **DELIVERY_ALL})])
+    assert proc.returncode == 0, f"helm lint (delivery values) failed:\n{proc.stdout}\n{proc.stderr}"
 
 
 @pytest.mark.parametrize("missing", sorted(REQUIRED))
@@ -264,7 +268,7 @@ def test_role_rules(variant: tuple[str, dict[str, Any], list[dict[str, Any]]]) -
             "apiGroups": ["coordination.k8s.io"],
             "resources": ["leases"],
             "resourceNames": [lease],
-            "verbs": ["get", "update"],
+            "verbs": ["get", "update", "list", "watch"],
         }
     ]
     assert [r["verbs"] for r in lease_rules if not r.get("resourceNames")] == [["create"]]
@@ -426,7 +430,9 @@ def test_runbook_base_url_can_be_replaced() -> None:
     objs = render({"prometheusRule.enabled": True, "prometheusRule.runbookBaseUrl": "https://wiki.example.com/lk/"})
     pr = only(objs, "PrometheusRule")
     urls = [r["annotations"]["runbook_url"] for g in pr["spec"]["groups"] for r in g["rules"]]
-    assert urls and all(re.fullmatch(r"https://wiki\.example\.com/lk#licensekeeper[a-z]+", u) for u in urls), urls
+    assert urls and all(
+        re.fullmatch(r"https://wiki\.example\.com/lk#license(keeper|delivery)[a-z]+", u) for u in urls
+    ), urls
 
 
 # ------------------------------------------------------------ the rendered RBAC on a real API server
@@ -535,7 +541,7 @@ def test_rendered_environment_is_accepted_by_the_keeper_settings(
     variant: tuple[str, dict[str, Any], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every LICENSE_KEEPER_* variable the chart sets is a setting `license-keeper run` knows, with a valid value."""
-    from license_keeper.config import Settings
+    from license_keeper.config import Settings, load_settings
 
     _, values, objs = variant
     _, c = _container(objs)
@@ -545,9 +551,9 @@ def test_rendered_environment_is_accepted_by_the_keeper_settings(
     env = {e["name"]: e["value"] for e in c["env"] if e["name"].startswith("LICENSE_KEEPER_")}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    known = {"LICENSE_KEEPER_" + f.upper() for f in Settings.model_fields}
+    known = {"LICENSE_KEEPER_" + f.name.upper() for f in dataclasses.fields(Settings)}
     assert set(env) <= known, f"unknown settings: {set(env) - known}"
-    settings = Settings()
+    settings = load_settings()
     secret_name, lease = _expected_names(values)
     assert settings.effective_secret_name == secret_name
     assert settings.effective_lease_name == lease
@@ -562,7 +568,7 @@ def test_helm_lifecycle_keeps_the_license(controlplane: Any, namespace: str) -> 
     pre-created Secret carries the adopt annotation: the keeper must still count it as its own.
     """
     from license_keeper.kube import Kube
-    from license_keeper.policy import WriteAction, may_write, plan_write
+    from license_keeper.policy import WriteAction, manageable, plan_write
     from license_keeper.store import SecretStore, SyncOutcome, snapshot_from
     from license_keeper.testing.licenses import make_record
 
@@ -578,7 +584,7 @@ def test_helm_lifecycle_keeps_the_license(controlplane: Any, namespace: str) -> 
     live = controlplane.must("GET", secret_path)
     assert not live.get("data")
     assert live["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    assert may_write(snapshot_from(live))
+    assert manageable(snapshot_from(live))
 
     # the keeper fills it, with its own store code
     record = make_record(updated_at=1_700_000_000)
@@ -595,7 +601,7 @@ def test_helm_lifecycle_keeps_the_license(controlplane: Any, namespace: str) -> 
     helm_run("upgrade", RELEASE, str(CHART), *set_args({**REQUIRED, "logLevel": "debug"}))
     after = controlplane.must("GET", secret_path)
     assert after["data"] == live["data"], "helm upgrade must not touch the license"
-    assert may_write(snapshot_from(after)), "after an upgrade the keeper must still own the Secret"
+    assert manageable(snapshot_from(after)), "after an upgrade the keeper must still own the Secret"
     assert plan_write(snapshot_from(after), record).action == WriteAction.NONE, "no repair write after an upgrade"
 
     helm_run("uninstall", RELEASE)
@@ -608,3 +614,213 @@ def test_helm_lifecycle_keeps_the_license(controlplane: Any, namespace: str) -> 
     helm_run("uninstall", RELEASE)
     deployments = f"/apis/apps/v1/namespaces/{namespace}/deployments"
     assert controlplane.must("GET", deployments)["items"] == []
+
+
+# ------------------------------------------------------------------------------------------ delivery
+DELIVERY_ALL: dict[str, Any] = {
+    "delivery.period": "5m",
+    "delivery.adminApi.urls[0]": "https://kong-cp-admin.kong:8444",
+    "delivery.adminApi.urls[1]": "https://kong-cp-admin.edge:8444",
+    "delivery.adminApi.tokenSecretName": "kong-admin-token",
+    "delivery.adminApi.clientCertSecretName": "kong-admin-client",
+    "delivery.adminApi.caSecretName": "kong-admin-ca",
+    "delivery.kongLicense.name": "kong-license",
+    "delivery.restart.deployments[0]": "kong-gateway",
+    "delivery.restart.statefulSets[0]": "kong-db",
+}
+
+
+def _env(objs: list[dict[str, Any]]) -> dict[str, str]:
+    _, c = _container(objs)
+    return {e["name"]: e.get("value", "") for e in c["env"]}
+
+
+def _delivery_rbac(objs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    cluster = [o for o in objs if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    restart = [o for o in objs if o["kind"] in ("Role", "RoleBinding") and o["metadata"]["name"].endswith("-restart")]
+    return cluster, restart
+
+
+def test_delivery_is_off_by_default() -> None:
+    objs = render()
+    assert not [k for k in _env(objs) if k.startswith(("LICENSE_KEEPER_DELIVER", "LICENSE_KEEPER_DELIVERY"))]
+    assert _delivery_rbac(objs) == ([], [])
+
+
+def test_delivery_targets_render_settings_mounts_and_rbac(monkeypatch: pytest.MonkeyPatch) -> None:
+    from license_keeper.config import load_settings
+
+    objs = render(DELIVERY_ALL)
+    env = _env(objs)
+    assert env["LICENSE_KEEPER_DELIVER"] == (
+        "admin-api=https://kong-cp-admin.kong:8444,admin-api=https://kong-cp-admin.edge:8444,"
+        "konglicense=kong-license,restart=deployment/kong-gateway,restart=statefulset/kong-db"
+    )
+    assert env["LICENSE_KEEPER_DELIVERY_PERIOD"] == "5m"
+    dep, c = _container(objs)
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    vols = {v["name"]: v["secret"] for v in dep["spec"]["template"]["spec"]["volumes"] if "secret" in v}
+    for env_name, secret in (
+        ("LICENSE_KEEPER_DELIVER_ADMIN_TOKEN_FILE", "kong-admin-token"),
+        ("LICENSE_KEEPER_DELIVER_ADMIN_CLIENT_CERT_FILE", "kong-admin-client"),
+        ("LICENSE_KEEPER_DELIVER_ADMIN_CLIENT_KEY_FILE", "kong-admin-client"),
+        ("LICENSE_KEEPER_DELIVER_ADMIN_CA_FILE", "kong-admin-ca"),
+    ):
+        path = Path(env[env_name])
+        volume = vols[mounts[str(path.parent)]]
+        assert volume["secretName"] == secret
+        assert path.name in {i["path"] for i in volume["items"]}
+
+    # the rendered settings are valid for the keeper
+    for name in list(os.environ):
+        if name.startswith(("LICENSE_KEEPER_", "CONTROLLER_KONNECT_")):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith("LICENSE_KEEPER_"):
+            monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert [t.kind for t in settings.delivery_targets()] == [
+        "admin-api",
+        "admin-api",
+        "konglicense",
+        "restart",
+        "restart",
+    ]
+    assert settings.delivery_period == 300.0
+
+    cluster, restart = _delivery_rbac(objs)
+    (cr,) = [o for o in cluster if o["kind"] == "ClusterRole"]
+    assert cr["rules"] == [
+        {
+            "apiGroups": ["configuration.konghq.com"],
+            "resources": ["konglicenses"],
+            "resourceNames": ["kong-license"],
+            "verbs": ["get", "patch"],
+        },
+        {"apiGroups": ["configuration.konghq.com"], "resources": ["konglicenses"], "verbs": ["create"]},
+        {"apiGroups": ["configuration.konghq.com"], "resources": ["konglicenses"], "verbs": ["list"]},
+    ]
+    (crb,) = [o for o in cluster if o["kind"] == "ClusterRoleBinding"]
+    assert crb["roleRef"]["name"] == cr["metadata"]["name"] and NAMESPACE in cr["metadata"]["name"]
+    assert crb["subjects"] == [
+        {"kind": "ServiceAccount", "name": only(objs, "ServiceAccount")["metadata"]["name"], "namespace": NAMESPACE}
+    ]
+    (role,) = [o for o in restart if o["kind"] == "Role"]
+    assert role["rules"] == [
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments"],
+            "resourceNames": ["kong-gateway"],
+            "verbs": ["get", "patch"],
+        },
+        {"apiGroups": ["apps"], "resources": ["statefulsets"], "resourceNames": ["kong-db"], "verbs": ["get", "patch"]},
+    ]
+    for obj in [*cluster, *restart]:
+        for rule in obj.get("rules", []):
+            assert set(rule["verbs"]) <= {"get", "patch", "create", "list"}, "never delete, update or watch"
+
+
+@pytest.mark.parametrize(
+    ("values", "cluster_role", "restart_role"),
+    [
+        ({"delivery.adminApi.urls[0]": "https://kong:8444"}, False, False),
+        ({"delivery.kongLicense.name": "kl"}, True, False),
+        ({"delivery.restart.deployments[0]": "gw"}, False, True),
+        ({"delivery.kongLicense.name": "kl", "rbac.create": False}, False, False),
+    ],
+)
+def test_each_targets_rbac_only_when_enabled(values: dict[str, Any], cluster_role: bool, restart_role: bool) -> None:
+    cluster, restart = _delivery_rbac(render(values))
+    assert bool(cluster) is cluster_role and bool(restart) is restart_role
+
+
+def test_konglicense_without_detect_competing_has_no_list() -> None:
+    cluster, _ = _delivery_rbac(
+        render({"delivery.kongLicense.name": "kl", "delivery.kongLicense.detectCompeting": False})
+    )
+    (cr,) = [o for o in cluster if o["kind"] == "ClusterRole"]
+    assert all("list" not in r["verbs"] for r in cr["rules"])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"delivery.adminApi.urls[0]": "kong:8444"},
+        {"delivery.adminApi.urls[0]": "https://user:pw@kong:8444"},
+        {"delivery.kongLicense.name": "Bad_Name"},
+        {"delivery.restart.deployments[0]": "Bad_Name"},
+        {"delivery.period": "ten minutes"},
+        {"delivery.nonsense": "x"},
+    ],
+)
+def test_schema_rejects_bad_delivery_values(bad: dict[str, Any]) -> None:
+    assert template(bad).returncode != 0
+
+
+def test_rendered_delivery_rbac_on_a_real_api_server(controlplane: Any, namespace: str) -> None:
+    from license_keeper.testing.kic import KONGLICENSES, install_konglicense_crd
+
+    install_konglicense_crd(controlplane)
+    kl_name = f"kl-{namespace}"
+    values = {"delivery.kongLicense.name": kl_name, "delivery.restart.deployments[0]": "kong-gateway"}
+    proc = run(
+        [
+            tool("helm", "helm"),
+            "template",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            namespace,
+            *set_args({**REQUIRED, **values}),
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr
+    objs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    paths = {
+        **_PATHS,
+        "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        "ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+    }
+    for o in objs:
+        resp = controlplane.request("POST", paths[o["kind"]].format(ns=namespace), o)
+        assert resp.status == 201, f"{o['kind']}/{o['metadata']['name']}: {resp.status} {resp.body.get('message')}"
+    token = controlplane.request_token(namespace, only(objs, "ServiceAccount")["metadata"]["name"])
+
+    def call(method: str, path: str, body: Any = None) -> int:
+        return int(controlplane.request(method, path, body, token=token).status)
+
+    def kl(name: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "configuration.konghq.com/v1alpha1",
+            "kind": "KongLicense",
+            "metadata": {"name": name},
+            "rawLicenseString": "{}",
+        }
+
+    assert call("POST", KONGLICENSES, kl(kl_name)) == 201
+    assert call("GET", f"{KONGLICENSES}/{kl_name}") == 200
+    assert call("GET", KONGLICENSES) == 200
+    assert call("DELETE", f"{KONGLICENSES}/{kl_name}") == 403
+    other = f"other-{namespace}"
+    assert controlplane.request("POST", KONGLICENSES, kl(other)).status == 201
+    assert call("GET", f"{KONGLICENSES}/{other}") == 403
+
+    deployments = f"/apis/apps/v1/namespaces/{namespace}/deployments"
+    for name in ("kong-gateway", "not-ours"):
+        body = {
+            "metadata": {"name": name},
+            "spec": {
+                "selector": {"matchLabels": {"a": name}},
+                "template": {
+                    "metadata": {"labels": {"a": name}},
+                    "spec": {"containers": [{"name": "c", "image": "kong"}]},
+                },
+            },
+        }
+        # (only the admin creates these; the keeper never creates workloads)
+        assert call("POST", deployments, body) == 403
+        assert controlplane.request("POST", deployments, body).status == 201
+    assert call("GET", f"{deployments}/kong-gateway") == 200
+    assert call("GET", f"{deployments}/not-ours") == 403
+    assert call("GET", f"/apis/apps/v1/namespaces/{namespace}/statefulsets/kong-gateway") == 403
+    assert call("DELETE", f"{deployments}/kong-gateway") == 403

@@ -26,14 +26,14 @@ from ..conftest import ServiceAccountFactory
 
 LEASE = "kong-license-keeper"
 LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD = 3.0, 2.0, 0.5
-# Exactly what the chart grants: get/update on the one Lease by name, create on leases (RBAC cannot
-# restrict create by name).
+# Exactly what the chart grants: get/update/list/watch on the one Lease by name, create on leases
+# (RBAC cannot restrict create by name).
 RULES: list[dict[str, Any]] = [
     {
         "apiGroups": ["coordination.k8s.io"],
         "resources": ["leases"],
         "resourceNames": [LEASE],
-        "verbs": ["get", "update"],
+        "verbs": ["get", "update", "list", "watch"],
     },
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
 ]
@@ -265,6 +265,30 @@ async def test_release_hands_over_within_a_retry_period(
     assert spec["holderIdentity"] == successor.elector.identity
     assert spec["leaseTransitions"] == 1
     await leader.elector.release()  # a second release is harmless
+
+
+async def test_a_watching_follower_takes_a_released_lease_at_once(
+    replicas: Callable[..., Any], controlplane: ControlPlane, namespace: str
+) -> None:
+    """Followers watch the Lease (with the chart's rules: list/watch by name), so a release is taken
+    as soon as it is seen, not at the next retry. The retry period here is 8 s; the audit log shows
+    the follower's watch was allowed, so the fast takeover is the watch's doing."""
+    leader, follower = await replicas(2, lease_duration=30.0, renew_deadline=20.0, retry_period=8.0)
+    first = await wait_for_leader([leader, follower], within=10)
+    other = follower if first is leader else leader
+    await asyncio.sleep(2.0)  # the follower has listed the Lease and opened its watch
+    released = time.monotonic()
+    await first.elector.release()
+    await wait_for_leader([other], within=10)
+    handover = time.monotonic() - released
+    print(f"\nhandover after release with an 8 s retry period: {handover:.2f} s")
+    assert handover < 1.5
+    watches = [
+        e
+        for e in controlplane.audit_entries(namespace=namespace, resource="leases")
+        if e.verb == "watch" and e.username.endswith(other.elector.identity.removesuffix("-replica"))
+    ]
+    assert watches and all(e.code == 200 for e in watches), [e.brief() for e in watches]
 
 
 async def test_release_of_a_follower_leaves_the_lease_alone(

@@ -361,3 +361,11 @@ def test_restore_checks_updated_at_with_the_one_parser(tmp_path: Path, updated_a
 def test_restore_of_a_backup_with_a_lone_surrogate_is_a_clear_error(tmp_path: Path) -> None:
     f = _backup(tmp_path, id="\udc80")
     assert_one_line_error(invoke("restore", "-f", str(f), "--namespace=x"), "license id: is not valid Unicode")
+
+
+def test_run_help_lists_delivery_options() -> None:
+    result = invoke("run", "--help")
+    assert result.exit_code == 0
+    for flag in ("--deliver ", "--deliver-admin-token-file", "--deliver-admin-ca-file", "--delivery-period"):
+        assert flag in result.output
+    assert "LICENSE_KEEPER_DELIVER]" in result.output

@@ -312,3 +312,46 @@ def test_an_empty_prefixed_variable_does_not_hide_kics_name(monkeypatch: pytest.
     monkeypatch.setenv("LICENSE_KEEPER_KONNECT_ADDRESS", "")
     monkeypatch.setenv("CONTROLLER_KONNECT_ADDRESS", "https://eu.kic.api.konghq.com")
     assert load_settings().konnect_address == "https://eu.kic.api.konghq.com"
+
+
+# --- delivery targets -----------------------------------------------------------------------------------
+
+
+def test_no_delivery_targets_by_default() -> None:
+    s = load_settings()
+    assert s.deliver == [] and s.delivery_targets() == []
+    assert s.delivery_period == 600.0 and s.deliver_admin_timeout == 10.0
+
+
+def test_deliver_from_env_is_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "LICENSE_KEEPER_DELIVER", "admin-api=https://kong-cp:8444/, konglicense=kong ,restart=deployment/gw"
+    )
+    monkeypatch.setenv("LICENSE_KEEPER_DELIVERY_PERIOD", "5m")
+    s = load_settings()
+    assert s.deliver == ["admin-api=https://kong-cp:8444", "konglicense=kong", "restart=deployment/gw"]
+    assert [t.kind for t in s.delivery_targets()] == ["admin-api", "konglicense", "restart"]
+    assert s.delivery_period == 300.0
+    # a flag wins over the environment
+    assert load_settings(deliver=("restart=statefulset/kong",)).deliver == ["restart=statefulset/kong"]
+
+
+@pytest.mark.parametrize(
+    ("given", "words"),
+    [
+        (("admin-api=kong:8444",), "http(s)://"),
+        (("konglicense=Bad",), "lowercase DNS"),
+        (("restart=daemonset/x",), "deployment/<name>"),
+        (("konglicense=a", "konglicense=a"), "twice"),
+        (("nope=x",), "unknown delivery target"),
+    ],
+)
+def test_bad_delivery_targets_fail_in_one_line(given: tuple[str, ...], words: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(deliver=given)
+    assert "--deliver" in str(exc.value) and words in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_admin_client_cert_needs_its_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="go together"):
+        load_settings(deliver_admin_client_cert_file=tmp_path / "c.pem")

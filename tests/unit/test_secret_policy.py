@@ -28,7 +28,7 @@ from license_keeper.policy import (
     content_matches,
     data_matches,
     desired_secret,
-    may_write,
+    manageable,
     merged_secret_fields,
     plan_write,
     record_from_secret,
@@ -75,7 +75,7 @@ def written(r: LicenseRecord, **extra: Any) -> SecretSnapshot:
 NON_UTF8 = b"\xff\xfe\x00garbage\xc3"
 
 
-# name: (snapshot, may_write, secret_state, record_from_secret, plan_write(snapshot, HELD))
+# name: (snapshot, manageable, secret_state, record_from_secret, plan_write(snapshot, HELD))
 CASES: dict[str, tuple[SecretSnapshot, bool, SecretState, LicenseRecord | str | None, WritePlan]] = {
     "missing": (
         SecretSnapshot.missing(),
@@ -263,7 +263,7 @@ CASES: dict[str, tuple[SecretSnapshot, bool, SecretState, LicenseRecord | str | 
 @pytest.mark.parametrize("case", list(CASES))
 def test_secret_table(case: str) -> None:
     s, writable, state, record, plan = CASES[case]
-    assert may_write(s) is writable
+    assert manageable(s) is writable
     assert secret_state(s, HELD) is state
     got = record_from_secret(s)
     if record == "invalid":
@@ -466,7 +466,7 @@ def test_any_secret_content_is_classified_without_raising(
     if state is SecretState.FOREIGN:
         assert plan.action in (WriteAction.NONE, WriteAction.REFUSE)
     if plan.action is WriteAction.UPDATE:
-        assert may_write(s)
+        assert manageable(s)
         assert held is not None
         if s.immutable:  # an immutable Secret's data is never changed, only our labels/annotations
             assert data_matches(s, desired_secret(held))

@@ -82,3 +82,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
 {{- end }}
+
+{{/* The --deliver targets, comma-separated (LICENSE_KEEPER_DELIVER); empty when delivery is off. */}}
+{{- define "license-keeper.deliverTargets" -}}
+{{- $targets := list -}}
+{{- range .Values.delivery.adminApi.urls }}{{ $targets = append $targets (printf "admin-api=%s" .) }}{{ end -}}
+{{- with .Values.delivery.kongLicense.name }}{{ $targets = append $targets (printf "konglicense=%s" .) }}{{ end -}}
+{{- range .Values.delivery.restart.deployments }}{{ $targets = append $targets (printf "restart=deployment/%s" .) }}{{ end -}}
+{{- range .Values.delivery.restart.statefulSets }}{{ $targets = append $targets (printf "restart=statefulset/%s" .) }}{{ end -}}
+{{- join "," $targets -}}
+{{- end }}

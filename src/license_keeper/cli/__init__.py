@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +23,7 @@ from .common import (
     EXIT_VALID,
     api_client,
     connect,
+    delivery_options,
     env_help,
     fail,
     konnect_client,
@@ -60,6 +59,7 @@ def main() -> None:
 @main.command()
 @konnect_options
 @secret_options
+@delivery_options
 @opt(
     "initial-polling-period",
     "Poll period while no valid license is held, or it expires within --renew-before.  [default: 1m]",
@@ -135,6 +135,9 @@ def sync(once: bool, probe_addr: str | None, **flags: Any) -> None:
     if not once:
         host, port = parse_addr(addr)
         host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        import urllib.error  # here, not at the top: `run` starts faster without urllib.request
+        import urllib.request
+
         try:
             req = urllib.request.Request(f"http://{host}:{port}/sync", method="POST", data=b"")
             with urllib.request.urlopen(req, timeout=5) as r:

@@ -157,7 +157,7 @@ def restore(file: Path, force: bool, **flags: Any) -> None:
     Refuses to replace a better license unless --force. Works with or without a running keeper;
     a running keeper sees the change through its watch and takes the restored license.
     """
-    from ..policy import SecretState, may_write
+    from ..policy import SecretState, manageable
     from ..store import SecretStore, StoreError
 
     settings = settings_from(**flags)
@@ -175,7 +175,7 @@ def restore(file: Path, force: bool, **flags: Any) -> None:
             current = await store.read()
             now = datetime.now(UTC)
             in_secret = record_from_secret(current, now=now)
-            if current.exists and not may_write(current):
+            if current.exists and not manageable(current):
                 fail(f"{what} is not managed by license-keeper; left untouched")
             if in_secret is not None and is_better(in_secret, record, now) and not force:
                 rule = deciding_rule(in_secret, record, now)
@@ -191,9 +191,9 @@ def restore(file: Path, force: bool, **flags: Any) -> None:
             await api.close()
         if outcome.refused is SecretState.IMMUTABLE:
             fail(f"{what} is immutable; cannot restore into it")
-        click.echo(
-            f"{what}: " + ("restored" if outcome.wrote else "already holds this license") + f" ({describe(record)})"
-        )
+        forced = outcome.wrote and in_secret is not None and is_better(in_secret, record, now)
+        verb = "restored by force" if forced else "restored" if outcome.wrote else "already holds this license"
+        click.echo(f"{what}: {verb} ({describe(record)})")
         return 0
 
     sys.exit(run_async(go()))

@@ -108,6 +108,37 @@ def konnect_options(f: F) -> F:
     return f
 
 
+def _no_empty(_: click.Context, __: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...] | None:
+    # an absent repeatable flag must not hide LICENSE_KEEPER_DELIVER
+    return value or None
+
+
+def delivery_options(f: F) -> F:
+    """Delivering the license to running gateways (docs/operations.md, "Delivery")."""
+    for deco in reversed(
+        [
+            click.option(
+                "--deliver",
+                multiple=True,
+                callback=_no_empty,
+                help=env_help(
+                    "deliver",
+                    "Deliver the license to a gateway: admin-api=https://HOST:8444, konglicense=NAME or "
+                    "restart=deployment/NAME (or statefulset/NAME). Repeatable; the env value is comma-separated.",
+                ),
+            ),
+            opt("deliver-admin-token-file", "File holding the Kong-Admin-Token for admin-api targets."),
+            opt("deliver-admin-client-cert-file", "Client certificate (PEM) for admin-api targets."),
+            opt("deliver-admin-client-key-file", "Key of that client certificate (PEM)."),
+            opt("deliver-admin-ca-file", "CA bundle to verify admin-api targets, instead of the system trust store."),
+            opt("deliver-admin-timeout", "Timeout of one Admin API request.  [default: 10s]"),
+            opt("delivery-period", "Deliver to and check every target this often (repairs drift).  [default: 10m]"),
+        ]
+    ):
+        f = deco(f)
+    return f
+
+
 def settings_from(**given: Any) -> Settings:
     try:
         return load_settings(**given)

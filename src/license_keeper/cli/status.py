@@ -21,6 +21,7 @@ from .common import (
     EXIT_EXPIRING,
     EXIT_VALID,
     connect,
+    delivery_options,
     fail,
     load_json,
     opt,
@@ -69,14 +70,22 @@ def exit_code_for(state: str) -> int:
 @secret_options
 @opt("renew-before", "Report 'expiring' (exit 1) when the license expires within this.  [default: 7d]")
 @opt("lease-name", "Lease to report the leader from.  [default: <controller-name>-license-keeper]")
+@delivery_options
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def status(output: str, **flags: Any) -> None:
-    """Show the license in the Secret. Exit 0 valid, 1 expiring, 2 expired, missing, foreign or invalid."""
+    """Show the license in the Secret. Exit 0 valid, 1 expiring, 2 expired, missing, foreign or invalid.
+
+    With --deliver (or LICENSE_KEEPER_DELIVER, as the keeper's pod has it), also reads back what each
+    delivery target runs (read only: nothing is written) and lists it with its state.
+    """
+    from ..deliver import deliverer_from_settings, render_reports
     from ..election import read_holder
     from ..kube import KubeError
+    from ..observe import setup_logging
     from ..store import SecretStore, StoreError
 
     settings = settings_from(**flags)
+    setup_logging("text", "error")  # the report says it all; the read-back's own log lines would repeat it
 
     async def go() -> int:
         namespace, api = await connect(settings)
@@ -92,13 +101,22 @@ def status(output: str, **flags: Any) -> None:
                 holder = lease.holder if lease is not None else None
             except KubeError:  # status must work with only Secret read access
                 holder = None
+            deliverer = deliverer_from_settings(settings, api, namespace=namespace)
+            try:
+                now = datetime.now(UTC)
+                deliveries = await deliverer.check(record_from_secret(snapshot, now=now))
+            finally:
+                await deliverer.close()
         finally:
             await api.close()
-        report = status_report(snapshot, settings, namespace, holder, datetime.now(UTC))
+        report = status_report(snapshot, settings, namespace, holder, now)
+        report["delivery"] = [{"target": d.target, "state": d.state.value, "reason": d.reason} for d in deliveries]
         if output == "json":
             click.echo(json.dumps(report, indent=2))
         else:
             click.echo(render_status(report))
+            if deliveries:
+                click.echo(render_reports(deliveries))
         return exit_code_for(report["state"])
 
     sys.exit(run_async(go()))

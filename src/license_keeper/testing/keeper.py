@@ -37,7 +37,8 @@ def keeper_rules(secret_name: str, lease_name: str, *, allow_create: bool = True
             "apiGroups": ["coordination.k8s.io"],
             "resources": ["leases"],
             "resourceNames": [lease_name],
-            "verbs": ["get", "update"],
+            # list and watch with a metadata.name field selector: followers watch for the release.
+            "verbs": ["get", "update", "list", "watch"],
         },
         # RBAC cannot limit create by name: a new object has no name to match yet.
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},

@@ -3,11 +3,16 @@
 1. The keeper fetches the license from Konnect and persists it to the Secret.
 2. Konnect goes down and the keeper is killed.
 3. A new keeper starts and is ready from the Secret alone.
-4. Konnect comes back with a rotated license: exactly one write.
+4. Konnect comes back with a rotated license: exactly one write, and the running gateway (a Kong
+   Admin API stand-in) runs the rotated license without a restart.
+5. Someone pins the gateway to another license (KONG_LICENSE_DATA): the keeper reports drift, and
+   `delivered` again once the pin is gone.
 
 Everything runs for real: etcd and kube-apiserver (RBAC, encryption at rest), the keeper as its own
-process under a ServiceAccount that may touch only its Secret, Lease and Events, and a Konnect
-stand-in speaking mutual TLS. It cleans up after itself.
+process under a ServiceAccount that may touch only its Secret, Lease and Events, a Konnect stand-in
+speaking mutual TLS and a Kong Admin API stand-in over TLS. It cleans up after itself. It lives in
+the testing package (it needs the stand-ins, i.e. the `testing` extra): `make demo`, or
+`python -m license_keeper.testing.demo`.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .testing.controlplane import ControlPlane, ControlPlaneError
-from .testing.keeper import KeeperProcess, KonnectEndpoint, keeper_rules
-from .testing.konnect import KonnectStandIn
+from .controlplane import ControlPlane, ControlPlaneError
+from .keeper import KeeperProcess, KonnectEndpoint, keeper_rules
+from .kong import KongStandIn
+from .konnect import KonnectStandIn
+from .licenses import make_document
 
 NAMESPACE = "kong"
 SECRET = "kong-license"
@@ -40,7 +47,7 @@ def proves(text: str) -> None:
     print(f"   \033[32mproves:\033[0m {text}", flush=True)
 
 
-async def status(cp: ControlPlane) -> int:
+async def status(cp: ControlPlane, extra: tuple[str, ...] = ()) -> int:
     out = await asyncio.to_thread(
         subprocess.run,
         [
@@ -50,6 +57,7 @@ async def status(cp: ControlPlane) -> int:
             "status",
             f"--kubeconfig={cp.admin_kubeconfig}",
             f"--namespace={NAMESPACE}",
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -79,9 +87,15 @@ async def demo(workdir: Path) -> None:
         access = cp.service_account(NAMESPACE, "license-keeper", keeper_rules(SECRET, LEASE))
         print(f"   ServiceAccount {NAMESPACE}/license-keeper: get/update/watch on Secret {SECRET} only, no delete")
 
-        async with KonnectStandIn(tls_dir=workdir / "konnect-tls") as konnect:
+        async with (
+            KonnectStandIn(tls_dir=workdir / "konnect-tls") as konnect,
+            KongStandIn(tls_dir=workdir / "kong-tls") as kong,
+        ):
             print(f"   Konnect stand-in (mutual TLS) at {konnect.address}")
+            print(f"   Kong gateway stand-in (Admin API over TLS) at {kong.address}")
             endpoint = KonnectEndpoint.of(konnect)
+            target = f"admin-api={kong.address}"
+            deliver = (f"--deliver={target}", f"--deliver-admin-ca-file={kong.tls.ca_file}", "--delivery-period=5s")
 
             def keeper(name: str) -> KeeperProcess:
                 k = KeeperProcess(
@@ -90,6 +104,7 @@ async def demo(workdir: Path) -> None:
                     konnect=endpoint,
                     workdir=workdir / "keepers",
                     name=name,
+                    args=deliver,
                 )
                 keepers.append(k)
                 return k.start()
@@ -143,14 +158,31 @@ async def demo(workdir: Path) -> None:
             await until(lambda: second.metric("license_keeper_leader") == 1, 40, "leadership")
             second.signal(signal.SIGHUP)  # poll now, as `license-keeper sync` would
             await until(lambda: secret_payload() == rotated.document, 30, "the rotated license")
+            took = await until(lambda: kong.node.active()[1] == rotated.document, 30, "the gateway to run it")
+            print(f"   the running gateway runs the rotated license {took:.1f} s after the Secret write")
             await asyncio.sleep(2)
             writes = await asyncio.to_thread(second.writes)
             print(f"   Secret writes: {writes:.0f} (rotate)")
-            await status(cp)
+            await status(cp, deliver)
             if writes != 1:
                 raise RuntimeError(f"expected exactly one write, saw {writes:.0f}")
-            proves("a newer license is written exactly once; unchanged polls write nothing")
-            say("Done", "all four steps behaved as claimed; cleaning up")
+            proves("a newer license is written exactly once and reaches the running gateway without a restart")
+
+            # 5
+            say("5. Someone pins the gateway to another license (KONG_LICENSE_DATA)")
+            kong.node.env_license = make_document()  # another license than the keeper's
+
+            def delivery(state: str) -> bool:
+                return second.metric(f'license_keeper_delivery_state{{state="{state}",target="{target}"}}') == 1
+
+            took = await until(lambda: delivery("drift"), 30, "the drift")
+            print(f'   license_keeper_delivery_state{{state="drift"}} = 1 after {took:.1f} s')
+            await status(cp, deliver)
+            kong.node.env_license = None
+            took = await until(lambda: delivery("delivered"), 30, "delivered again")
+            print(f'   pin removed: license_keeper_delivery_state{{state="delivered"}} = 1 after {took:.1f} s')
+            proves("the keeper reports what each gateway really runs, and why it differs")
+            say("Done", "all five steps behaved as claimed; cleaning up")
     finally:
         for k in keepers:
             k.kill()

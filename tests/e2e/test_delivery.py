@@ -1,0 +1,118 @@
+"""A keeper process delivering the license to a running gateway (the Kong Admin API stand-in), and
+reporting what the gateway really runs: rotation reaches it live; a license hidden by KONG_LICENSE_DATA
+is drift; the drift clears when the gateway runs the held license again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from lightkube import AsyncClient
+from lightkube.resources.core_v1 import Event
+
+from license_keeper.testing.controlplane import ServiceAccountAccess
+from license_keeper.testing.kong import KongStandIn
+from license_keeper.testing.konnect import KonnectStandIn
+from license_keeper.testing.licenses import make_document
+
+from .conftest import KeeperFactory, leaks, ready, wait_for
+from .test_backup import cli
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture
+async def kong(tmp_path: Path) -> AsyncIterator[KongStandIn]:
+    async with KongStandIn(tls_dir=tmp_path / "kong-tls") as gateway:
+        yield gateway
+
+
+def state(k: object, target: str, value: str) -> float:
+    return k.metric(f'license_keeper_delivery_state{{state="{value}",target="{target}"}}')  # type: ignore[attr-defined]
+
+
+def runs(kong: KongStandIn, document: str) -> bool:
+    active = kong.node.active()
+    return active[1] == document
+
+
+async def test_a_rotation_reaches_the_gateway_live_and_drift_is_reported(
+    keepers: KeeperFactory,
+    konnect: KonnectStandIn,
+    kong: KongStandIn,
+    admin_api: AsyncClient,
+    namespace: str,
+    keeper_access: ServiceAccountAccess,
+) -> None:
+    target = f"admin-api={kong.address}"
+    k = keepers(
+        "keeper-0",
+        f"--deliver={target}",
+        f"--deliver-admin-ca-file={kong.tls.ca_file}",
+        "--delivery-period=2s",
+    )
+    await ready(k)
+    assert konnect.record is not None
+    await wait_for(lambda: runs(kong, konnect.record.document), 20)
+    await wait_for(lambda: state(k, target, "delivered") == 1, 10)
+    assert k.metric(f'license_keeper_delivery_last_success_timestamp_seconds{{target="{target}"}}') > 0
+
+    rotated = konnect.rotate()
+    k.signal(signal.SIGHUP)
+    seconds = await wait_for(lambda: runs(kong, rotated.document), 30)
+    print(f"\nrotated license running on the gateway {seconds:.1f} s after the poll request")
+    rows = list(kong.node.rows.values())
+    assert len(rows) == 1  # one stable row id, updated in place: never a second row, never a delete
+
+    # An operator pins KONG_LICENSE_DATA to the old license: /licenses is hidden, the gateway runs
+    # another license than the one delivered. That is drift, with the reason.
+    kong.node.env_license = make_document()
+    await wait_for(lambda: state(k, target, "drift") == 1, 20)
+    out = await cli(
+        "status",
+        "-o",
+        "json",
+        f"--deliver={target}",
+        f"--deliver-admin-ca-file={kong.tls.ca_file}",
+        access=keeper_access,
+    )
+    report = json.loads(out.stdout)
+    assert report["delivery"] == [{"target": target, "state": "drift", "reason": report["delivery"][0]["reason"]}]
+    assert "KONG_LICENSE_DATA" in report["delivery"][0]["reason"]
+    kong.node.env_license = None
+    await wait_for(lambda: state(k, target, "delivered") == 1, 20)
+    out = await cli(
+        "status", f"--deliver={target}", f"--deliver-admin-ca-file={kong.tls.ca_file}", access=keeper_access
+    )
+    assert out.returncode == 0, out.stderr
+    assert "delivered" in out.stdout and target in out.stdout
+
+    events = [e async for e in admin_api.list(Event, namespace=namespace)]
+    reasons = {e.reason for e in events}
+    assert {"LicenseDelivered", "LicenseDeliveryDrift"} <= reasons
+    assert not leaks("\n".join(f"{e.reason} {e.message}" for e in events))
+    assert "KONG_LICENSE_DATA" in k.logs()
+
+
+async def test_delivery_failures_never_touch_the_secret_or_readiness(
+    keepers: KeeperFactory, konnect: KonnectStandIn, kong: KongStandIn
+) -> None:
+    target = f"admin-api={kong.address}"
+    await kong.set_mode("server_error")
+    k = keepers(
+        "keeper-0",
+        f"--deliver={target}",
+        f"--deliver-admin-ca-file={kong.tls.ca_file}",
+        "--delivery-period=2s",
+    )
+    await ready(k)
+    await wait_for(lambda: state(k, target, "error") == 1, 20)
+    await asyncio.sleep(1)
+    assert k.ready() and k.healthy()
+    assert k.metric('license_keeper_secret_writes_total{reason="create"}') == 1
+    await kong.set_mode("normal")
+    await wait_for(lambda: state(k, target, "delivered") == 1, 40)

@@ -1,0 +1,297 @@
+"""KongLicense and rolling-restart delivery on the real API server, as a ServiceAccount with the chart's RBAC.
+
+No KIC and no kube-controller-manager run: a test-side KIC (testing.kic) applies the newest-creationTimestamp
+rule and writes status; the tests advance Deployment rollout status themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from license_keeper.deliver import KongLicenseTarget, RestartTarget
+from license_keeper.delivery import FINGERPRINT_ANNOTATION, DeliveryState, parse_target
+from license_keeper.kube import Kube
+from license_keeper.license import License
+from license_keeper.testing.controlplane import ControlPlane
+from license_keeper.testing.kic import KONGLICENSES, KongLicenseController, install_konglicense_crd
+from license_keeper.testing.licenses import make_document, make_record
+
+D = DeliveryState
+pytestmark = pytest.mark.controlplane
+
+
+def lic(**kw: Any) -> License:
+    rec = make_record(updated_at=1, document=make_document(**kw))
+    assert rec.license is not None
+    return rec.license
+
+
+# The chart's rules (templates/rbac-delivery.yaml), checked against the rendered chart in test_chart_static.
+def konglicense_rules(name: str, *, can_list: bool = True) -> list[dict[str, Any]]:
+    rules = [
+        {
+            "apiGroups": ["configuration.konghq.com"],
+            "resources": ["konglicenses"],
+            "resourceNames": [name],
+            "verbs": ["get", "patch"],
+        },
+        {"apiGroups": ["configuration.konghq.com"], "resources": ["konglicenses"], "verbs": ["create"]},
+    ]
+    if can_list:
+        rules.append({"apiGroups": ["configuration.konghq.com"], "resources": ["konglicenses"], "verbs": ["list"]})
+    return rules
+
+
+def restart_rules(kind: str, name: str) -> list[dict[str, Any]]:
+    return [{"apiGroups": ["apps"], "resources": [f"{kind}s"], "resourceNames": [name], "verbs": ["get", "patch"]}]
+
+
+def cluster_access(cp: ControlPlane, namespace: str, rules: list[dict[str, Any]]) -> Path:
+    """A ServiceAccount bound to a ClusterRole of exactly ``rules``; its kubeconfig."""
+    sa = f"keeper-{uuid.uuid4().hex[:6]}"
+    cp.create_service_account(namespace, sa)
+    cp.must("POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles", {"metadata": {"name": sa}, "rules": rules})
+    cp.must(
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        {
+            "metadata": {"name": sa},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": sa},
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
+        },
+    )
+    token = cp.request_token(namespace, sa)
+    return cp.write_kubeconfig(
+        cp.workdir / "kubeconfigs" / f"{sa}.kubeconfig", token=token, user=sa, namespace=namespace
+    )
+
+
+@pytest.fixture(scope="module")
+def crd(controlplane: ControlPlane) -> None:
+    install_konglicense_crd(controlplane)
+
+
+@pytest.fixture
+async def kube_for() -> AsyncIterator[Any]:
+    made: list[Kube] = []
+
+    def make(kubeconfig: Path) -> Kube:
+        k = Kube.from_kubeconfig(kubeconfig, timeout=10.0)
+        made.append(k)
+        return k
+
+    yield make
+    for k in made:
+        await k.close()
+
+
+# ------------------------------------------------------------------------------------------- KongLicense
+
+
+async def test_konglicense_delivered_programmed_and_rotated(
+    controlplane: ControlPlane, namespace: str, crd: None, kube_for: Any
+) -> None:
+    name = f"kl-{uuid.uuid4().hex[:8]}"
+    kube = kube_for(await asyncio.to_thread(cluster_access, controlplane, namespace, konglicense_rules(name)))
+    target = KongLicenseTarget(parse_target(f"konglicense={name}"), kube)
+    kic = KongLicenseController(controlplane)
+    first = lic()
+
+    report = await target.deliver(first)
+    assert (report.state, report.wrote) == (D.PENDING, True), report.reason
+    obj = controlplane.must("GET", f"{KONGLICENSES}/{name}")
+    assert obj["rawLicenseString"] == first.document and obj["enabled"] is True
+    assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "license-keeper"
+
+    assert await asyncio.to_thread(kic.reconcile) == name
+    report = await target.check(first)
+    assert report.state is D.DELIVERED and kic.pushed == first.document
+    version = controlplane.must("GET", f"{KONGLICENSES}/{name}")["metadata"]["resourceVersion"]
+    again = await target.deliver(first)
+    assert (again.state, again.wrote) == (D.DELIVERED, False)
+    assert controlplane.must("GET", f"{KONGLICENSES}/{name}")["metadata"]["resourceVersion"] == version
+
+    second = lic()
+    report = await target.deliver(second)
+    assert (report.state, report.wrote) == (D.PENDING, True), "Programmed is for the old generation"
+    await asyncio.to_thread(kic.reconcile)
+    assert (await target.check(second)).state is D.DELIVERED and kic.pushed == second.document
+
+    # someone disables ours: drift, and the next delivery re-enables it
+    resp = await kube.request(
+        "PATCH", f"{KONGLICENSES}/{name}", {"enabled": False}, what="t", content_type="application/merge-patch+json"
+    )
+    assert resp["enabled"] is False
+    assert (await target.check(second)).state is D.DRIFT
+    assert (await target.deliver(second)).wrote is True
+    await asyncio.to_thread(kic.reconcile)
+    assert (await target.check(second)).state is D.DELIVERED
+    controlplane.must("DELETE", f"{KONGLICENSES}/{name}")
+
+
+async def test_a_newer_enabled_konglicense_wins_and_is_reported(
+    controlplane: ControlPlane, namespace: str, crd: None, kube_for: Any
+) -> None:
+    name, rival = f"kl-{uuid.uuid4().hex[:8]}", f"kl-rival-{uuid.uuid4().hex[:6]}"
+    held = lic()
+    for can_list in (True, False):
+        kube = kube_for(
+            await asyncio.to_thread(cluster_access, controlplane, namespace, konglicense_rules(name, can_list=can_list))
+        )
+        target = KongLicenseTarget(parse_target(f"konglicense={name}"), kube)
+        assert (await target.deliver(held)).wrote is (can_list is True)
+        await asyncio.sleep(1.1)  # creationTimestamp has one-second resolution
+        controlplane.must(
+            "POST",
+            KONGLICENSES,
+            {
+                "apiVersion": "configuration.konghq.com/v1alpha1",
+                "kind": "KongLicense",
+                "metadata": {"name": rival},
+                "rawLicenseString": make_document(),
+            },
+        )
+        kic = KongLicenseController(controlplane)
+        assert await asyncio.to_thread(kic.reconcile) == rival
+        report = await target.check(held)
+        assert report.state is D.DRIFT
+        # with list: the keeper names the winner; without: the status condition tells
+        assert (rival in report.reason) if can_list else ("ReplacedByNewer" in report.reason), report.reason
+        controlplane.must("DELETE", f"{KONGLICENSES}/{rival}")
+        assert await asyncio.to_thread(kic.reconcile) == name
+        assert (await target.check(held)).state is D.DELIVERED
+    controlplane.must("DELETE", f"{KONGLICENSES}/{name}")
+
+
+async def test_konglicense_without_rbac_is_a_clear_error(
+    controlplane: ControlPlane, namespace: str, crd: None, kube_for: Any
+) -> None:
+    name = f"kl-{uuid.uuid4().hex[:8]}"
+    kube = kube_for(await asyncio.to_thread(cluster_access, controlplane, namespace, konglicense_rules("other-name")))
+    held = lic()
+    report = await KongLicenseTarget(parse_target(f"konglicense={name}"), kube).deliver(held)
+    assert report.state is D.ERROR and "forbidden" in report.reason
+    assert held.document not in report.reason and held.license_key not in report.reason
+
+
+# ------------------------------------------------------------------------------------------- restarts
+
+
+def deployment(name: str, *, paused: bool = False) -> dict[str, Any]:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 2,
+            "paused": paused,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "kong", "image": "kong/kong-gateway:3.10"}]},
+            },
+        },
+    }
+
+
+def advance_rollout(cp: ControlPlane, path: str, *, updated: int) -> None:
+    """What the deployment controller would write: the generation seen and the updated replicas."""
+    obj = cp.must("GET", path)
+    replicas = obj["spec"]["replicas"]
+    obj["status"] = {
+        "observedGeneration": obj["metadata"]["generation"],
+        "replicas": replicas,
+        "updatedReplicas": updated,
+        "readyReplicas": updated,
+        "availableReplicas": updated,
+    }
+    cp.must("PUT", f"{path}/status", obj)
+
+
+async def test_restart_patches_once_and_waits_for_the_rollout(
+    controlplane: ControlPlane, namespace: str, kube_for: Any
+) -> None:
+    name = "kong-gateway"
+    path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
+    controlplane.must("POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", deployment(name))
+    sa = await asyncio.to_thread(controlplane.service_account, namespace, "keeper", restart_rules("deployment", name))
+    kube = kube_for(sa.kubeconfig)
+    spec = parse_target(f"restart=deployment/{name}")
+    replicas = [RestartTarget(spec, kube, namespace), RestartTarget(spec, kube, namespace)]  # two keepers
+    first = lic()
+
+    report = await replicas[0].deliver(first)
+    assert (report.state, report.wrote) == (D.PENDING, True)
+    obj = controlplane.must("GET", path)
+    generation = obj["metadata"]["generation"]
+    assert obj["spec"]["template"]["metadata"]["annotations"][FINGERPRINT_ANNOTATION] == first.fingerprint
+    second_keeper = await replicas[1].deliver(first)
+    assert second_keeper.wrote is False, "idempotent: a second replica never restarts twice"
+    assert controlplane.must("GET", path)["metadata"]["generation"] == generation
+
+    advance_rollout(controlplane, path, updated=1)
+    assert "1/2 updated" in (await replicas[0].check(first)).reason
+    advance_rollout(controlplane, path, updated=2)
+    assert (await replicas[0].check(first)).state is D.DELIVERED
+
+    # the same content again (a new updated_at only) does not restart
+    assert (await replicas[0].deliver(first)).wrote is False
+    rotated = lic()
+    report = await replicas[0].deliver(rotated)
+    assert (report.state, report.wrote) == (D.PENDING, True)
+    assert controlplane.must("GET", path)["metadata"]["generation"] == generation + 1
+    advance_rollout(controlplane, path, updated=2)
+    assert (await replicas[0].check(rotated)).state is D.DELIVERED
+
+
+async def test_paused_deployment_is_not_patched(controlplane: ControlPlane, namespace: str, kube_for: Any) -> None:
+    name = "kong-paused"
+    path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
+    controlplane.must("POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", deployment(name, paused=True))
+    sa = await asyncio.to_thread(controlplane.service_account, namespace, "keeper", restart_rules("deployment", name))
+    target = RestartTarget(parse_target(f"restart=deployment/{name}"), kube_for(sa.kubeconfig), namespace)
+    report = await target.deliver(lic())
+    assert (report.state, report.wrote) == (D.DRIFT, False) and "paused" in report.reason
+    assert FINGERPRINT_ANNOTATION not in (
+        controlplane.must("GET", path)["spec"]["template"]["metadata"].get("annotations") or {}
+    )
+
+
+async def test_restart_of_an_unnamed_or_missing_workload(
+    controlplane: ControlPlane, namespace: str, kube_for: Any
+) -> None:
+    controlplane.must("POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", deployment("not-ours"))
+    sa = await asyncio.to_thread(controlplane.service_account, namespace, "keeper", restart_rules("deployment", "gw"))
+    kube = kube_for(sa.kubeconfig)
+    forbidden = await RestartTarget(parse_target("restart=deployment/not-ours"), kube, namespace).deliver(lic())
+    assert forbidden.state is D.ERROR and "forbidden" in forbidden.reason
+    missing = await RestartTarget(parse_target("restart=deployment/gw"), kube, namespace).deliver(lic())
+    assert missing.state is D.ERROR and "does not exist" in missing.reason
+
+
+@pytest.mark.parametrize(("strategy", "delivered"), [("RollingUpdate", True), ("OnDelete", False)])
+async def test_restart_statefulset(
+    controlplane: ControlPlane, namespace: str, kube_for: Any, strategy: str, delivered: bool
+) -> None:
+    name = "kong-sts"
+    body = deployment(name)
+    body.update(kind="StatefulSet")
+    body["spec"].pop("paused")
+    body["spec"].update(serviceName="kong", updateStrategy={"type": strategy})
+    path = f"/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}"
+    controlplane.must("POST", f"/apis/apps/v1/namespaces/{namespace}/statefulsets", body)
+    sa = await asyncio.to_thread(controlplane.service_account, namespace, "keeper", restart_rules("statefulset", name))
+    target = RestartTarget(parse_target(f"restart=statefulset/{name}"), kube_for(sa.kubeconfig), namespace)
+    held = lic()
+    assert (await target.deliver(held)).wrote is True
+    advance_rollout(controlplane, path, updated=2)
+    report = await target.check(held)
+    assert report.state is (D.DELIVERED if delivered else D.DRIFT), report.reason
+    assert delivered or "OnDelete" in report.reason

@@ -1,0 +1,374 @@
+"""Pure delivery decisions: target specs, /licenses plans and drift reasons, KongLicense winner, rollouts."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from license_keeper.delivery import (
+    FINGERPRINT_ANNOTATION,
+    DeliveryState,
+    ReportedLicense,
+    diagnose_admin,
+    diagnose_konglicense,
+    diagnose_rollout,
+    konglicense_winner,
+    license_row_id,
+    newest_row,
+    parse_target,
+    plan_admin,
+    plan_konglicense,
+    plan_restart,
+    rollout_finished,
+)
+from license_keeper.license import parse_license
+from license_keeper.testing.licenses import make_document
+
+D, S = DeliveryState, None
+
+# ------------------------------------------------------------------------------------------- specs
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [
+        ("admin-api=https://kong-cp:8444", "admin-api", "https://kong-cp:8444"),
+        ("admin-api=https://kong-cp:8444/", "admin-api", "https://kong-cp:8444"),
+        (" ADMIN-API = http://10.0.0.1:8001 ", "admin-api", "http://10.0.0.1:8001"),
+        ("konglicense=kong-license", "konglicense", "kong-license"),
+        ("restart=deployment/kong-gateway", "restart", "deployment/kong-gateway"),
+        ("restart=StatefulSet/kong", "restart", "statefulset/kong"),
+    ],
+)
+def test_parse_target(text: str, kind: str, value: str) -> None:
+    spec = parse_target(text)
+    assert (spec.kind, spec.value) == (kind, value)
+    assert spec.label == f"{kind}={value}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "admin-api",
+        "admin-api=",
+        "admin-api=kong:8444",
+        "admin-api=https://user:pw@kong:8444",
+        "admin-api=https://kong:8444/?token=x",
+        "konglicense=Bad_Name",
+        "restart=daemonset/kong",
+        "restart=deployment/",
+        "restart=kong",
+        "secret=foo",
+    ],
+)
+def test_parse_target_rejects(text: str) -> None:
+    with pytest.raises(ValueError) as exc:
+        parse_target(text)
+    assert "pw" not in str(exc.value) or "user:pw" not in text
+
+
+def test_row_id_is_stable_uuid5_per_secret() -> None:
+    a = license_row_id("kong", "kong-license")
+    assert a == license_row_id("kong", "kong-license")
+    assert uuid.UUID(a).version == 5
+    assert len({a, license_row_id("kong", "other"), license_row_id("edge", "kong-license")}) == 3
+
+
+# ----------------------------------------------------------------------------------------- /licenses
+
+HELD = make_document(expiration_date="2030-01-01")
+OTHER = make_document(expiration_date="2029-01-01")
+OURS = license_row_id("kong", "kong-license")
+
+
+def row(payload: str, rid: str | None = None, updated: int = 1) -> dict[str, Any]:
+    return {"id": rid or str(uuid.uuid4()), "payload": payload, "created_at": 1, "updated_at": updated}
+
+
+@pytest.mark.parametrize(
+    ("rows", "put"),
+    [
+        ([], True),
+        ([row(OTHER)], True),
+        ([row(OTHER, OURS)], True),
+        ([row(HELD, OURS)], False),
+        ([row(HELD), row(OTHER, OURS)], False),  # someone else's row holds it: a PUT would answer 409
+    ],
+)
+def test_plan_admin(rows: list[dict[str, Any]], put: bool) -> None:
+    assert plan_admin(rows, HELD).put is put
+
+
+@given(st.lists(st.sampled_from([HELD, OTHER, make_document()]), max_size=6))
+def test_plan_admin_puts_exactly_when_no_row_holds_the_license(payloads: list[str]) -> None:
+    rows = [row(p) for p in payloads]
+    assert plan_admin(rows, HELD).put is (HELD not in payloads)
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=8))
+def test_newest_row_has_max_updated_at(stamps: list[tuple[int, int]]) -> None:
+    rows = [{"id": str(i), "payload": "x", "updated_at": u, "created_at": c} for i, (u, c) in enumerate(stamps)]
+    best = newest_row(rows)
+    assert best is not None and best["updated_at"] == max(u for u, _ in stamps)
+
+
+def reported(doc: str | None) -> ReportedLicense:
+    if doc is None:
+        return ReportedLicense("UNLICENSED", "UNLICENSED")
+    lic = parse_license(doc)
+    return ReportedLicense(lic.license_key, lic.expiration_date.isoformat())
+
+
+HIDDEN = make_document(expiration_date="2027-07-07")
+
+
+@pytest.mark.parametrize(
+    ("rows", "runs", "wrote_at", "state", "words"),
+    [
+        ([row(HELD, OURS)], HELD, None, D.DELIVERED, "runs the held license"),
+        ([row(HELD, OURS)], OTHER, 95.0, D.PENDING, "does not report it yet"),
+        ([row(HELD, OURS)], HIDDEN, 95.0 - 1000, D.DRIFT, "KONG_LICENSE_DATA"),
+        ([row(HELD, OURS)], HIDDEN, None, D.DRIFT, "KONG_LICENSE_DATA > license.json > KONG_LICENSE_PATH > DB"),
+        ([row(HELD, OURS, 1), row(OTHER, "x", 2)], OTHER, None, D.DRIFT, "newer /licenses row not written"),
+        ([row(HELD, OURS)], None, None, D.DRIFT, "reports no license although"),
+        ([], None, None, D.DRIFT, "has no license"),
+    ],
+)
+def test_diagnose_admin(
+    rows: list[dict[str, Any]], runs: str | None, wrote_at: float | None, state: DeliveryState, words: str
+) -> None:
+    got, reason = diagnose_admin(parse_license(HELD), rows, reported(runs), OURS, wrote_at=wrote_at, now=100.0)
+    assert got is state and words in reason
+    lic = parse_license(HELD)
+    assert lic.license_key not in reason and lic.signature not in reason
+
+
+def test_same_key_other_expiry_is_drift() -> None:
+    lic = parse_license(HELD)
+    renewed = make_document(license_key=lic.license_key, expiration_date="2031-01-01")
+    state, _ = diagnose_admin(lic, [row(HELD, OURS)], reported(renewed), OURS, wrote_at=None, now=0)
+    assert state is D.DRIFT
+
+
+# ------------------------------------------------------------------------------------------ KongLicense
+
+
+def kl(name: str, ts: str, enabled: bool | None = True, raw: str = HELD, **extra: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "metadata": {"name": name, "creationTimestamp": ts, "generation": 1},
+        "rawLicenseString": raw,
+    }
+    if enabled is not None:
+        obj["enabled"] = enabled
+    obj.update(extra)
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("items", "winner"),
+    [
+        ([], None),
+        ([kl("a", "2024-01-01T00:00:00Z")], "a"),
+        ([kl("a", "2024-01-01T00:00:00Z"), kl("b", "2024-01-02T00:00:00Z")], "b"),
+        ([kl("a", "2024-01-01T00:00:00Z"), kl("b", "2024-01-02T00:00:00Z", enabled=False)], "a"),
+        ([kl("b", "2024-01-01T00:00:00Z"), kl("a", "2024-01-01T00:00:00Z")], "a"),  # tie: smaller name
+        ([kl("ab", "2024-01-01T00:00:00Z"), kl("a", "2024-01-01T00:00:00Z")], "a"),
+        ([kl("a", "2024-01-01T00:00:00Z", enabled=None)], "a"),  # enabled defaults to true
+    ],
+)
+def test_konglicense_winner(items: list[dict[str, Any]], winner: str | None) -> None:
+    assert konglicense_winner(items) == winner
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abcde"), st.integers(0, 3), st.booleans()), max_size=6, unique_by=lambda t: t[0]
+    )
+)
+def test_winner_is_newest_enabled(entries: list[tuple[str, int, bool]]) -> None:
+    items = [kl(n, f"2024-01-0{d + 1}T00:00:00Z", enabled=e) for n, d, e in entries]
+    win = konglicense_winner(items)
+    enabled = [(d, n) for n, d, e in entries if e]
+    if not enabled:
+        assert win is None
+    else:
+        newest = max(d for d, _ in enabled)
+        assert win == min(n for d, n in enabled if d == newest)
+
+
+@pytest.mark.parametrize(
+    ("obj", "plan"),
+    [
+        (None, {"create": True}),
+        (kl("k", "t"), None),
+        (kl("k", "t", raw=OTHER), {"rawLicenseString": HELD}),
+        (kl("k", "t", enabled=False), {"enabled": True}),
+        (kl("k", "t", enabled=False, raw=OTHER), {"rawLicenseString": HELD, "enabled": True}),
+    ],
+)
+def test_plan_konglicense(obj: dict[str, Any] | None, plan: dict[str, Any] | None) -> None:
+    assert plan_konglicense(obj, HELD) == plan
+
+
+def programmed(status: str, reason: str, generation: int = 1) -> dict[str, Any]:
+    cond = {"type": "Programmed", "status": status, "reason": reason, "observedGeneration": generation}
+    return {"controllers": [{"controllerName": "konghq.com/kic", "conditions": [cond]}]}
+
+
+@pytest.mark.parametrize(
+    ("obj", "winner", "wrote_at", "state", "words"),
+    [
+        (None, None, None, D.PENDING, "not created"),
+        (kl("k", "t", status=programmed("True", "PickedAsLatest")), "k", None, D.DELIVERED, "Programmed"),
+        (kl("k", "t", status=programmed("True", "PickedAsLatest")), "newer", None, D.DRIFT, "newer wins over k"),
+        (kl("k", "t", status=programmed("False", "ReplacedByNewer")), None, None, D.DRIFT, "ReplacedByNewer"),
+        (
+            kl("k", "t", status=programmed("True", "PickedAsLatest", generation=0)),
+            "k",
+            95.0,
+            D.PENDING,
+            "no controller",
+        ),
+        (kl("k", "t"), "k", 95.0, D.PENDING, "no controller has reported"),
+        (kl("k", "t"), "k", None, D.DRIFT, "is KIC running"),
+        (kl("k", "t", raw=OTHER), "k", None, D.DRIFT, "does not carry"),
+    ],
+)
+def test_diagnose_konglicense(
+    obj: dict[str, Any] | None, winner: str | None, wrote_at: float | None, state: DeliveryState, words: str
+) -> None:
+    got, reason = diagnose_konglicense(obj, HELD, winner, wrote_at=wrote_at, now=100.0)
+    assert got is state and words in reason
+
+
+# ------------------------------------------------------------------------------------------ restarts
+
+FP = "0123456789abcdef"
+
+
+def workload(
+    fp: str | None = None,
+    *,
+    paused: bool = False,
+    generation: int = 2,
+    observed: int | None = 2,
+    updated: int = 3,
+    replicas: int = 3,
+    kind: str = "Deployment",
+    strategy: str | None = None,
+) -> dict[str, Any]:
+    annotations = {FINGERPRINT_ANNOTATION: fp} if fp else {}
+    spec: dict[str, Any] = {"replicas": replicas, "template": {"metadata": {"annotations": annotations}}}
+    if paused:
+        spec["paused"] = True
+    if strategy:
+        spec["updateStrategy"] = {"type": strategy}
+    status: dict[str, Any] = {"updatedReplicas": updated}
+    if observed is not None:
+        status["observedGeneration"] = observed
+    return {"kind": kind, "metadata": {"name": "kong", "generation": generation}, "spec": spec, "status": status}
+
+
+@pytest.mark.parametrize(
+    ("obj", "patched"),
+    [
+        (workload(None), True),
+        (workload("old"), True),
+        (workload(FP), False),  # idempotent: a re-run or a second replica never restarts twice
+        (workload("old", paused=True), False),  # paused: refused, like kubectl rollout restart
+    ],
+)
+def test_plan_restart(obj: dict[str, Any], patched: bool) -> None:
+    patch = plan_restart(obj, FP)
+    assert (patch is not None) is patched
+    if patch:
+        assert patch == {"spec": {"template": {"metadata": {"annotations": {FINGERPRINT_ANNOTATION: FP}}}}}
+
+
+@pytest.mark.parametrize(
+    ("obj", "finished"),
+    [
+        (workload(FP), True),
+        (workload(FP, observed=1), False),
+        (workload(FP, observed=None), False),
+        (workload(FP, updated=2), False),
+        (workload(FP, replicas=0, updated=0), True),
+    ],
+)
+def test_rollout_finished(obj: dict[str, Any], finished: bool) -> None:
+    assert rollout_finished(obj) is finished
+
+
+@pytest.mark.parametrize(
+    ("obj", "state", "words"),
+    [
+        (None, D.ERROR, "does not exist"),
+        (workload(FP), D.DELIVERED, "runs pods"),
+        (workload(FP, updated=1), D.PENDING, "1/3 updated"),
+        (workload("old"), D.PENDING, "does not carry"),
+        (workload("old", paused=True), D.DRIFT, "paused"),
+        (workload(FP, kind="StatefulSet", strategy="OnDelete"), D.DRIFT, "OnDelete"),
+        (workload(FP, kind="StatefulSet", strategy="RollingUpdate"), D.DELIVERED, "runs pods"),
+    ],
+)
+def test_diagnose_rollout(obj: dict[str, Any] | None, state: DeliveryState, words: str) -> None:
+    got, reason = diagnose_rollout(obj, FP, "deployment kong")
+    assert got is state and words in reason
+
+
+# ------------------------------------------------------------------------------------------ events
+
+
+def rep(state: DeliveryState, wrote: bool = False) -> Any:
+    from license_keeper.delivery import TargetReport
+
+    return TargetReport("admin-api=https://kong:8444", state, "why", wrote=wrote)
+
+
+@pytest.mark.parametrize(
+    ("previous", "current", "event"),
+    [
+        (None, rep(D.DELIVERED, wrote=True), ("LicenseDelivered", False)),
+        (rep(D.DELIVERED), rep(D.DELIVERED, wrote=True), ("LicenseDelivered", False)),  # a rotation
+        (None, rep(D.DELIVERED), None),  # found in place at start: nothing to tell
+        (rep(D.DELIVERED), rep(D.DELIVERED), None),
+        (rep(D.DRIFT), rep(D.DELIVERED), ("LicenseDelivered", False)),
+        (None, rep(D.DRIFT), ("LicenseDeliveryDrift", True)),
+        (rep(D.DELIVERED), rep(D.ERROR), ("LicenseDeliveryDrift", True)),
+        (rep(D.ERROR), rep(D.ERROR), None),  # once per change, not per round
+        (rep(D.DELIVERED), rep(D.UNSUPPORTED), ("LicenseDeliveryDrift", True)),
+        (rep(D.DELIVERED), rep(D.PENDING), None),
+    ],
+)
+def test_delivery_event(previous: Any, current: Any, event: tuple[str, bool] | None) -> None:
+    from license_keeper.deliver import delivery_event
+
+    got = delivery_event(previous, current)
+    assert (None if got is None else (got[0], got[2])) == event
+
+
+DOCS = [HELD, OTHER, HIDDEN]
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(DOCS), st.booleans(), st.integers(0, 5)), max_size=4),
+    st.sampled_from([*DOCS, None]),
+    st.one_of(st.none(), st.floats(0, 200)),
+)
+def test_diagnose_admin_properties(
+    rows_spec: list[tuple[str, bool, int]], runs: str | None, wrote_at: float | None
+) -> None:
+    held = parse_license(HELD)
+    rows = [row(doc, OURS if ours else None, updated) for doc, ours, updated in rows_spec]
+    state, reason = diagnose_admin(held, rows, reported(runs), OURS, wrote_at=wrote_at, now=200.0, grace=60)
+    # the gateway's own word decides "delivered"; a fresh write is never called drift
+    assert (state is D.DELIVERED) is (runs == HELD)
+    if runs != HELD and wrote_at is not None and 200.0 - wrote_at < 60:
+        assert state is D.PENDING
+    for doc in DOCS:
+        lic = parse_license(doc)
+        assert lic.license_key not in reason and lic.signature not in reason and doc not in reason
