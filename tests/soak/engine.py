@@ -879,6 +879,7 @@ class Soak:
     def _measure_repair(self, before: SecretSnapshot, what: str) -> None:
         leader = self._leader_path_up()
         if leader is None:
+            self.figures.checks["5 repair not measured (no leader with its path up)"] += 1
             return
         now = now_utc()
         floor = tuple(
