@@ -15,7 +15,7 @@ import pytest
 
 from license_keeper.testing.controlplane import ControlPlane
 
-from .engine import Soak
+from .engine import Soak, SoakFailure
 
 CI_SEEDS = (101, 202, 303)
 CI_STEPS = 50  # 3 x 50 = 150 steps
@@ -29,10 +29,18 @@ STEPS = int(os.environ.get("SOAK_STEPS") or CI_STEPS)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_soak(controlplane: ControlPlane, tmp_path: Path, seed: int) -> None:
     soak = Soak(controlplane, tmp_path, seed, STEPS)
-    figures = soak.run()
-    summary = figures.summary()
-    print("\nSOAK FIGURES " + json.dumps(summary))
+    try:
+        figures = soak.run()
+    except SoakFailure as failure:
+        print(f"\n{failure}", flush=True)  # at once, not only in pytest's summary after every seed
+        _record(soak.figures.summary())
+        raise
+    _record(figures.summary())
+    assert not figures.violations
+
+
+def _record(summary: dict[str, object]) -> None:
+    print("\nSOAK FIGURES " + json.dumps(summary), flush=True)
     if os.environ.get("SOAK_FIGURES"):
         with open(os.environ["SOAK_FIGURES"], "a") as fh:
             fh.write(json.dumps(summary) + "\n")
-    assert not figures.violations

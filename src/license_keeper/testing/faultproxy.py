@@ -405,7 +405,8 @@ class FaultProxy:
         return len(conns)
 
     def open_connections(self) -> int:
-        return len(self._conns)
+        """Client connections not (yet) cut; a cut one leaves the set a moment later, on the proxy's loop."""
+        return sum(1 for c in list(self._conns) if not c.cut_event.is_set())
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -414,7 +415,7 @@ class FaultProxy:
                 "mode": self.mode,
                 "rules": [r.__dict__ | {"methods": sorted(r.methods) if r.methods else None} for r in self._rules],
                 "connections": self.connections,
-                "open_connections": len(self._conns),
+                "open_connections": self.open_connections(),
                 "cuts": self.cuts,
                 "requests": dict(self.requests),
             }
