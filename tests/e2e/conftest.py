@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,20 +14,10 @@ from lightkube.resources.core_v1 import Event, Secret
 from license_keeper.testing.controlplane import ControlPlane, ServiceAccountAccess
 from license_keeper.testing.keeper import KeeperProcess, KonnectEndpoint, keeper_rules
 from license_keeper.testing.konnect import KonnectStandIn
+from license_keeper.testing.licenses import leaks
 
 SECRET = "kong-license"
 LEASE = "kong-license-keeper"
-
-# What must never leave the keeper: license keys (factory shape), signatures (long hex), raw documents.
-LEAK_PATTERNS = [
-    re.compile(r"0014[A-Za-z0-9]{14}_a1V4[A-Za-z0-9]{14}"),
-    re.compile(r"[0-9a-fA-F]{64,}"),
-    re.compile(r'"license_key"|\\"license_key\\"|license_expiration_date|"signature"'),
-]
-
-
-def leaks(text: str) -> list[str]:
-    return [m.group(0)[:40] for p in LEAK_PATTERNS for m in p.finditer(text)]
 
 
 @pytest.fixture
@@ -49,12 +38,13 @@ KeeperFactory = Callable[..., KeeperProcess]
 def keepers(
     keeper_access: ServiceAccountAccess, konnect: KonnectStandIn, namespace: str, tmp_path: Path
 ) -> Iterator[KeeperFactory]:
-    """Start keeper processes under the restricted ServiceAccount; all are killed at the end."""
+    """Start keeper processes under the restricted ServiceAccount (through another kubeconfig, e.g. a
+    fault proxy's, when given); all are killed at the end and their logs searched for license text."""
     started: list[KeeperProcess] = []
 
-    def make(name: str = "keeper-0", *args: str, start: bool = True) -> KeeperProcess:
+    def make(name: str = "keeper-0", *args: str, start: bool = True, kubeconfig: Path | None = None) -> KeeperProcess:
         k = KeeperProcess(
-            kubeconfig=keeper_access.kubeconfig,
+            kubeconfig=kubeconfig or keeper_access.kubeconfig,
             namespace=namespace,
             konnect=KonnectEndpoint.of(konnect),
             workdir=tmp_path / "keepers",

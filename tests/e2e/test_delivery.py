@@ -35,6 +35,10 @@ def state(k: object, target: str, value: str) -> float:
     return k.metric(f'license_keeper_delivery_state{{state="{value}",target="{target}"}}')  # type: ignore[attr-defined]
 
 
+def delivering_to(kong: KongStandIn) -> tuple[str, str]:
+    return f"--deliver=admin-api={kong.address}", f"--deliver-admin-ca-file={kong.tls.ca_file}"
+
+
 def runs(kong: KongStandIn, document: str) -> bool:
     active = kong.node.active()
     return active[1] == document
@@ -49,12 +53,7 @@ async def test_a_rotation_reaches_the_gateway_live_and_drift_is_reported(
     keeper_access: ServiceAccountAccess,
 ) -> None:
     target = f"admin-api={kong.address}"
-    k = keepers(
-        "keeper-0",
-        f"--deliver={target}",
-        f"--deliver-admin-ca-file={kong.tls.ca_file}",
-        "--delivery-period=2s",
-    )
+    k = keepers("keeper-0", *delivering_to(kong), "--delivery-period=2s")
     await ready(k)
     assert konnect.record is not None
     await wait_for(lambda: runs(kong, konnect.record.document), 20)
@@ -103,12 +102,7 @@ async def test_delivery_failures_never_touch_the_secret_or_readiness(
 ) -> None:
     target = f"admin-api={kong.address}"
     await kong.set_mode("server_error")
-    k = keepers(
-        "keeper-0",
-        f"--deliver={target}",
-        f"--deliver-admin-ca-file={kong.tls.ca_file}",
-        "--delivery-period=2s",
-    )
+    k = keepers("keeper-0", *delivering_to(kong), "--delivery-period=2s")
     await ready(k)
     await wait_for(lambda: state(k, target, "error") == 1, 20)
     await asyncio.sleep(1)

@@ -20,11 +20,11 @@ from lightkube.resources.core_v1 import ConfigMap, Event, Secret
 
 from license_keeper.testing.controlplane import ControlPlane, ServiceAccountAccess
 from license_keeper.testing.faultproxy import FaultProxy
-from license_keeper.testing.keeper import KeeperProcess, KonnectEndpoint
+from license_keeper.testing.keeper import KeeperProcess
 from license_keeper.testing.konnect import KonnectStandIn
 from license_keeper.testing.licenses import make_record
 
-from .conftest import SECRET, leaks, metrics, read_secret, ready, wait_for, writes
+from .conftest import SECRET, KeeperFactory, metrics, read_secret, ready, wait_for, writes
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -41,32 +41,17 @@ LONG_LEASE = ("--leader-elect-lease-duration=90s", "--leader-elect-renew-deadlin
 
 @pytest.fixture
 def proxied_keeper(
-    proxy: FaultProxy, keeper_access: ServiceAccountAccess, konnect: KonnectStandIn, namespace: str, tmp_path: Path
-) -> Iterator[ProxiedKeeper]:
+    proxy: FaultProxy, keepers: KeeperFactory, keeper_access: ServiceAccountAccess, namespace: str, tmp_path: Path
+) -> ProxiedKeeper:
     """A keeper process that reaches the API server only through ``proxy``."""
     kubeconfig = proxy.write_kubeconfig(
         tmp_path / "proxied.kubeconfig", token=keeper_access.token, user="keeper", namespace=namespace
     )
-    started: list[KeeperProcess] = []
 
     def make(name: str = "keeper-0", *args: str) -> KeeperProcess:
-        k = KeeperProcess(
-            kubeconfig=kubeconfig,
-            namespace=namespace,
-            konnect=KonnectEndpoint.of(konnect),
-            workdir=tmp_path / "keepers",
-            name=name,
-            args=args,
-        )
-        started.append(k.start())
-        return k
+        return keepers(name, *args, kubeconfig=kubeconfig)
 
-    yield make
-    for k in started:
-        k.kill()
-    for k in started:
-        found = leaks(k.logs())
-        assert not found, f"{k.name} logged license material: {found}"
+    return make
 
 
 def fingerprint_metric(fingerprint: str, source: str) -> str:

@@ -16,7 +16,6 @@ import datetime
 import json
 import os
 import random
-import re
 import ssl
 import subprocess
 import threading
@@ -41,7 +40,7 @@ from license_keeper.testing.controlplane import AuditEntry, AuditTail, ControlPl
 from license_keeper.testing.faultproxy import FaultProxy
 from license_keeper.testing.keeper import KeeperProcess, KonnectEndpoint, keeper_rules
 from license_keeper.testing.konnect import KonnectStandIn
-from license_keeper.testing.licenses import make_record
+from license_keeper.testing.licenses import leaks, make_record
 
 from .schedule import REPLICAS, Step, plan
 
@@ -1186,18 +1185,6 @@ def _metric_label(text: str, name: str, label: str) -> str | None:
                 if k == label:
                     return v.strip('"')
     return None
-
-
-# What must never leave the keeper: license keys (factory shape), signatures (long hex), raw documents.
-LEAK_PATTERNS = [
-    re.compile(r"0014[A-Za-z0-9]{14}_a1V4[A-Za-z0-9]{14}"),
-    re.compile(r"[0-9a-fA-F]{64,}"),
-    re.compile(r'"license_key"|\\"license_key\\"|license_expiration_date|"signature"'),
-]
-
-
-def leaks(text: str) -> list[str]:
-    return [m.group(0)[:40] for p in LEAK_PATTERNS for m in p.finditer(text)]
 
 
 class SoakFailure(AssertionError):

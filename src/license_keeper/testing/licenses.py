@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import secrets
 import string
 import uuid
 
 from license_keeper.license import LicenseRecord
 
-__all__ = ["make_document", "make_record"]
+__all__ = ["LEAK_PATTERNS", "leaks", "make_document", "make_record"]
 
 _KEY_ALPHABET = string.ascii_letters + string.digits
 
@@ -87,3 +88,17 @@ def make_record(
         raise TypeError("pass either document or document keyword arguments, not both")
     record_id = id if id is not None else str(uuid.uuid4())
     return LicenseRecord(document=document, id=record_id, updated_at=updated_at, source=source)
+
+
+# What must never leave the keeper (logs, Events, metrics): license keys of this factory's shape,
+# signatures (long hex) and raw document fields.
+LEAK_PATTERNS = [
+    re.compile(r"0014[A-Za-z0-9]{14}_a1V4[A-Za-z0-9]{14}"),
+    re.compile(r"[0-9a-fA-F]{64,}"),
+    re.compile(r'"license_key"|\\"license_key\\"|license_expiration_date|"signature"'),
+]
+
+
+def leaks(text: str) -> list[str]:
+    """The license material found in ``text`` (each cut to 40 characters), for assertions."""
+    return [m.group(0)[:40] for p in LEAK_PATTERNS for m in p.finditer(text)]
