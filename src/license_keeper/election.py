@@ -487,10 +487,8 @@ class LeaderElector:
         else:
             self.leading.clear()
         if changed and self._on_change is not None:
-            try:
-                self._on_change(leading)
-            except Exception:
-                log.exception("lease %s: on_change callback failed", self.lease)
+            # A failing callback is a bug: it ends the elector's task, and the agent's supervisor the process.
+            self._on_change(leading)
 
     async def _sleep_until(self, moment: float, wake: asyncio.Event | None = None) -> bool:
         """Sleep until ``moment`` on our clock, or until ``wake`` is set; True if we were stopped."""
