@@ -179,21 +179,11 @@ class Keeper:
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or self._stopping.is_set():
-            return
-        name = task.get_name()
-        if name == "election" and self.elector is not None and self.elector.lost.is_set():
-            self._ended.set()  # lost the Lease: _exit_code says so
-            return
-        error = task.exception()
-        what = f"{type(error).__name__}: {_short(error)}" if error is not None else "returned"
-        if self._died is None:
-            self._died = (name, what)
-        self._ended.set()
+        if not task.cancelled() and not self._stopping.is_set():
+            self._ended.set()  # _exit_code tells which task ended, and why
 
     def _exit_code(self) -> int:
-        if self._died is None:
-            self._died = self._first_dead_task()  # its done callback may not have run yet
+        self._died = self._dead_task()
         if self._died is not None:
             name, what = self._died
             log.error("background task %r ended unexpectedly (%s); exiting so the pod restarts clean", name, what)
@@ -203,14 +193,17 @@ class Keeper:
             return EXIT_LOST_LEASE
         return EXIT_OK
 
-    def _first_dead_task(self) -> tuple[str, str] | None:
+    def _dead_task(self) -> tuple[str, str] | None:
+        """The first task that ended by itself while the keeper was not stopping: (name, how)."""
         if self._stopping.is_set():
             return None
         for name, task in self._tasks.items():
-            if task.done() and not task.cancelled():
-                error = task.exception()
-                if error is not None:
-                    return name, f"{type(error).__name__}: {_short(error)}"
+            if not task.done() or task.cancelled():
+                continue
+            error = task.exception()
+            if error is None and name == "election" and self._lost_leadership:
+                continue  # the elector returns after losing the Lease: that is the lost-Lease exit
+            return name, f"{type(error).__name__}: {_short(error)}" if error is not None else "returned"
         return None
 
     async def _shutdown(self) -> None:
