@@ -447,8 +447,8 @@ _PATHS = {
 }
 
 
-def _install(controlplane: Any, namespace: str, values: dict[str, Any]) -> list[dict[str, Any]]:
-    """`helm template` into the namespace and create every object on the API server (as admin)."""
+def _render_in(namespace: str, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """`helm template` of the chart with its required values and ``values``, into ``namespace``."""
     proc = run(
         [
             tool("helm", "helm"),
@@ -461,7 +461,12 @@ def _install(controlplane: Any, namespace: str, values: dict[str, Any]) -> list[
         ]
     )
     assert proc.returncode == 0, proc.stderr
-    objs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def _install(controlplane: Any, namespace: str, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """`helm template` into the namespace and create every object on the API server (as admin)."""
+    objs = _render_in(namespace, values)
     assert {o["kind"] for o in objs} <= set(_PATHS), "a kind the API server test does not know"
     for o in objs:
         resp = controlplane.request("POST", _PATHS[o["kind"]].format(ns=namespace), o)
@@ -763,19 +768,7 @@ def test_rendered_delivery_rbac_on_a_real_api_server(controlplane: Any, namespac
     install_konglicense_crd(controlplane)
     kl_name = f"kl-{namespace}"
     values = {"delivery.kongLicense.name": kl_name, "delivery.restart.deployments[0]": "kong-gateway"}
-    proc = run(
-        [
-            tool("helm", "helm"),
-            "template",
-            RELEASE,
-            str(CHART),
-            "--namespace",
-            namespace,
-            *set_args({**REQUIRED, **values}),
-        ]
-    )
-    assert proc.returncode == 0, proc.stderr
-    objs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    objs = _render_in(namespace, values)
     paths = {
         **_PATHS,
         "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
