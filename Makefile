@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+UV_VERSION := 0.13.9
+UV     := $(VENV)/bin/uv
 
 .PHONY: dev test test-unit lint demo controlplane bench clean soak lock lock-upgrade image
 
@@ -44,17 +46,16 @@ lint: dev
 demo: dev controlplane
 	$(PY) -m license_keeper.testing.demo
 
-## bench: the keeper's figures in one table (start to ready, failover, API calls per poll, memory; ~15 min)
-bench: dev controlplane
-	$(PY) bench/keeper.py $(BENCH_ARGS)
+## bench: the keeper's figures in one table (start to ready, failover, API calls per poll, memory; ~15 min),
+## measured on the keeper installed as the image installs it (bench/runtime.sh)
+bench: dev controlplane $(UV)
+	$(PY) bench/keeper.py --python "$$(bench/runtime.sh)" $(BENCH_ARGS)
 
 ## lock: pin the image's dependencies with hashes: requirements.lock from pyproject.toml's dependencies,
 ## build-requirements.lock from its build-system (keeps existing pins that still fit; lock-upgrade takes the newest)
-UV_VERSION := 0.13.9
-UV         := $(VENV)/bin/uv
 LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --custom-compile-command 'make lock' --quiet
 
-$(UV): $(STAMP)
+$(UV): | $(STAMP)
 	$(PY) -m pip install --quiet uv==$(UV_VERSION)
 
 lock: $(UV)

@@ -1,6 +1,7 @@
 """The keeper's figures in one table: start to ready, failover, memory, API calls per unchanged poll.
 
     .venv/bin/python bench/keeper.py [--runs 10] [--failovers 5] [--rss-minutes 10] [--polls 20]
+                                     [--only ready,failover,polls,rss]
 
 Uses the real control plane (built by `make controlplane`, audit log on), the Konnect stand-in and
 real keeper processes with the default Lease timings (15 s lease, 10 s renew deadline, 2 s retry).
@@ -12,11 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import os
 import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +47,19 @@ def rss_mib(k: KeeperProcess) -> float:
     return float("nan")
 
 
+def cpu_reference() -> float:
+    """Milliseconds for one fixed piece of pure-Python work here: the host's CPU speed at the time.
+
+    Start-up is CPU-bound, and a shared or throttled host's speed changes by 2x from one minute to the
+    next; printing this beside the start times says which kind of minute they were measured in.
+    """
+    start = time.perf_counter()
+    total = 0
+    for i in range(1_000_000):
+        total += i
+    return (time.perf_counter() - start) * 1000
+
+
 async def until(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.01) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -53,8 +70,8 @@ async def until(predicate: Callable[[], object], timeout: float = 60.0, interval
 
 
 class Bench:
-    def __init__(self, cp: ControlPlane, konnect: KonnectStandIn, work: Path) -> None:
-        self.cp, self.konnect, self.work = cp, konnect, work
+    def __init__(self, cp: ControlPlane, konnect: KonnectStandIn, work: Path, python: str) -> None:
+        self.cp, self.konnect, self.work, self.python = cp, konnect, work, python
         self.count = 0
         self.running: list[KeeperProcess] = []
 
@@ -71,6 +88,7 @@ class Bench:
             workdir=self.work / ns,
             name=name,
             args=args,
+            python=self.python,
         ).start()
         self.running.append(k)
         return k
@@ -93,15 +111,17 @@ class Bench:
         first.terminate()
         return ns, access
 
-    async def ready_times(self, runs: int) -> list[float]:
+    async def ready_times(self, runs: int) -> tuple[list[float], list[float]]:
+        """Start -> ready of `runs` keepers, each with the host's CPU speed (cpu_reference) just before."""
         ns, access = await self.seeded()
         await self.konnect.set_mode("blackhole")
-        times = []
+        times, refs = [], []
         for i in range(runs):
+            refs.append(cpu_reference())
             k = self.keeper(ns, access, f"ready-{i}")
             times.append(await asyncio.to_thread(self.wait_ready, k))
             k.kill()
-        return times
+        return times, refs
 
     async def failover(self, kill: bool) -> float:
         ns, access = self.namespace()
@@ -152,62 +172,93 @@ class Bench:
             k.kill()
 
 
+async def ready_figure(bench: Bench, args: argparse.Namespace) -> list[Figure]:
+    ready, refs = await bench.ready_times(args.runs)
+    print(f"start -> ready: {', '.join(f'{t:.2f}' for t in ready)} s", flush=True)
+    print(f"CPU reference before each: {', '.join(f'{r:.0f}' for r in refs)} ms", flush=True)
+    return [
+        Figure(
+            f"start -> ready, Konnect black-holed (median of {len(ready)})",
+            f"{statistics.median(ready):.2f} s (CPU ref {statistics.median(refs):.0f} ms)",
+            "<= 0.5 s",
+            "KIC 3.5: up to 300 s",
+        )
+    ]
+
+
+async def failover_figures(bench: Bench, args: argparse.Namespace) -> list[Figure]:
+    kills = [await bench.failover(kill=True) for _ in range(args.failovers)]
+    terms = [await bench.failover(kill=False) for _ in range(args.failovers)]
+    print(f"failover SIGKILL: {', '.join(f'{t:.2f}' for t in kills)} s", flush=True)
+    print(f"failover SIGTERM: {', '.join(f'{t:.2f}' for t in terms)} s", flush=True)
+    return [
+        Figure(
+            f"failover after SIGKILL (median of {len(kills)})",
+            f"{statistics.median(kills):.2f} s",
+            "<= 17 s",
+            "Lease duration 15 s is the floor",
+        ),
+        Figure(
+            f"failover after SIGTERM (median of {len(terms)})",
+            f"{statistics.median(terms):.2f} s",
+            "<= 0.5 s",
+            "one retry period (2 s) before",
+        ),
+    ]
+
+
+async def polls_figure(bench: Bench, args: argparse.Namespace) -> list[Figure]:
+    per_poll, polls = await bench.calls_per_unchanged_poll(args.polls)
+    return [
+        Figure(
+            f"Secret API requests per unchanged poll ({polls} polls, audit log)",
+            f"{per_poll:.2f}",
+            "0",
+            "KIC 3.5: one Secret write per poll",
+        )
+    ]
+
+
+async def rss_figure(bench: Bench, args: argparse.Namespace) -> list[Figure]:
+    leader_rss, follower_rss = await bench.steady_rss(args.rss_minutes)
+    return [
+        Figure(
+            f"RSS after {args.rss_minutes:g} min, leader / follower",
+            f"{leader_rss:.0f} / {follower_rss:.0f} MiB",
+            "<= 55 MiB each",
+            "88 MiB with kubernetes-asyncio",
+        )
+    ]
+
+
+FIGURES: dict[str, Callable[[Bench, argparse.Namespace], Awaitable[list[Figure]]]] = {
+    "ready": ready_figure,
+    "failover": failover_figures,
+    "polls": polls_figure,
+    "rss": rss_figure,
+}
+
+
+def interpreter(python: str) -> str:
+    """Which Python runs the keeper, and how the keeper is installed there (editable or not)."""
+    probe = (
+        "import sys, license_keeper as k; "
+        "print(sys.version.split()[0], sys.executable, 'editable' if '/src/' in k.__file__ else 'installed')"
+    )
+    return subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+
+
 async def main(args: argparse.Namespace) -> None:
+    print(f"keeper runs on: Python {interpreter(args.python)}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="lk-bench-"))
     cp = await asyncio.to_thread(ControlPlane(work / "cp").start)
     figures: list[Figure] = []
     try:
         async with KonnectStandIn(tls_dir=work / "tls") as konnect:
-            bench = Bench(cp, konnect, work)
+            bench = Bench(cp, konnect, work, args.python)
             try:
-                ready = await bench.ready_times(args.runs)
-                print(f"start -> ready: {', '.join(f'{t:.2f}' for t in ready)} s", flush=True)
-                figures.append(
-                    Figure(
-                        f"start -> ready, Konnect black-holed (median of {len(ready)})",
-                        f"{statistics.median(ready):.2f} s",
-                        "<= 0.5 s",
-                        "KIC 3.5: up to 300 s",
-                    )
-                )
-                kills = [await bench.failover(kill=True) for _ in range(args.failovers)]
-                terms = [await bench.failover(kill=False) for _ in range(args.failovers)]
-                print(f"failover SIGKILL: {', '.join(f'{t:.2f}' for t in kills)} s", flush=True)
-                print(f"failover SIGTERM: {', '.join(f'{t:.2f}' for t in terms)} s", flush=True)
-                figures.append(
-                    Figure(
-                        f"failover after SIGKILL (median of {len(kills)})",
-                        f"{statistics.median(kills):.2f} s",
-                        "<= 17 s",
-                        "Lease duration 15 s is the floor",
-                    )
-                )
-                figures.append(
-                    Figure(
-                        f"failover after SIGTERM (median of {len(terms)})",
-                        f"{statistics.median(terms):.2f} s",
-                        "<= 0.5 s",
-                        "one retry period (2 s) before",
-                    )
-                )
-                per_poll, polls = await bench.calls_per_unchanged_poll(args.polls)
-                figures.append(
-                    Figure(
-                        f"Secret API requests per unchanged poll ({polls} polls, audit log)",
-                        f"{per_poll:.2f}",
-                        "0",
-                        "KIC 3.5: one Secret write per poll",
-                    )
-                )
-                leader_rss, follower_rss = await bench.steady_rss(args.rss_minutes)
-                figures.append(
-                    Figure(
-                        f"RSS after {args.rss_minutes:g} min, leader / follower",
-                        f"{leader_rss:.0f} / {follower_rss:.0f} MiB",
-                        "<= 55 MiB each",
-                        "88 MiB with kubernetes-asyncio",
-                    )
-                )
+                for name in args.only:
+                    figures += await FIGURES[name](bench, args)
             finally:
                 bench.stop()
     finally:
@@ -225,10 +276,29 @@ def print_table(figures: list[Figure]) -> None:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
+def figure_names(value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FIGURES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"choose from {','.join(FIGURES)}, got {value!r}")
+    return names
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="start -> ready measurements")
     parser.add_argument("--failovers", type=int, default=5, help="failovers of each kind")
     parser.add_argument("--rss-minutes", type=float, default=10.0, help="how long leader and follower run first")
     parser.add_argument("--polls", type=int, default=20, help="unchanged polls counted in the audit log")
+    parser.add_argument(
+        "--python",
+        default=os.environ.get("LICENSE_KEEPER_TEST_PYTHON") or sys.executable,
+        help="the interpreter that runs the keeper (make bench: the runtime from bench/runtime.sh)",
+    )
+    parser.add_argument(
+        "--only",
+        type=figure_names,
+        default=list(FIGURES),
+        help=f"comma-separated figures to measure, of {','.join(FIGURES)} (default: all)",
+    )
     asyncio.run(main(parser.parse_args()))

@@ -33,6 +33,7 @@ from .common import (
     run_async,
     secret_options,
     settings_from,
+    started,
 )
 from .status import status, validate
 
@@ -41,7 +42,8 @@ __all__ = ["main"]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="license-keeper")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Keeps the Kong Gateway Enterprise license from Konnect in a Kubernetes Secret.
 
     The Secret (<controller-name>-license) is readable by Kong (key `license`, for
@@ -51,6 +53,8 @@ def main() -> None:
     Every option also reads LICENSE_KEEPER_<OPTION> (upper-cased, '-' -> '_'); the Konnect
     options also read Kong Ingress Controller's CONTROLLER_KONNECT_* names. A flag wins over both.
     """
+    if ctx.invoked_subcommand != "run":
+        started()  # `run` says so itself, after importing the keeper
 
 
 # --- run ------------------------------------------------------------------------------------------
@@ -97,6 +101,7 @@ def run(**flags: Any) -> None:
     from ..konnect import KonnectConfigError, load_client_ssl_context
     from ..observe import setup_logging
 
+    started()
     settings = settings_from(**flags)
     try:
         konnect = konnect_client(settings)
