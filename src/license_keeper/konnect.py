@@ -45,6 +45,7 @@ __all__ = [
     "KonnectUnreachable",
     "LicenseFetched",
     "NoLicense",
+    "check_client_files",
     "licenses_path",
     "load_client_ssl_context",
     "parse_licenses_body",
@@ -151,8 +152,22 @@ def _ssl_reason(exc: BaseException) -> str:
 def load_client_ssl_context(cert_file: Path, key_file: Path, ca_file: Path | None = None) -> ssl.SSLContext:
     """A client context: TLS >= 1.2, server verification on (system trust, or only ``ca_file``),
     presenting ``cert_file``/``key_file``. Raises KonnectConfigError with a one-line message."""
+    return _client_context(cert_file, key_file, ca_file, system_trust=True)
+
+
+def check_client_files(cert_file: Path, key_file: Path, ca_file: Path | None = None) -> None:
+    """Raise KonnectConfigError, as load_client_ssl_context would, when these files cannot make a client
+    context: the check at start. It leaves out the system trust store, which cannot fail and costs tens of
+    milliseconds of CPU to load (on the way to ready); the first fetch loads it."""
+    _client_context(cert_file, key_file, ca_file, system_trust=False)
+
+
+def _client_context(cert_file: Path, key_file: Path, ca_file: Path | None, *, system_trust: bool) -> ssl.SSLContext:
     try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None)
+        if ca_file is not None or system_trust:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None)
+        else:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     except (OSError, ssl.SSLError) as exc:
         raise KonnectConfigError(f"cannot load Konnect CA file {ca_file}: {_ssl_reason(exc)}") from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -264,7 +279,8 @@ class KonnectClient:
         if self._session is not None and digest == self._digest:
             return self._session
         try:
-            ctx = load_client_ssl_context(self._cert_file, self._key_file, self._ca_file)
+            # In a thread: loading the system trust store is blocking file I/O and parsing (as aiohttp does).
+            ctx = await asyncio.to_thread(load_client_ssl_context, self._cert_file, self._key_file, self._ca_file)
         except KonnectConfigError as exc:
             # Rotated-but-invalid files: drop the old session too (the files on disk are the truth),
             # and try again on the next fetch.

@@ -7,9 +7,11 @@ import datetime
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,8 @@ from license_keeper.konnect import (
     KonnectUnreachable,
     LicenseFetched,
     NoLicense,
+    _client_context,
+    check_client_files,
     load_client_ssl_context,
     parse_licenses_body,
 )
@@ -209,7 +213,9 @@ async def test_rotated_invalid_pair_is_a_clear_auth_failure(
     assert isinstance(await konnect_client.fetch(), LicenseFetched)
 
 
-def test_load_client_ssl_context_errors(tls_material: TLSMaterial, tmp_path: Path) -> None:
+@pytest.mark.parametrize("load", [load_client_ssl_context, check_client_files])
+def test_client_tls_file_errors(tls_material: TLSMaterial, tmp_path: Path, load: Callable[..., object]) -> None:
+    """The start-up check fails exactly where the client's own context would, with the same message."""
     t = tls_material
     ctx = load_client_ssl_context(t.client_cert_file, t.client_key_file, t.ca_file)
     assert ctx.minimum_version.name == "TLSv1_2"
@@ -225,12 +231,25 @@ def test_load_client_ssl_context_errors(tls_material: TLSMaterial, tmp_path: Pat
     ]
     for cert, key, ca, part in cases:
         with pytest.raises(KonnectConfigError) as info:
-            load_client_ssl_context(cert, key, ca)
+            load(cert, key, ca)
         message = str(info.value)
         assert part in message
         assert "\n" not in message
         assert "BEGIN" not in message
         assert info.value.__cause__ is None
+
+
+def test_the_start_up_check_leaves_the_system_trust_store_to_the_first_fetch(tls_material: TLSMaterial) -> None:
+    t = tls_material
+    system = ssl.create_default_context().cert_store_stats()["x509_ca"]
+    assert system > 0, "this test needs the system CA certificates (Debian: ca-certificates)"
+    checked = _client_context(t.client_cert_file, t.client_key_file, None, system_trust=False)
+    used = _client_context(t.client_cert_file, t.client_key_file, None, system_trust=True)
+    assert checked.cert_store_stats()["x509_ca"] == 0
+    assert used.cert_store_stats()["x509_ca"] == system
+    assert checked.verify_mode == used.verify_mode == ssl.CERT_REQUIRED
+    assert checked.check_hostname and used.check_hostname
+    check_client_files(t.client_cert_file, t.client_key_file)  # no CA file: nothing to fail on but the pair
 
 
 def test_address_must_be_https(tls_material: TLSMaterial) -> None:

@@ -98,7 +98,7 @@ def run(**flags: Any) -> None:
     Lease was lost (the pod restarts clean), 2 on bad settings.
     """
     from ..agent import Keeper
-    from ..konnect import KonnectConfigError, load_client_ssl_context
+    from ..konnect import KonnectConfigError, check_client_files
     from ..observe import setup_logging
 
     started()
@@ -107,7 +107,7 @@ def run(**flags: Any) -> None:
         konnect = konnect_client(settings)
         assert settings.konnect_tls_client_cert_file and settings.konnect_tls_client_key_file
         # Fail at start, in one line, rather than on the first poll.
-        load_client_ssl_context(
+        check_client_files(
             settings.konnect_tls_client_cert_file, settings.konnect_tls_client_key_file, settings.konnect_ca_file
         )
         kube = api_client(settings)
