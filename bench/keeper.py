@@ -1,7 +1,7 @@
 """The keeper's figures in one table: start to ready, failover, memory, API calls per unchanged poll.
 
     .venv/bin/python bench/keeper.py [--runs 10] [--failovers 5] [--rss-minutes 10] [--polls 20]
-                                     [--only ready,failover,polls,rss]
+                                     [--only ready,failover,polls,rss] [--python PATH] [--baseline PATH]
 
 Uses the real control plane (built by `make controlplane`, audit log on), the Konnect stand-in and
 real keeper processes with the default Lease timings (15 s lease, 10 s renew deadline, 2 s retry).
@@ -29,6 +29,13 @@ from license_keeper.testing.keeper import KeeperProcess, KonnectEndpoint, keeper
 from license_keeper.testing.konnect import KonnectStandIn
 
 SECRET, LEASE = "kong-license", "kong-license-keeper"
+
+
+@dataclass
+class Start:
+    ready: float  # seconds from spawn to the first 200 on /readyz
+    on_cpu: float  # of which the keeper ran on a CPU
+    waiting: float  # and waited for one
 
 
 @dataclass
@@ -77,7 +84,9 @@ class Bench:
         ns = self.cp.create_namespace(f"bench-{self.count}-{int(time.time())}")
         return ns, self.cp.service_account(ns, "license-keeper", keeper_rules(SECRET, LEASE))
 
-    def keeper(self, ns: str, access: ServiceAccountAccess, name: str, *args: str) -> KeeperProcess:
+    def keeper(
+        self, ns: str, access: ServiceAccountAccess, name: str, *args: str, python: str | None = None
+    ) -> KeeperProcess:
         k = KeeperProcess(
             kubeconfig=access.kubeconfig,
             namespace=ns,
@@ -85,7 +94,7 @@ class Bench:
             workdir=self.work / ns,
             name=name,
             args=args,
-            python=self.python,
+            python=python or self.python,
         ).start()
         self.running.append(k)
         return k
@@ -108,17 +117,19 @@ class Bench:
         first.terminate()
         return ns, access
 
-    async def ready_times(self, runs: int) -> tuple[list[float], list[tuple[float, float]]]:
-        """Start -> ready of `runs` keepers, and each one's CPU time and run-queue wait until then."""
+    async def ready_times(self, runs: int, pythons: list[str]) -> dict[str, list[Start]]:
+        """Start -> ready of `runs` keepers on each interpreter, interleaved (so each sees the same host
+        minutes), with each one's CPU time and run-queue wait until ready."""
         ns, access = await self.seeded()
         await self.konnect.set_mode("blackhole")
-        times, cpu = [], []
+        starts: dict[str, list[Start]] = {p: [] for p in pythons}
         for i in range(runs):
-            k = self.keeper(ns, access, f"ready-{i}")
-            times.append(await asyncio.to_thread(self.wait_ready, k))
-            cpu.append(cpu_times(k))
-            k.kill()
-        return times, cpu
+            for j, python in enumerate(pythons):
+                k = self.keeper(ns, access, f"ready-{i}-{j}", python=python)
+                took = await asyncio.to_thread(self.wait_ready, k)
+                starts[python].append(Start(took, *cpu_times(k)))
+                k.kill()
+        return starts
 
     async def failover(self, kill: bool) -> float:
         ns, access = self.namespace()
@@ -170,19 +181,34 @@ class Bench:
 
 
 async def ready_figure(bench: Bench, args: argparse.Namespace) -> list[Figure]:
-    ready, cpu = await bench.ready_times(args.runs)
-    print(f"start -> ready: {', '.join(f'{t:.2f}' for t in ready)} s", flush=True)
-    print(f"  keeper on a CPU until ready: {', '.join(f'{c:.2f}' for c, _ in cpu)} s", flush=True)
-    print(f"  keeper waiting for a CPU: {', '.join(f'{w:.2f}' for _, w in cpu)} s", flush=True)
-    on_cpu = statistics.median(c for c, _ in cpu)
-    return [
+    pythons = [args.python, *([args.baseline] if args.baseline else [])]
+    starts = await bench.ready_times(args.runs, pythons)
+    ours = starts[args.python]
+    for python, runs in starts.items():
+        print(f"start -> ready ({python}): {', '.join(f'{s.ready:.2f}' for s in runs)} s", flush=True)
+        print(f"  on a CPU until ready: {', '.join(f'{s.on_cpu:.2f}' for s in runs)} s", flush=True)
+        print(f"  waiting for a CPU: {', '.join(f'{s.waiting:.2f}' for s in runs)} s", flush=True)
+    ready, on_cpu = statistics.median(s.ready for s in ours), statistics.median(s.on_cpu for s in ours)
+    figures = [
         Figure(
-            f"start -> ready, Konnect black-holed (median of {len(ready)})",
-            f"{statistics.median(ready):.2f} s ({on_cpu:.2f} s on a CPU)",
+            f"start -> ready, Konnect black-holed (median of {len(ours)})",
+            f"{ready:.2f} s ({on_cpu:.2f} s on a CPU)",
             "<= 0.5 s",
             "KIC 3.5: up to 300 s",
         )
     ]
+    if args.baseline:
+        base = starts[args.baseline]
+        ratios = [o.ready / b.ready for o, b in zip(ours, base, strict=True)]
+        figures.append(
+            Figure(
+                f"start -> ready of the --baseline build, interleaved (median of {len(base)})",
+                f"{statistics.median(s.ready for s in base):.2f} s; this build takes {statistics.median(ratios):.2f}x",
+                "-",
+                args.baseline,
+            )
+        )
+    return figures
 
 
 async def failover_figures(bench: Bench, args: argparse.Namespace) -> list[Figure]:
@@ -293,6 +319,11 @@ if __name__ == "__main__":
         "--python",
         default=os.environ.get("LICENSE_KEEPER_TEST_PYTHON") or sys.executable,
         help="the interpreter that runs the keeper (make bench: the runtime from bench/runtime.sh)",
+    )
+    parser.add_argument(
+        "--baseline",
+        help="another build's interpreter (an older checkout's virtualenv): its start -> ready is measured "
+        "interleaved with this one's, and the ratio printed, which the host's CPU speed does not change",
     )
     parser.add_argument(
         "--only",
