@@ -49,7 +49,7 @@ demo: dev controlplane
 ## bench: the keeper's figures in one table (start to ready, failover, API calls per poll, memory; ~15 min),
 ## measured on the keeper installed as the image installs it (bench/runtime.sh)
 bench: dev controlplane $(UV)
-	$(PY) bench/keeper.py --python "$$(bench/runtime.sh)" $(BENCH_ARGS)
+	py="$$(UV=$(UV) bench/runtime.sh)" && $(PY) bench/keeper.py --python "$$py" $(BENCH_ARGS)
 
 ## lock: pin the image's dependencies with hashes: requirements.lock from pyproject.toml's dependencies,
 ## build-requirements.lock from its build-system (keeps existing pins that still fit; lock-upgrade takes the newest)

@@ -55,13 +55,16 @@ def rss_mib(k: KeeperProcess) -> float:
 
 
 def cpu_times(k: KeeperProcess) -> tuple[float, float]:
-    """Seconds the keeper's main thread has run on a CPU, and waited for one, so far (schedstat).
+    """Seconds the keeper's threads have run on a CPU, and waited for one, so far (schedstat).
 
     Start-up is CPU-bound: on a shared host the same work takes from 0.4 s to 0.65 s of CPU depending
     on the minute, so the start times are printed beside what the keeper itself used."""
     assert k.proc is not None
-    on_cpu, waiting, _ = Path(f"/proc/{k.proc.pid}/schedstat").read_text().split()
-    return int(on_cpu) / 1e9, int(waiting) / 1e9
+    on_cpu = waiting = 0
+    for stat in Path(f"/proc/{k.proc.pid}/task").glob("*/schedstat"):
+        run, wait, _ = stat.read_text().split()
+        on_cpu, waiting = on_cpu + int(run), waiting + int(wait)
+    return on_cpu / 1e9, waiting / 1e9
 
 
 async def until(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.01) -> float:
@@ -124,7 +127,9 @@ class Bench:
         await self.konnect.set_mode("blackhole")
         starts: dict[str, list[Start]] = {p: [] for p in pythons}
         for i in range(runs):
-            for j, python in enumerate(pythons):
+            # ABBA: each build goes first in every other round, so neither always finds the Lease
+            # just released or the host just idle.
+            for j, python in enumerate(pythons if i % 2 == 0 else pythons[::-1]):
                 k = self.keeper(ns, access, f"ready-{i}-{j}", python=python)
                 took = await asyncio.to_thread(self.wait_ready, k)
                 starts[python].append(Start(took, *cpu_times(k)))
@@ -301,6 +306,12 @@ def print_table(figures: list[Figure]) -> None:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    if args.baseline and os.path.abspath(args.baseline) == os.path.abspath(args.python):
+        parser.error("--baseline is the same interpreter as --python; give another build's")
+    return args
+
+
 def figure_names(value: str) -> list[str]:
     names = [n.strip() for n in value.split(",") if n.strip()]
     unknown = [n for n in names if n not in FIGURES]
@@ -331,4 +342,4 @@ if __name__ == "__main__":
         default=list(FIGURES),
         help=f"comma-separated figures to measure, of {','.join(FIGURES)} (default: all)",
     )
-    asyncio.run(main(parser.parse_args()))
+    asyncio.run(main(check_args(parser, parser.parse_args())))
