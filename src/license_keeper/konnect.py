@@ -169,7 +169,9 @@ def _client_context(cert_file: Path, key_file: Path, ca_file: Path | None, *, sy
         else:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     except (OSError, ssl.SSLError) as exc:
-        raise KonnectConfigError(f"cannot load Konnect CA file {ca_file}: {_ssl_reason(exc)}") from None
+        # Without a CA file this is the system trust store (or SSLKEYLOGFILE, which the defaults open).
+        what = f"Konnect CA file {ca_file}" if ca_file is not None else "the system's TLS defaults"
+        raise KonnectConfigError(f"cannot load {what}: {_ssl_reason(exc)}") from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -288,6 +290,8 @@ class KonnectClient:
             if old is not None:
                 await old.close()
             return KonnectAuthFailed(f"client certificate unusable: {exc}")
+        if self._closed:  # closed while the context was loading: no session to leak
+            raise RuntimeError("KonnectClient is closed")
         old = self._session
         connector = aiohttp.TCPConnector(ssl=ctx, force_close=True, limit=4)
         timeout = aiohttp.ClientTimeout(total=self.total_timeout, sock_connect=self.connect_timeout)

@@ -229,9 +229,14 @@ def test_client_tls_file_errors(tls_material: TLSMaterial, tmp_path: Path, load:
         (t.client_cert_file, other.client_key_file, t.ca_file, "does not match"),
         (t.client_cert_file, t.client_key_file, tmp_path / "no-ca.pem", "CA file"),
     ]
+    # The same without a CA file (Konnect's public CA through the system trust store, the default).
+    cases += [(cert, key, None, part) for cert, key, ca, part in cases if ca == t.ca_file]
     for cert, key, ca, part in cases:
         with pytest.raises(KonnectConfigError) as info:
             load(cert, key, ca)
+        with pytest.raises(KonnectConfigError) as same:
+            load_client_ssl_context(cert, key, ca)
+        assert str(info.value) == str(same.value)
         message = str(info.value)
         assert part in message
         assert "\n" not in message
@@ -502,3 +507,30 @@ async def test_no_proxy_bypasses_the_proxy(konnect: KonnectStandIn, monkeypatch:
             result = await c.fetch()
         assert isinstance(result, LicenseFetched), result.describe()
         assert proxy.targets == []
+
+
+async def test_a_client_closed_while_its_context_loads_makes_no_session(
+    konnect: KonnectStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The context is loaded in a thread; a close() meanwhile must not leave a session behind."""
+    import threading
+
+    import license_keeper.konnect as module
+
+    entered, release = threading.Event(), threading.Event()
+    real = module.load_client_ssl_context
+
+    def slow(*args: object) -> ssl.SSLContext:
+        entered.set()
+        release.wait(10)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "load_client_ssl_context", slow)
+    client = client_for(konnect)
+    fetch = asyncio.create_task(client.fetch())
+    assert await asyncio.to_thread(entered.wait, 10)
+    await client.close()
+    release.set()
+    with pytest.raises(RuntimeError, match="closed"):
+        await fetch
+    assert client._session is None
