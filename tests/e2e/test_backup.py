@@ -10,7 +10,6 @@ import asyncio
 import base64
 import datetime
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from license_keeper.license import LicenseRecord
 from license_keeper.policy import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from license_keeper.store import SecretStore
 from license_keeper.testing.controlplane import ServiceAccountAccess
+from license_keeper.testing.keeper import clean_environ
 from license_keeper.testing.konnect import KonnectStandIn
 from license_keeper.testing.licenses import make_document, make_record
 
@@ -46,12 +46,7 @@ def lic(updated_at: int, days: int = 365) -> LicenseRecord:
 
 
 async def cli(*args: str, access: ServiceAccountAccess | None = None) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LICENSE_KEEPER_", "CONTROLLER_KONNECT_"))
-        and k not in ("KUBECONFIG", "POD_NAMESPACE", "KUBERNETES_SERVICE_HOST")
-    }
+    env = clean_environ()
     cluster = [f"--kubeconfig={access.kubeconfig}", f"--namespace={access.namespace}"] if access else []
     command = [sys.executable, "-m", "license_keeper", *args, *cluster]
     return await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, env=env, timeout=60)

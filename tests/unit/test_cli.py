@@ -13,17 +13,14 @@ from click.testing import CliRunner, Result
 from license_keeper.cli import common, main
 from license_keeper.cli.backup import BACKUP_FORMAT, write_private
 from license_keeper.config import ConfigError, load_settings
+from license_keeper.testing.keeper import clean_environ
 from license_keeper.testing.licenses import make_document
 
 TODAY = datetime.datetime.now(datetime.UTC).date()
 CUSTOMER = "Ochre Pangolin Shipping AG"
 
 # Every variable that could change what a command does is unset, so results do not depend on the shell.
-CLEAN_ENV = {
-    k: None
-    for k in os.environ
-    if k.startswith(("LICENSE_KEEPER_", "CONTROLLER_KONNECT_")) or k in ("POD_NAMESPACE", "KUBECONFIG")
-}
+CLEAN_ENV: dict[str, str | None] = {k: None for k in os.environ.keys() - clean_environ().keys()}
 
 
 def invoke(*args: str, env: dict[str, str] | None = None, input: str | bytes | None = None) -> Result:

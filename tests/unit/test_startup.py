@@ -4,7 +4,6 @@ it needs and back on (with the start-up objects frozen) before it does its work.
 from __future__ import annotations
 
 import gc
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from license_keeper.cli.common import started
+from license_keeper.testing.keeper import clean_environ
 from license_keeper.testing.licenses import make_document
 
 # Runs the command as the console script does, then reports the collector's state at exit.
@@ -25,11 +25,8 @@ main()
 
 
 def command(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LICENSE_KEEPER_", "CONTROLLER_KONNECT_"))}
-    env.pop("KUBECONFIG", None)
-    return subprocess.run(
-        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env, timeout=60, check=False
-    )
+    command = [sys.executable, "-c", PROBE, *args]
+    return subprocess.run(command, capture_output=True, text=True, env=clean_environ(), timeout=60, check=False)
 
 
 def collector_at_exit(result: subprocess.CompletedProcess[str]) -> tuple[bool, int]:

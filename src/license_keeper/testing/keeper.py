@@ -18,7 +18,18 @@ from typing import Any
 from .controlplane import free_port
 from .probes import KeeperProbes
 
-__all__ = ["KeeperProcess", "KonnectEndpoint", "keeper_rules"]
+__all__ = ["KeeperProcess", "KonnectEndpoint", "clean_environ", "keeper_rules"]
+
+# What configures the keeper and its CLI besides their flags: settings (ours and KIC's names), the
+# kubeconfig, the namespace and the in-cluster hint.
+KEEPER_ENV_PREFIXES = ("LICENSE_KEEPER_", "CONTROLLER_KONNECT_")
+KEEPER_ENV_NAMES = ("KUBECONFIG", "POD_NAMESPACE", "KUBERNETES_SERVICE_HOST")
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without what configures the keeper, for a keeper or CLI subprocess
+    whose behaviour must come from its flags alone, not from the shell the tests run in."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(KEEPER_ENV_PREFIXES) and k not in KEEPER_ENV_NAMES}
 
 
 def keeper_rules(secret_name: str, lease_name: str, *, allow_create: bool = True) -> list[dict[str, Any]]:
@@ -103,12 +114,11 @@ class KeeperProcess(KeeperProbes):
 
     def start(self) -> KeeperProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("LICENSE_KEEPER_", "CONTROLLER_KONNECT_"))}
+        env = clean_environ()
         # Tests poll in milliseconds; the keeper refuses periods that short unless told it runs in a harness.
         env.update(
             {"POD_NAME": self.name, "PYTHONUNBUFFERED": "1", "LICENSE_KEEPER_ALLOW_SHORT_PERIODS": "true", **self.env}
         )
-        env.pop("KUBERNETES_SERVICE_HOST", None)
         with open(self.log_path, "ab") as log:
             self.started_at = time.monotonic()
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
