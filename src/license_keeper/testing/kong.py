@@ -69,11 +69,7 @@ class KongStandIn:
         slow_seconds: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if tls is None:
-            if tls_dir is None:
-                raise TypeError("KongStandIn needs tls_dir or tls")
-            tls = TLSMaterial.load_or_create(Path(tls_dir))
-        self.tls = tls
+        self.tls = TLSMaterial.given(tls, tls_dir, "KongStandIn")
         self.token = token
         self.require_client_cert = require_client_cert
         self.node = KongNode(role=role, database=database)

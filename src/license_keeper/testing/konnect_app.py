@@ -53,11 +53,7 @@ class KonnectStandIn:
         slow_seconds: float = 2.0,
         oversized_bytes: int = 65536 + 4096,
     ) -> None:
-        if tls is None:
-            if tls_dir is None:
-                raise TypeError("KonnectStandIn needs tls_dir or tls")
-            tls = TLSMaterial.load_or_create(Path(tls_dir))
-        self.tls = tls
+        self.tls = TLSMaterial.given(tls, tls_dir, "KonnectStandIn")
         self.control_plane_id = control_plane_id or str(uuid.uuid4())
         self.record: LicenseRecord | None = (
             make_record(updated_at=int(time.time())) if record is _KEEP else record  # type: ignore[assignment]

@@ -92,6 +92,15 @@ class TLSMaterial:
             return cls.load(directory)
         return cls.create(directory)
 
+    @classmethod
+    def given(cls, tls: TLSMaterial | None, tls_dir: Path | None, owner: str) -> TLSMaterial:
+        """A stand-in's material: ``tls`` when passed, else what is (or is made) in ``tls_dir``."""
+        if tls is not None:
+            return tls
+        if tls_dir is None:
+            raise TypeError(f"{owner} needs tls_dir or tls")
+        return cls.load_or_create(Path(tls_dir))
+
     def rotate_client(self, *, trusted: bool = True, common_name: str = "license-keeper-client") -> None:
         """Write a fresh client certificate and key over client.pem / client-key.pem.
 
