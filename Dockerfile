@@ -22,13 +22,17 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-# Dependencies first: this layer is reused until a lock file changes. --require-hashes also fails the
-# build when a lock misses a dependency; --only-binary: nothing is compiled, no compiler needed.
+# Dependencies first: this layer is reused until a lock file changes. Exactly the locks: --no-deps, so
+# pip resolves nothing (a newer upstream release can neither change nor break the build), hashes checked,
+# --only-binary (nothing compiled, no compiler); `pip check` then fails the build when a lock misses a
+# dependency.
 COPY requirements.lock build-requirements.lock ./
 RUN python3 -m venv /opt/build \
- && /opt/build/bin/pip install --quiet --require-hashes --only-binary :all: -r build-requirements.lock \
+ && /opt/build/bin/pip install --quiet --no-deps --require-hashes --only-binary :all: -r build-requirements.lock \
+ && /opt/build/bin/pip check \
  && python3 -m venv /opt/license-keeper \
- && /opt/license-keeper/bin/pip install --quiet --require-hashes --only-binary :all: -r requirements.lock
+ && /opt/license-keeper/bin/pip install --quiet --no-deps --require-hashes --only-binary :all: -r requirements.lock \
+ && /opt/license-keeper/bin/pip check
 COPY pyproject.toml README.md ./
 COPY src ./src
 # The project itself (no dependencies: they are all installed above), then pip leaves the virtualenv.

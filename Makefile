@@ -3,18 +3,24 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-UV_VERSION := 0.13.9
 UV     := $(VENV)/bin/uv
 
 .PHONY: dev test test-unit lint demo controlplane bench clean soak lock lock-upgrade image
 
-$(STAMP): pyproject.toml
+# Installs are locked: every package comes from a lock file, exactly as pinned and hash-checked, with
+# --no-deps so that pip resolves nothing (a newer upstream release can neither change nor break it), and
+# `pip check` proves the set is complete. The venv's own pip is used as it comes with the interpreter.
+PIP_LOCKED := --quiet --disable-pip-version-check --no-deps --require-hashes --only-binary :all:
+
+$(STAMP): pyproject.toml requirements-dev.lock build-requirements.lock
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install $(PIP_LOCKED) -r requirements-dev.lock -r build-requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
-## dev: virtualenv in .venv with the package (editable) and the test tools
+## dev: virtualenv in .venv from requirements-dev.lock (the package editable, the test tools)
 dev: $(STAMP)
 
 ## controlplane: build kube-apiserver, kubectl, etcd, helm and promtool into the cache (first run: many minutes)
@@ -48,20 +54,20 @@ demo: dev controlplane
 
 ## bench: the keeper's figures in one table (start to ready, failover, API calls per poll, memory; ~15 min),
 ## measured on the keeper installed as the image installs it (bench/runtime.sh)
-bench: dev controlplane $(UV)
+bench: dev controlplane
 	py="$$(UV=$(UV) bench/runtime.sh)" && $(PY) bench/keeper.py --python "$$py" $(BENCH_ARGS)
 
-## lock: pin the image's dependencies with hashes: requirements.lock from pyproject.toml's dependencies,
-## build-requirements.lock from its build-system (keeps existing pins that still fit; lock-upgrade takes the newest)
+## lock: pin every install with hashes from pyproject.toml: requirements.lock (the runtime: the image,
+## the bench runtime), requirements-dev.lock (make dev: the runtime pins plus the test tools) and
+## build-requirements.lock (the build-system). Keeps existing pins that still fit; lock-upgrade takes the newest.
 LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --custom-compile-command 'make lock' --quiet
 
-$(UV): | $(STAMP)
-	$(PY) -m pip install --quiet uv==$(UV_VERSION)
-
-lock: $(UV)
+lock: $(STAMP)
 	$(UV) pip compile pyproject.toml $(LOCK_FLAGS) $(LOCK_ARGS) -o requirements.lock
 	$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
 	  | $(UV) pip compile - $(LOCK_FLAGS) $(LOCK_ARGS) -o build-requirements.lock
+	$(UV) pip compile pyproject.toml --extra dev -c requirements.lock -c build-requirements.lock \
+	  $(LOCK_FLAGS) $(LOCK_ARGS) -o requirements-dev.lock
 
 lock-upgrade:
 	$(MAKE) lock LOCK_ARGS=--upgrade

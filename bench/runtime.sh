@@ -22,7 +22,7 @@ if [[ -z "$base" ]]; then
     base="${PYTHON:-python3}"
   fi
 fi
-[[ -x "$uv" ]] || { echo "bench/runtime.sh: $uv missing; run 'make bench' (it installs uv into .venv)" >&2; exit 2; }
+[[ -x "$uv" ]] || { echo "bench/runtime.sh: $uv missing; run 'make dev' (requirements-dev.lock installs uv into .venv)" >&2; exit 2; }
 # Rebuilt when any input changed: the files and their names, this script, uv, the interpreter.
 digest="$( { find src -type f -not -path '*/__pycache__/*' -not -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum;
              sha256sum requirements.lock build-requirements.lock pyproject.toml README.md "$0";
@@ -38,8 +38,10 @@ if [[ "$(cat "$root/.digest" 2>/dev/null)" != "$digest" ]]; then
   tar -C src --exclude=__pycache__ --exclude='*.egg-info' -cf - . | tar -C "$project/src" -xf -
   rm -rf "$root"
   "$base" -m venv --without-pip "$root" >&2
-  "$uv" pip install --quiet --python "$root/bin/python" --compile-bytecode --require-hashes \
+  # exactly the lock, resolving nothing (as the Dockerfile installs it), then checked complete
+  "$uv" pip install --quiet --python "$root/bin/python" --compile-bytecode --no-deps --require-hashes \
     -r requirements.lock >&2
+  "$uv" pip check --quiet --python "$root/bin/python" >&2
   "$uv" pip install --quiet --python "$root/bin/python" --compile-bytecode --no-deps \
     --build-constraints build-requirements.lock "$project" >&2
   echo "$digest" > "$root/.digest"
