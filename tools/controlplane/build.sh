@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Builds the test control plane (kube-apiserver, kubectl, etcd) and the chart tools (helm, promtool)
-# from the Go module proxy, at the versions pinned by the go.mod files beside this script.
+# Builds the test control plane (kube-apiserver, kubectl, etcd), the node beside it (kubelet,
+# kube-controller-manager, kube-scheduler, kube-proxy) and the chart tools (helm, promtool) from the Go
+# module proxy, at the versions pinned by the go.mod files beside this script.
 #
 # Binaries land in ${XDG_CACHE_HOME:-$HOME/.cache}/license-keeper/controlplane/<component>-<version>/
 # and are reused when present, so only the first run pays for the build. A cold build of
-# kube-apiserver takes 10-20 minutes on two cores; the others a few minutes each.
+# kube-apiserver takes 10-20 minutes on two cores; the node about 5 more; the others a few minutes each.
 #
-# Usage: build.sh [--print-dir] [component...]   components: kubernetes etcd helm prometheus (default: all)
+# Usage: build.sh [--print-dir] [component...]   components: kubernetes node etcd helm prometheus (default: all)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,18 +18,21 @@ export CGO_ENABLED=0
 # component -> "main module" and the packages to build from it
 declare -A module=(
   [kubernetes]=k8s.io/kubernetes
+  [node]=k8s.io/kubernetes
   [etcd]=go.etcd.io/etcd/server/v3
   [helm]=helm.sh/helm/v3
   [prometheus]=github.com/prometheus/prometheus
 )
 declare -A packages=(
   [kubernetes]="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl"
+  [node]="k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy"
   [etcd]="go.etcd.io/etcd/server/v3"
   [helm]="helm.sh/helm/v3/cmd/helm"
   [prometheus]="github.com/prometheus/prometheus/cmd/promtool"
 )
 declare -A binaries=(
   [kubernetes]="kube-apiserver kubectl"
+  [node]="kubelet kube-controller-manager kube-scheduler kube-proxy"
   [etcd]="etcd"
   [helm]="helm"
   [prometheus]="promtool"
@@ -37,7 +41,7 @@ declare -A binaries=(
 print_dir=0
 if [[ "${1:-}" == "--print-dir" ]]; then print_dir=1; shift; fi
 components=("$@")
-[[ ${#components[@]} -gt 0 ]] || components=(kubernetes etcd helm prometheus)
+[[ ${#components[@]} -gt 0 ]] || components=(kubernetes etcd helm prometheus node)
 
 command -v go >/dev/null || { echo "build.sh: Go is required to build the test control plane (go not found on PATH)" >&2; exit 1; }
 
@@ -62,9 +66,17 @@ for c in "${components[@]}"; do
   mkdir -p "$out.tmp"
   pkgs=(${packages[$c]})
   bins=(${binaries[$c]})
+  ldflags="-s -w"
+  # The node's binaries report their version (the kubelet's Node status, kubectl get nodes): without
+  # this they say v0.0.0-master+$Format:%H$.
+  if [[ $c == node ]]; then
+    IFS=. read -r major minor _ <<<"${v#v}"
+    ldflags+=" -X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=$major"
+    ldflags+=" -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
+  fi
   for i in "${!pkgs[@]}"; do
     echo "build.sh:   go build ${pkgs[$i]} -> ${bins[$i]}"
-    (cd "$here/$c" && go build -trimpath -ldflags="-s -w" -o "$out.tmp/${bins[$i]}" "${pkgs[$i]}")
+    (cd "$here/$c" && go build -trimpath -ldflags="$ldflags" -o "$out.tmp/${bins[$i]}" "${pkgs[$i]}")
   done
   rm -rf "$out" && mv "$out.tmp" "$out"
   echo "build.sh: built $c $v in $(( $(date +%s) - start )) s"
