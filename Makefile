@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 UV     := $(VENV)/bin/uv
 
-.PHONY: dev test test-unit lint demo controlplane bench clean soak lock lock-upgrade image
+.PHONY: dev test test-unit lint demo demo-node node controlplane bench clean soak lock lock-upgrade image
 
 # Installs are locked: every package comes from a lock file, exactly as pinned and hash-checked, with
 # --no-deps so that pip resolves nothing (a newer upstream release can neither change nor break it), and
@@ -23,21 +23,23 @@ $(STAMP): pyproject.toml requirements-dev.lock build-requirements.lock
 ## dev: virtualenv in .venv from requirements-dev.lock (the package editable, the test tools)
 dev: $(STAMP)
 
-## controlplane: build kube-apiserver, kubectl, etcd, helm and promtool into the cache (first run: many minutes)
+## controlplane: build kube-apiserver, kubectl, etcd, helm, promtool and the node's kubelet,
+## kube-controller-manager, kube-scheduler and kube-proxy into the cache (first run: many minutes)
 controlplane:
 	tools/controlplane/build.sh
 
 # The image tests (tests/image) need podman; without it they are left out here, and fail when asked for.
 IMAGE_TESTS := $(if $(shell command -v podman),,-m 'not image')
 
-## test: every test, including those against the real control plane (builds it first if needed) and,
-## where podman is installed, the container image's
+## test: every test, including those against the real control plane (builds it first if needed), the
+## node tests (pods on a real node: root and the Debian packages .ci/run installs) and, where podman is
+## installed, the container image's
 test: dev controlplane
 	$(PY) -m pytest -q -rs $(IMAGE_TESTS) $(PYTEST_ARGS)
 
 ## test-unit: only the tests that need no control plane
 test-unit: dev
-	$(PY) -m pytest -q -m 'not controlplane and not image' $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m 'not controlplane and not image and not node' $(PYTEST_ARGS)
 
 ## soak: the seeded fault soak; SEED=n STEPS=n replays one schedule (default: the CI seeds, 50 steps each)
 soak: dev controlplane
@@ -51,6 +53,15 @@ lint: dev
 ## demo: the whole job end to end on a local control plane, with the Konnect stand-in
 demo: dev controlplane
 	$(PY) -m license_keeper.testing.demo
+
+## demo-node: the seed's scenario on real pods: the chart on a real node, Konnect down, the keeper at zero,
+## gateway pods deleted and back licensed, a rotation rolled out (root; the packages .ci/run installs)
+demo-node: dev controlplane
+	$(PY) -m license_keeper.testing.demo_node
+
+## node: a real node beside the control plane, in the foreground until Ctrl-C (WORKDIR=/tmp/lk-node)
+node: dev controlplane
+	$(PY) -m license_keeper.testing.node start --workdir $(or $(WORKDIR),/tmp/lk-node)
 
 ## bench: the keeper's figures in one table (start to ready, failover, API calls per poll, memory; ~15 min),
 ## measured on the keeper installed as the image installs it (bench/runtime.sh)

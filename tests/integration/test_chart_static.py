@@ -407,6 +407,9 @@ def test_service_pdb_and_monitoring(variant: tuple[str, dict[str, Any], list[dic
     pdb = only(objs, "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    # keepers unready for lack of a license must not block a node drain
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
 
     monitors = [o for o in objs if o["kind"] == "ServiceMonitor"]
     rules = [o for o in objs if o["kind"] == "PrometheusRule"]
@@ -424,6 +427,12 @@ def test_service_pdb_and_monitoring(variant: tuple[str, dict[str, Any], list[dic
         assert "{{ $labels.namespace }}" in json.dumps(pr["spec"])
     else:
         assert rules == []
+
+def test_the_budget_is_left_out_for_one_replica_and_takes_max_unavailable() -> None:
+    assert not [o for o in render({"replicaCount": 1}) if o["kind"] == "PodDisruptionBudget"]
+    pdb = only(render({"replicaCount": 3, "podDisruptionBudget.maxUnavailable": 1}), "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
+
 
 
 def test_runbook_base_url_can_be_replaced() -> None:

@@ -54,6 +54,8 @@ __all__ = [
 
 REPO_BUILD_SCRIPT = Path(__file__).resolve().parents[3] / "tools" / "controlplane" / "build.sh"
 ADMIN_USER = "license-keeper-admin"
+SERVICE_RANGE = "10.0.0.0/24"
+SERVICE_IP = "10.0.0.1"  # the `kubernetes` Service's ClusterIP: the first address of SERVICE_RANGE
 SECRETBOX_KEY_NAME = "key1"
 
 
@@ -159,9 +161,13 @@ class ControlPlane:
     same port, for outage tests.
     """
 
-    def __init__(self, workdir: Path | str, *, verbose: bool = False) -> None:
+    def __init__(self, workdir: Path | str, *, verbose: bool = False, node_ip: str | None = None) -> None:
         self.workdir = Path(workdir)
         self.verbose = verbose
+        # With a node beside it (testing.node), the API server also serves pods: it listens on the node's
+        # address only, publishes itself as the `kubernetes` Service's endpoint, and mounts ServiceAccount
+        # tokens into pods. Without one it stays on loopback, as the tests without pods want it.
+        self.node_ip = node_ip
         self.etcd_port = free_port()
         self.etcd_peer_port = free_port()
         self.apiserver_port = free_port()
@@ -173,8 +179,12 @@ class ControlPlane:
 
     # paths
     @property
+    def host(self) -> str:
+        return self.node_ip or "127.0.0.1"
+
+    @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.host}:{self.apiserver_port}"
 
     @property
     def etcd_url(self) -> str:
@@ -286,7 +296,10 @@ class ControlPlane:
         pki.mkdir(exist_ok=True)
         ca = trustme.CA()
         ca.cert_pem.write_to_path(str(pki / "ca.pem"))
-        server = ca.issue_cert("127.0.0.1", "localhost", "kubernetes", "kubernetes.default.svc")
+        names = ["127.0.0.1", "localhost", "kubernetes", "kubernetes.default.svc"]
+        if self.node_ip:  # what in-cluster clients dial: the `kubernetes` Service's ClusterIP and DNS names
+            names += [self.node_ip, SERVICE_IP, "kubernetes.default", "kubernetes.default.svc.cluster.local"]
+        server = ca.issue_cert(*names)
         server.private_key_pem.write_to_path(str(pki / "apiserver-key.pem"))
         server.cert_chain_pems[0].write_to_path(str(pki / "apiserver.pem"))
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -355,14 +368,29 @@ class ControlPlane:
             time.sleep(0.1)
         raise ControlPlaneError("etcd did not become healthy")
 
+    def _serving_args(self) -> list[str]:
+        if not self.node_ip:
+            return [
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                # No kubelets or Services here; the reconciler refuses a loopback advertise address.
+                "--endpoint-reconciler-type=none",
+                "--disable-admission-plugins=ServiceAccount",
+            ]
+        return [
+            f"--bind-address={self.node_ip}",
+            f"--advertise-address={self.node_ip}",
+            "--endpoint-reconciler-type=lease",
+            "--enable-admission-plugins=ServiceAccount",
+            # The node's Hostname address may resolve to loopback, where the kubelet does not listen.
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
+
     def _apiserver_args(self) -> list[str]:
         pki = self.workdir / "pki"
         return [
             f"--etcd-servers={self.etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            # No kubelets or Services here; the reconciler refuses a loopback advertise address.
-            "--endpoint-reconciler-type=none",
+            *self._serving_args(),
             # On SIGTERM, end open watches within a second, as a managed control plane's upgrade does;
             # without it the server waits on every watch until it is killed (15 s here).
             "--shutdown-watch-termination-grace-period=1s",
@@ -376,8 +404,7 @@ class ControlPlane:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-cluster-ip-range=10.0.0.0/24",
-            "--disable-admission-plugins=ServiceAccount",
+            f"--service-cluster-ip-range={SERVICE_RANGE}",
             f"--encryption-provider-config={self.workdir / 'encryption.yaml'}",
             f"--audit-policy-file={self.audit_policy_file}",
             f"--audit-log-path={self.audit_log}",
