@@ -35,7 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from license_keeper.testing.control import control_app, serve_until_stopped, stop_on_signals
-from license_keeper.testing.kong_model import ApiAnswer, KongNode
+from license_keeper.testing.kong_model import BAD_JSON, ApiAnswer, KongNode
 from license_keeper.testing.konnect_tls import TLSFront, check_mode, follow_mode, https_url, shut_down
 from license_keeper.testing.tls import TLSMaterial
 
@@ -246,26 +246,13 @@ class KongStandIn:
         return web.json_response(answer.body, status=answer.status)
 
     async def _licenses(self, request: web.Request, method: str, row_id: str | None, now: int) -> ApiAnswer:
-        node = self.node
-        if method == "GET":
-            if row_id is None:
-                return node.list_rows(request.query.get("size"), request.query.get("offset"))
-            return node.get_row(row_id)
         body: Any = None
         if method in ("POST", "PUT", "PATCH"):
             try:
                 body = await request.json()
             except ValueError:
-                return ApiAnswer(400, {"message": "Cannot parse JSON body"})
-        if method == "POST" and row_id is None:
-            return node.create(body, now)
-        if method == "PUT" and row_id is not None:
-            return node.upsert(row_id, body, now)
-        if method == "PATCH" and row_id is not None:
-            return node.patch(row_id, body, now)
-        if method == "DELETE" and row_id is not None:
-            return node.delete(row_id)
-        return ApiAnswer(405, {"message": "Method not allowed"})
+                return BAD_JSON
+        return self.node.licenses_call(method, row_id, body, now, dict(request.query))
 
 
 # --- another process ----------------------------------------------------------------------------------------
