@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 UV     := $(VENV)/bin/uv
 
-.PHONY: dev test test-unit lint demo demo-node node controlplane bench clean soak lock lock-upgrade image
+.PHONY: dev test test-unit lint demo demo-node node controlplane bench clean soak lock lock-upgrade image image-gateway
 
 # Installs are locked: every package comes from a lock file, exactly as pinned and hash-checked, with
 # --no-deps so that pip resolves nothing (a newer upstream release can neither change nor break it), and
@@ -86,6 +86,10 @@ lock-upgrade:
 ## image: build the container image (podman, else docker); IMAGE=name:tag, PYTHON_IMAGE=base to override
 image:
 	tools/image/build.sh
+
+## image-gateway: the gateway test image on top of the keeper's (after make image); KEEPER_IMAGE=, IMAGE= to override
+image-gateway:
+	tools/image/build-gateway.sh
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

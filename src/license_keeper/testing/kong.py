@@ -4,6 +4,7 @@ In-process::
 
     async with KongStandIn(tls_dir=tmp_path, token="s3cret") as kong:
         kong.address                      # https://127.0.0.1:PORT, server cert from kong.tls.ca_file
+                                          # (host="10.255.255.7": listens there, the cert covers it)
         kong.node.env_license = doc       # KONG_LICENSE_DATA: hides /licenses rows
         await kong.set_mode("stall")
 
@@ -12,10 +13,10 @@ In-process::
 
 In another process::
 
-    python -m license_keeper.testing.kong serve --dir DIR --control-port 0
+    python -m license_keeper.testing.kong serve --dir DIR --control-port 0 [--host 10.255.255.7]
 
-Serves over HTTPS on 127.0.0.1: ``GET /``, ``GET /license/report``, ``GET /metrics`` and ``/licenses`` CRUD with
-Kong's status codes and error bodies (see kong_model). A client certificate is optional unless
+Serves over HTTPS on 127.0.0.1 (or ``host``): ``GET /``, ``GET /license/report``, ``GET /metrics`` and
+``/licenses`` CRUD with Kong's status codes and error bodies (see kong_model). A client certificate is optional unless
 ``require_client_cert``; with ``token`` set, requests need ``Kong-Admin-Token`` (else 401, like Kong RBAC).
 """
 
@@ -34,8 +35,8 @@ from typing import Any
 from aiohttp import web
 
 from license_keeper.testing.control import control_app, serve_until_stopped, stop_on_signals
-from license_keeper.testing.kong_model import ApiAnswer, KongNode
-from license_keeper.testing.konnect_tls import TLSFront, check_mode, follow_mode, shut_down
+from license_keeper.testing.kong_model import BAD_JSON, ApiAnswer, KongNode
+from license_keeper.testing.konnect_tls import TLSFront, check_mode, follow_mode, https_url, shut_down
 from license_keeper.testing.tls import TLSMaterial
 
 __all__ = ["KongStandIn"]
@@ -61,6 +62,7 @@ class KongStandIn:
         tls_dir: Path | None = None,
         tls: TLSMaterial | None = None,
         port: int = 0,
+        host: str = "127.0.0.1",
         token: str | None = None,
         require_client_cert: bool = False,
         role: str = "traditional",
@@ -69,7 +71,8 @@ class KongStandIn:
         slow_seconds: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.tls = TLSMaterial.given(tls, tls_dir, "KongStandIn")
+        self.host = host
+        self.tls = TLSMaterial.given(tls, tls_dir, "KongStandIn", host)
         self.token = token
         self.require_client_cert = require_client_cert
         self.node = KongNode(role=role, database=database)
@@ -92,7 +95,7 @@ class KongStandIn:
 
     @property
     def address(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return https_url(self.host, self.port)
 
     async def __aenter__(self) -> KongStandIn:
         await self.start()
@@ -107,7 +110,8 @@ class KongStandIn:
             ctx.verify_mode = ssl.CERT_OPTIONAL
         if self.mode == "tls_untrusted":
             if self._untrusted is None:
-                self._untrusted = TLSMaterial.create(self.tls.directory / "untrusted")
+                # same host, other CA: the client must fail on trust, not on the name
+                self._untrusted = TLSMaterial.create(self.tls.directory / "untrusted", [self.host])
             ctx.load_cert_chain(self._untrusted.server_cert_file, self._untrusted.server_key_file)
         return ctx
 
@@ -118,7 +122,7 @@ class KongStandIn:
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self._front = TLSFront(self._ssl_context(), self._runner.addresses[0][1], self.port)
+        self._front = TLSFront(self._ssl_context(), self._runner.addresses[0][1], self.port, self.host)
         if self.mode != "closed":
             await asyncio.to_thread(self._front.listen)
             self.port = self._front.port
@@ -242,26 +246,13 @@ class KongStandIn:
         return web.json_response(answer.body, status=answer.status)
 
     async def _licenses(self, request: web.Request, method: str, row_id: str | None, now: int) -> ApiAnswer:
-        node = self.node
-        if method == "GET":
-            if row_id is None:
-                return node.list_rows(request.query.get("size"), request.query.get("offset"))
-            return node.get_row(row_id)
         body: Any = None
         if method in ("POST", "PUT", "PATCH"):
             try:
                 body = await request.json()
             except ValueError:
-                return ApiAnswer(400, {"message": "Cannot parse JSON body"})
-        if method == "POST" and row_id is None:
-            return node.create(body, now)
-        if method == "PUT" and row_id is not None:
-            return node.upsert(row_id, body, now)
-        if method == "PATCH" and row_id is not None:
-            return node.patch(row_id, body, now)
-        if method == "DELETE" and row_id is not None:
-            return node.delete(row_id)
-        return ApiAnswer(405, {"message": "Method not allowed"})
+                return BAD_JSON
+        return self.node.licenses_call(method, row_id, body, now, dict(request.query))
 
 
 # --- another process ----------------------------------------------------------------------------------------
@@ -288,6 +279,7 @@ async def _serve(args: argparse.Namespace, token: str | None, env_license: str |
     kong = KongStandIn(
         tls_dir=Path(args.dir),
         port=args.port,
+        host=args.host,
         token=token,
         require_client_cert=args.require_client_cert,
         database=args.database,
@@ -322,6 +314,9 @@ def _build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run until SIGINT/SIGTERM; prints one JSON line when ready")
     serve.add_argument("--dir", required=True, help="directory for the TLS files (created when missing)")
     serve.add_argument("--port", type=int, default=0)
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (the server certificate covers it; default 127.0.0.1)"
+    )
     serve.add_argument("--token-file", default=None, help="require this Kong-Admin-Token")
     serve.add_argument("--require-client-cert", action="store_true")
     serve.add_argument("--database", default="postgres", choices=["postgres", "off"], help="off = DB-less (405)")

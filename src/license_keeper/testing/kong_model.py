@@ -7,6 +7,15 @@ Facts (docs/../shared REFERENCE §7, from Kong's source and docs):
 - DB-less and data-plane nodes refuse writes with 405; hybrid data planes run the newest row the CP sent.
 - Prometheus: `kong_enterprise_license_signature` = float(int(signature[-34:], 16)), printed `%.14g`;
   `kong_enterprise_license_expiration` = noon of the expiry date (the node's local time; UTC here) - 86,400 s.
+
+Kong 3.15 without a valid license (REFERENCE §9; Kong EE's `license_helpers.lua`, as published):
+- The expiry instant is `os.time{year, month, day}` of `license_expiration_date`: Lua fills in hour 12, so
+  noon (node-local; UTC here), the same instant the Prometheus figure starts from. A grace period of 30 days
+  follows. Missing, unreadable or past the grace period: the Admin API is read-only, every write except to
+  `/licenses` and `/keyring/recover|import|import/raw` answers 403 `Enterprise license missing or expired`.
+  (The signature check, and so the exact instant Kong's license library calls "expired", is not public.)
+- A daily log line: WARN below 90 days, ERR below 30 days, CRIT in the grace period and after it (wording in
+  ``license_notice``). An expired license is still accepted on `/licenses`, with a WARN.
 """
 
 from __future__ import annotations
@@ -15,15 +24,65 @@ import base64
 import calendar
 import hashlib
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from license_keeper.license import License, LicenseError, parse_license
 
-__all__ = ["ApiAnswer", "KongNode"]
+__all__ = ["ApiAnswer", "KongNode", "license_notice"]
 
 UNLICENSED = "UNLICENSED"
+DAY = 86400
+GRACE_PERIOD_DAYS = 30
+WARNING_NOTICE_DAYS = 90
+ERROR_NOTICE_DAYS = 30
+_PLEASE_CONTACT = "Please contact <support@konghq.com> to renew your license."
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Writable without a license (Kong 3.15): how a valid license gets in, and how keyring material is recovered.
+_UNLICENSED_WRITABLE = ("/licenses", "/keyring/recover", "/keyring/import", "/keyring/import/raw")
+UNLICENSED_WRITE = {"message": "Enterprise license missing or expired"}
+
+
+def expiration_time(lic: License) -> int:
+    """Kong's expiry instant (epoch seconds): noon UTC of ``license_expiration_date``."""
+    day = lic.expiration_date
+    return calendar.timegm((day.year, day.month, day.day, 12, 0, 0))
+
+
+def license_notice(lic: License, now: float) -> tuple[str, str] | None:
+    """Kong's daily line about ``lic`` at ``now``: (nginx level, message), or None when nothing is due."""
+    expires = expiration_time(lic)
+    date = lic.expiration_date.isoformat()
+    if expires < now:
+        if now < expires + GRACE_PERIOD_DAYS * DAY:
+            days_in = min(math.ceil((now - expires) / DAY), GRACE_PERIOD_DAYS)
+            left = GRACE_PERIOD_DAYS - days_in
+            return "crit", (
+                f"Your license is expired. You have {left} days left in the renewal grace period. {_PLEASE_CONTACT}"
+            )
+        return "crit", f"The Kong Enterprise license expired on {date}. {_PLEASE_CONTACT}"
+    if expires < now + ERROR_NOTICE_DAYS * DAY:
+        return "error", f"The Kong Enterprise license will expire on {date}. {_PLEASE_CONTACT}"
+    if expires < now + WARNING_NOTICE_DAYS * DAY:
+        return "warn", f"The Kong Enterprise license will expire on {date}. {_PLEASE_CONTACT}"
+    return None
+
+
+def added_license_warning(lic: License, now: float) -> str | None:
+    """Kong's WARN when an expired license is added through /licenses (it is accepted all the same)."""
+    expires = expiration_time(lic)
+    if now < expires:
+        return None
+    if now < expires + GRACE_PERIOD_DAYS * DAY:
+        return "The license being added is expired"
+    return "The license being added is expired; some functionality may not be available"
+
+
+def unlicensed_writable(path: str) -> bool:
+    """Whether Kong 3.15 takes a write to ``path`` (normalized, no trailing slash) without a license."""
+    return path in _UNLICENSED_WRITABLE or path.startswith("/licenses/")
 
 
 @dataclass
@@ -66,6 +125,7 @@ def _schema_violation(field_name: str, problem: str) -> ApiAnswer:
 
 
 NOT_FOUND = ApiAnswer(404, {"message": "Not found"})
+BAD_JSON = ApiAnswer(400, {"message": "Cannot parse JSON body"})
 
 
 def validate_payload(payload: Any, rejected_signatures: frozenset[str] = frozenset()) -> str | None:
@@ -120,22 +180,30 @@ class KongNode:
     rows: dict[str, LicenseRow] = field(default_factory=dict)
     rejected_signatures: frozenset[str] = frozenset()
     version: str = "3.10.0.0-enterprise-edition"
+    # A DB-less node that keeps /licenses writes in memory, as DB-less Kong keeps a `licenses:` list pushed
+    # through /config: they run in place of KONG_LICENSE_DATA until restart (the gateway stand-in; a real
+    # DB-less Kong answers 405 on /licenses itself).
+    in_memory_licenses: bool = False
 
     @property
     def writable(self) -> bool:
-        return self.database != "off" and self.role != "data_plane"
+        return (self.database != "off" or self.in_memory_licenses) and self.role != "data_plane"
 
     # --- which license runs ------------------------------------------------------------------------------
 
     def active(self) -> tuple[str, str | None]:
-        """(source, document) of the license this node runs: env, file, path, db, or none."""
+        """(source, document) of the license this node runs: config, env, file, path, db, or none."""
+        if self.in_memory_licenses and self.rows:
+            return "config", self._newest_row().payload
         for source, doc in (("env", self.env_license), ("file", self.file_license), ("path", self.path_license)):
             if doc:
                 return source, doc
         if self.rows:
-            newest = max(self.rows.values(), key=lambda r: (r.updated_at, r.created_at, r.id))
-            return "db", newest.payload
+            return "db", self._newest_row().payload
         return "none", None
+
+    def _newest_row(self) -> LicenseRow:
+        return max(self.rows.values(), key=lambda r: (r.updated_at, r.created_at, r.id))
 
     def active_license(self) -> License | None:
         _, doc = self.active()
@@ -145,6 +213,27 @@ class KongNode:
             return parse_license(doc)
         except LicenseError:
             return None
+
+    def license_state(self, now: float) -> str:
+        """What Kong 3.15 makes of the active license: missing, invalid, valid, grace or expired."""
+        _, doc = self.active()
+        if doc is None:
+            return "missing"
+        lic = self.active_license()
+        if lic is None or validate_payload(doc, self.rejected_signatures) is not None:
+            return "invalid"
+        expires = expiration_time(lic)
+        if now < expires:
+            return "valid"
+        return "grace" if now < expires + GRACE_PERIOD_DAYS * DAY else "expired"
+
+    def refuse_unlicensed(self, method: str, path: str, now: float) -> ApiAnswer | None:
+        """Kong 3.15's 403 for a write while no valid license runs (reads and /licenses always pass)."""
+        if method not in WRITE_METHODS or unlicensed_writable(path):
+            return None
+        if self.license_state(now) in ("valid", "grace"):
+            return None
+        return ApiAnswer(403, dict(UNLICENSED_WRITE))
 
     # --- read endpoints ----------------------------------------------------------------------------------
 
@@ -161,13 +250,19 @@ class KongNode:
             body["license"] = {k: v for k, v in payload.items() if k != "license_key"}
         return body
 
-    def report(self, now: int) -> dict[str, Any]:
+    def deployment(self) -> str:
+        if self.role != "traditional":
+            return "hybrid"
+        return "dbless" if self.database == "off" else "traditional"
+
+    def report(self, now: int, hostname: str = "kong-stand-in") -> dict[str, Any]:
         lic = self.active_license()
         return {
             "kong_version": self.version,
             "timestamp": now,
             "db_version": "postgres 16.2" if self.database != "off" else "off",
-            "deployment_info": {"type": "hybrid" if self.role != "traditional" else "traditional"},
+            "deployment_info": {"type": self.deployment()},
+            "system_info": {"hostname": hostname},
             "counters": {"buckets": []},
             "plugins_count": {"tiers": {}, "unique_route_lambdas": 0},
             "license": {
@@ -180,8 +275,7 @@ class KongNode:
         lic = self.active_license()
         lines = []
         if lic is not None:
-            day = lic.expiration_date
-            noon = calendar.timegm((day.year, day.month, day.day, 12, 0, 0))
+            noon = expiration_time(lic)
             lines += [
                 "# HELP kong_enterprise_license_signature Last 32 bytes of the license signature in number",
                 "# TYPE kong_enterprise_license_signature gauge",
@@ -226,6 +320,25 @@ class KongNode:
     def get_row(self, row_id: str) -> ApiAnswer:
         row = self.rows.get(row_id.lower())
         return ApiAnswer(200, row.entity()) if row else NOT_FOUND
+
+    def licenses_call(
+        self, method: str, row_id: str | None, body: Any, now: int, query: dict[str, str] | None = None
+    ) -> ApiAnswer:
+        """One /licenses request: ``row_id`` from /licenses/{id}; ``body`` the parsed JSON (None for none)."""
+        query = query or {}
+        if method == "GET":
+            if row_id is None:
+                return self.list_rows(query.get("size"), query.get("offset"))
+            return self.get_row(row_id)
+        if method == "POST" and row_id is None:
+            return self.create(body, now)
+        if method == "PUT" and row_id is not None:
+            return self.upsert(row_id, body, now)
+        if method == "PATCH" and row_id is not None:
+            return self.patch(row_id, body, now)
+        if method == "DELETE" and row_id is not None:
+            return self.delete(row_id)
+        return ApiAnswer(405, {"message": "Method not allowed"})
 
     # --- write endpoints ---------------------------------------------------------------------------------
 

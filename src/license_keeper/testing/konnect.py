@@ -10,10 +10,11 @@ In-process::
 
 In another process::
 
-    python -m license_keeper.testing.konnect serve --dir DIR --control-port 0
+    python -m license_keeper.testing.konnect serve --dir DIR --control-port 0 [--host 10.255.255.7]
 
-It is a real HTTPS server on 127.0.0.1 that requires and verifies a client certificate, and serves only
-``GET /kic/api/control-planes/{id}/v1/licenses`` (everything else is 404).
+It is a real HTTPS server on 127.0.0.1 (or ``host``, which its server certificate then covers too) that
+requires and verifies a client certificate, and serves only ``GET /kic/api/control-planes/{id}/v1/licenses``
+(everything else is 404).
 
 The stand-in is split by concern: ``konnect_tls`` (the mutual-TLS front), ``konnect_app`` (the HTTP app,
 its modes and statistics: ``KonnectStandIn``), and this module: driving a stand-in in another process
@@ -118,6 +119,7 @@ async def _serve(args: argparse.Namespace) -> int:
     standin = KonnectStandIn(
         tls_dir=Path(args.dir),
         port=args.port,
+        host=args.host,
         control_plane_id=args.control_plane_id,
         mode=args.mode,
         slow_seconds=args.slow_seconds,
@@ -147,8 +149,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help="run the stand-in until SIGINT/SIGTERM",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Serve GET /kic/api/control-planes/{ID}/v1/licenses over HTTPS on 127.0.0.1, requiring a client\n"
-            "certificate issued by DIR/ca.pem. Writes ca.pem, server.pem, server-key.pem, client.pem and\n"
+            "Serve GET /kic/api/control-planes/{ID}/v1/licenses over HTTPS on --host (127.0.0.1), requiring a\n"
+            "client certificate issued by DIR/ca.pem. Writes ca.pem, server.pem, server-key.pem, client.pem and\n"
             "client-key.pem into DIR (or uses the ones there), serves a generated license, and prints one\n"
             "JSON line when ready: address, control_plane_id, path, the file paths, and control_url.\n\n"
             "Control endpoint (plain HTTP on 127.0.0.1:--control-port; 0 picks a free port):\n"
@@ -162,6 +164,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--dir", required=True, help="directory for the TLS files")
     serve.add_argument("--port", type=int, default=0, help="HTTPS port (default: a free port)")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; the server certificate covers it (default 127.0.0.1)"
+    )
     serve.add_argument("--control-plane-id", default=None, help="control plane id (default: a random UUID)")
     serve.add_argument("--control-port", type=int, default=None, help="port of the control endpoint (0: free)")
     serve.add_argument("--mode", default="license", choices=list(MODES), help="initial mode")

@@ -1,6 +1,7 @@
 """The HTTP app of the Konnect stand-in: the licenses endpoint, its fault modes, and its statistics.
 
-``KonnectStandIn`` puts it behind the TLS front (``konnect_tls.TLSFront``) on 127.0.0.1.
+``KonnectStandIn`` puts it behind the TLS front (``konnect_tls.TLSFront``) on 127.0.0.1, or on ``host``
+(for example a node address that pods can reach); its server certificate then covers that host too.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from aiohttp import web
 
 from license_keeper.konnect import licenses_path
 from license_keeper.license import LicenseRecord
-from license_keeper.testing.konnect_tls import TLSFront, check_mode, follow_mode, shut_down
+from license_keeper.testing.konnect_tls import TLSFront, check_mode, follow_mode, https_url, shut_down
 from license_keeper.testing.licenses import make_record
 from license_keeper.testing.tls import TLSMaterial
 
@@ -47,13 +48,15 @@ class KonnectStandIn:
         tls_dir: Path | None = None,
         tls: TLSMaterial | None = None,
         port: int = 0,
+        host: str = "127.0.0.1",
         control_plane_id: str | None = None,
         record: LicenseRecord | object | None = _KEEP,
         mode: str = "license",
         slow_seconds: float = 2.0,
         oversized_bytes: int = 65536 + 4096,
     ) -> None:
-        self.tls = TLSMaterial.given(tls, tls_dir, "KonnectStandIn")
+        self.host = host
+        self.tls = TLSMaterial.given(tls, tls_dir, "KonnectStandIn", host)
         self.control_plane_id = control_plane_id or str(uuid.uuid4())
         self.record: LicenseRecord | None = (
             make_record(updated_at=int(time.time())) if record is _KEEP else record  # type: ignore[assignment]
@@ -76,7 +79,7 @@ class KonnectStandIn:
 
     @property
     def address(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return https_url(self.host, self.port)
 
     @property
     def path(self) -> str:
@@ -98,7 +101,7 @@ class KonnectStandIn:
         # plain HTTP backend on a free loopback port; clients reach it only through the TLS front
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
         backend_port = self._runner.addresses[0][1]
-        self._front = TLSFront(self.tls.server_ssl_context(), backend_port, self.port)
+        self._front = TLSFront(self.tls.server_ssl_context(), backend_port, self.port, self.host)
         if self.mode != "closed":
             await asyncio.to_thread(self._front.listen)
             self.port = self._front.port

@@ -1,4 +1,8 @@
-"""The TLS front of the Konnect stand-in: mutual TLS on blocking sockets, relayed to the HTTP app."""
+"""The TLS front of the Konnect and Kong stand-ins: (mutual) TLS on blocking sockets, relayed to the HTTP app.
+
+The front listens on ``host`` (127.0.0.1 unless a test needs another address, such as a node address pods
+can reach); the HTTP app behind it stays on 127.0.0.1, since only the front talks to it.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,12 @@ import time
 
 from aiohttp import web
 
-__all__ = ["TLSFront", "check_mode", "follow_mode", "shut_down"]
+__all__ = ["TLSFront", "check_mode", "follow_mode", "https_url", "shut_down"]
+
+
+def https_url(host: str, port: int) -> str:
+    """``https://host:port``, with an IPv6 address in brackets."""
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 def check_mode(mode: str, modes: dict[str, str]) -> None:
@@ -48,9 +57,10 @@ class TLSFront:
     ("certificate required", "unknown ca"), and the client must be tested against that.
     """
 
-    def __init__(self, ctx: ssl.SSLContext, backend_port: int, port: int) -> None:
+    def __init__(self, ctx: ssl.SSLContext, backend_port: int, port: int, host: str = "127.0.0.1") -> None:
         self._ctx = ctx
         self._backend_port = backend_port
+        self.host = host
         self.port = port
         self._listener: socket.socket | None = None
         self._accepting: threading.Thread | None = None
@@ -63,9 +73,10 @@ class TLSFront:
     def listen(self) -> None:
         if self._listener is not None:
             return
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
+        sock.bind((self.host, self.port))
         sock.listen(64)
         sock.settimeout(0.1)
         self.port = sock.getsockname()[1]
