@@ -55,6 +55,10 @@ def keepers_ready(c: Cluster, count: int) -> bool:
     return len(pods) == count and all(pod_ready(p) for p in pods)
 
 
+def container_ids(pod: dict[str, Any]) -> str:
+    return ",".join(sorted(str(s.get("containerID")) for s in pod.get("status", {}).get("containerStatuses", [])))
+
+
 def lease_holder(c: Cluster) -> str:
     return str(c.get("lease", LEASE).get("spec", {}).get("holderIdentity") or "")
 
@@ -126,11 +130,17 @@ async def test_a_node_restart_during_an_outage_comes_back_licensed_without_a_wri
 ) -> None:
     key = await licensed_install(cluster, konnect)
     await konnect.set_mode("blackhole")
+    before = {container_ids(p) for p in await asyncio.to_thread(keeper_pods, cluster)}
     since = time.time()
     await asyncio.to_thread(cluster.node.stop_runtime)  # kubelet and containerd stopped, every container killed
     started = time.monotonic()
     await asyncio.to_thread(cluster.node.start_runtime)
-    await eventually(lambda: keepers_ready(cluster, 2), 180, what="both keepers Ready again")
+
+    def restarted_and_ready() -> bool:  # new containers, not the Ready the API still shows from before
+        pods = keeper_pods(cluster)
+        return keepers_ready(cluster, 2) and not before & {container_ids(p) for p in pods}
+
+    await eventually(restarted_and_ready, 180, what="both keepers restarted and Ready again")
     FIGURES["node restart (kubelet and containerd back) -> keepers Ready (s)"] = round(time.monotonic() - started, 2)
     await eventually(lambda: all_gateways_run(cluster, key, 3), 120, what="every gateway pod licensed again")
     assert keeper_secret_writes(cluster, since) == []
@@ -281,7 +291,7 @@ async def test_a_drain_respects_the_budget_and_keepers_unready_for_lack_of_a_lic
 ) -> None:
     # No license anywhere: Konnect has none, so the keepers run but are not Ready.
     konnect.serve(None)
-    await asyncio.to_thread(install_keeper, cluster, konnect, delivery={"restart": {"deployments": []}})
+    await asyncio.to_thread(install_keeper, cluster, konnect, wait=False, delivery={"restart": {"deployments": []}})
     await eventually(lambda: len(keeper_pods(cluster)) == 2, 60, what="two keeper pods")
     await asyncio.sleep(3)
     pods = await asyncio.to_thread(keeper_pods, cluster)

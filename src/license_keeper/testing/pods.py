@@ -28,7 +28,7 @@ from license_keeper.license import parse_license
 
 from .audit import AuditEntry
 from .controlplane import ControlPlane, binary
-from .node import Node, podman
+from .node import Node
 
 __all__ = [
     "GATEWAY",
@@ -73,15 +73,16 @@ class ImageBuildError(RuntimeError):
 
 
 def build_images() -> None:
-    """The keeper image as `make image` builds it, and the gateway image on top of it (both local, no registry)."""
-    env = {**os.environ, "IMAGE": KEEPER_IMAGE}
-    done = subprocess.run([str(REPO / "tools/image/build.sh")], capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        raise ImageBuildError(f"the keeper image did not build: {done.stderr.strip()[-1500:]}")
-    podman(
-        "build", "--quiet", "--network=host", "--build-arg", f"KEEPER_IMAGE={KEEPER_IMAGE}",
-        "-f", str(REPO / "tools/image/Containerfile.gateway"), "-t", GATEWAY_IMAGE, str(REPO / "tools/image"),
-    )  # fmt: skip
+    """The keeper image as `make image` builds it, and the gateway image on top (both local, no registry)."""
+    env = {**os.environ, "IMAGE": KEEPER_IMAGE, "KEEPER_IMAGE": KEEPER_IMAGE}
+    for script in ("build.sh", "build-gateway.sh"):
+        done = subprocess.run(
+            [str(REPO / "tools" / "image" / script)],
+            capture_output=True, text=True, env={**env, "IMAGE": GATEWAY_IMAGE} if "gateway" in script else env,
+            check=False, timeout=900,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise ImageBuildError(f"tools/image/{script} failed: {done.stderr.strip()[-1500:]}")
 
 
 @dataclass
@@ -231,9 +232,10 @@ def konnect_secrets(c: Cluster, konnect: Any) -> None:
     c.kubectl("create", "secret", "generic", "konnect-ca", f"--from-file=ca.crt={tls.ca_file}")
 
 
-def install_keeper(c: Cluster, konnect: Any, **overrides: Any) -> str:
+def install_keeper(c: Cluster, konnect: Any, *, wait: bool = True, **overrides: Any) -> str:
+    """`helm install` with the Konnect client Secrets; ``wait``: until the keepers are Ready (a license held)."""
     konnect_secrets(c, konnect)
-    return c.install(keeper_values(konnect, **overrides))
+    return c.install(keeper_values(konnect, **overrides), wait=wait)
 
 
 RESTRICTED_CONTAINER = {
