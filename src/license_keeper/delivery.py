@@ -40,6 +40,7 @@ __all__ = [
     "plan_konglicense",
     "plan_restart",
     "rollout_finished",
+    "rollout_status",
 ]
 
 FINGERPRINT_ANNOTATION = "license-keeper.io/license-fingerprint"
@@ -326,11 +327,6 @@ def is_paused(workload: dict[str, Any]) -> bool:
     return bool((workload.get("spec") or {}).get("paused"))
 
 
-def restarts_on_template_change(workload: dict[str, Any]) -> bool:
-    strategy = ((workload.get("spec") or {}).get("updateStrategy") or {}).get("type")
-    return workload.get("kind") != "StatefulSet" or strategy != "OnDelete"
-
-
 def restart_patch(fingerprint: str) -> dict[str, Any]:
     return {"spec": {"template": {"metadata": {"annotations": {FINGERPRINT_ANNOTATION: fingerprint}}}}}
 
@@ -342,30 +338,147 @@ def plan_restart(workload: dict[str, Any], fingerprint: str) -> dict[str, Any] |
     return restart_patch(fingerprint)
 
 
-def rollout_finished(workload: dict[str, Any]) -> bool:
-    spec, status = workload.get("spec") or {}, workload.get("status") or {}
-    generation = (workload.get("metadata") or {}).get("generation")
-    replicas = spec.get("replicas", 1)
-    return (
-        status.get("observedGeneration") is not None
-        and generation is not None
-        and status["observedGeneration"] >= generation
-        and status.get("updatedReplicas", 0) == replicas
+# Whether a rollout is over, judged as `kubectl rollout status` judges it (kubectl's
+# pkg/polymorphichelpers/rollout_status.go): "updated" counts alone are not enough, because a Deployment
+# reports every replica updated while old pods still run and before any new pod is available.
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    done: bool  # every pod the rollout may replace runs the current template, as kubectl would say
+    why: str  # for the report: what is left to do, or what was done
+    stuck: bool = False  # it will not finish by itself (kubectl reports these as errors)
+
+
+def _count(obj: dict[str, Any], section: str, key: str, default: int = 0) -> int:
+    """An integer field as Go reads it (absent: the zero value, or the API server's default)."""
+    value = (obj.get(section) or {}).get(key)
+    return default if value is None else _int(value)
+
+
+def _update_strategy(workload: dict[str, Any]) -> dict[str, Any]:
+    return (workload.get("spec") or {}).get("updateStrategy") or {}
+
+
+def generation_observed(workload: dict[str, Any]) -> bool:
+    """The controller has seen the latest spec. A missing generation counts as 1 (the API server always sets
+    one) and a missing observedGeneration as 0, so an object no controller has looked at is never done."""
+    return _count(workload, "status", "observedGeneration") >= _count(workload, "metadata", "generation", 1)
+
+
+def progress_deadline_exceeded(workload: dict[str, Any]) -> bool:
+    """The Deployment controller gave up waiting for progress (spec.progressDeadlineSeconds)."""
+    conditions = (workload.get("status") or {}).get("conditions") or []
+    return any(
+        isinstance(c, dict) and c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+        for c in conditions
     )
+
+
+def rolls_on_template_change(workload: dict[str, Any]) -> bool:
+    """StatefulSets and DaemonSets with updateStrategy OnDelete replace a pod only when it is deleted."""
+    if workload.get("kind") not in ("StatefulSet", "DaemonSet"):
+        return True
+    return _update_strategy(workload).get("type", "RollingUpdate") == "RollingUpdate"
+
+
+def statefulset_partition(workload: dict[str, Any]) -> int | None:
+    """The rollingUpdate partition (ordinals below it are not updated); None without rollingUpdate.
+
+    The API server defaults a missing partition to 0 whenever rollingUpdate is given.
+    """
+    rolling = _update_strategy(workload).get("rollingUpdate")
+    return _int(rolling.get("partition")) if isinstance(rolling, dict) else None
+
+
+def _deployment_status(workload: dict[str, Any]) -> RolloutStatus:
+    if progress_deadline_exceeded(workload):
+        return RolloutStatus(False, "exceeded its progress deadline (ProgressDeadlineExceeded)", stuck=True)
+    replicas = _count(workload, "spec", "replicas", 1)
+    updated = _count(workload, "status", "updatedReplicas")
+    running = _count(workload, "status", "replicas")
+    available = _count(workload, "status", "availableReplicas")
+    if updated < replicas:
+        return RolloutStatus(False, f"rolling out ({updated}/{replicas} updated)")
+    if running > updated:
+        return RolloutStatus(False, f"rolling out ({running - updated} old pods still running)")
+    if available < updated:
+        return RolloutStatus(False, f"rolling out ({available}/{updated} updated pods available)")
+    return RolloutStatus(True, f"rolled out ({updated} updated pods available, no old pods left)")
+
+
+def _statefulset_status(workload: dict[str, Any]) -> RolloutStatus:
+    replicas = _count(workload, "spec", "replicas", 1)
+    ready = _count(workload, "status", "readyReplicas")
+    updated = _count(workload, "status", "updatedReplicas")
+    if ready < replicas:
+        return RolloutStatus(False, f"rolling out ({ready}/{replicas} pods ready)")
+    partition = statefulset_partition(workload)
+    if partition is not None:
+        # kubectl: done once every ordinal at or above the partition is updated (the rest is held back)
+        due = max(replicas - partition, 0)
+        if updated < due:
+            return RolloutStatus(False, f"rolling out ({updated}/{due} updated)")
+        return RolloutStatus(True, f"rolled out ({updated} updated pods, all ready)")
+    status = workload.get("status") or {}
+    if status.get("updateRevision") != status.get("currentRevision"):
+        return RolloutStatus(False, f"rolling out ({updated}/{replicas} updated)")
+    return RolloutStatus(True, f"rolled out ({replicas} pods at the current revision, all ready)")
+
+
+def _daemonset_status(workload: dict[str, Any]) -> RolloutStatus:
+    desired = _count(workload, "status", "desiredNumberScheduled")
+    updated = _count(workload, "status", "updatedNumberScheduled")
+    available = _count(workload, "status", "numberAvailable")
+    if updated < desired:
+        return RolloutStatus(False, f"rolling out ({updated}/{desired} updated)")
+    if available < desired:
+        return RolloutStatus(False, f"rolling out ({available}/{desired} updated pods available)")
+    return RolloutStatus(True, f"rolled out ({updated} updated pods available)")
+
+
+def rollout_status(workload: dict[str, Any]) -> RolloutStatus:
+    """Deployment, StatefulSet or DaemonSet, each by its own `kubectl rollout status` rules."""
+    if not rolls_on_template_change(workload):
+        return RolloutStatus(False, "uses updateStrategy OnDelete: pods restart only when deleted", stuck=True)
+    if not generation_observed(workload):
+        return RolloutStatus(False, "rolling out (the controller has not observed the change yet)")
+    kind = workload.get("kind")
+    if kind == "StatefulSet":
+        return _statefulset_status(workload)
+    if kind == "DaemonSet":
+        return _daemonset_status(workload)
+    return _deployment_status(workload)
+
+
+def rollout_finished(workload: dict[str, Any]) -> bool:
+    return rollout_status(workload).done
+
+
+def held_back_by_partition(workload: dict[str, Any]) -> int:
+    """StatefulSet pods a rollingUpdate partition keeps on their old template (the ordinals below it)."""
+    partition = statefulset_partition(workload) if workload.get("kind") == "StatefulSet" else None
+    return min(partition or 0, _count(workload, "spec", "replicas", 1))
 
 
 def diagnose_rollout(workload: dict[str, Any] | None, fingerprint: str, label: str) -> tuple[DeliveryState, str]:
     if workload is None:
         return DeliveryState.ERROR, f"{label} does not exist"
     carries = template_fingerprint(workload) == fingerprint
-    if is_paused(workload) and not (carries and rollout_finished(workload)):
+    status = rollout_status(workload)
+    if is_paused(workload) and not (carries and status.done):
         return DeliveryState.DRIFT, f"{label} is paused: not restarted (kubectl rollout resume, then it rolls)"
     if not carries:
         return DeliveryState.PENDING, f"{label} pod template does not carry the held license fingerprint yet"
-    if not restarts_on_template_change(workload):
-        return DeliveryState.DRIFT, f"{label} uses updateStrategy OnDelete: pods restart only when deleted"
-    if not rollout_finished(workload):
-        status = workload.get("status") or {}
-        replicas = (workload.get("spec") or {}).get("replicas", 1)
-        return DeliveryState.PENDING, f"{label} rolling out ({status.get('updatedReplicas', 0)}/{replicas} updated)"
+    if status.stuck:
+        return DeliveryState.DRIFT, f"{label} {status.why}"
+    if not status.done:
+        return DeliveryState.PENDING, f"{label} {status.why}"
+    held_back = held_back_by_partition(workload)
+    if held_back:
+        # kubectl calls a partitioned rollout complete, but those pods still run the license they started with
+        return DeliveryState.DRIFT, (
+            f"{label} rolled out above its rollingUpdate partition; {held_back} pods below it keep their license "
+            "until the partition is lowered"
+        )
     return DeliveryState.DELIVERED, f"{label} runs pods started with the held license"

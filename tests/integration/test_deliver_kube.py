@@ -201,16 +201,17 @@ def deployment(name: str, *, paused: bool = False) -> dict[str, Any]:
     }
 
 
-def advance_rollout(cp: ControlPlane, path: str, *, updated: int) -> None:
-    """What the deployment controller would write: the generation seen and the updated replicas."""
+def advance_rollout(cp: ControlPlane, path: str, *, updated: int, old: int = 0, available: int | None = None) -> None:
+    """What the deployment controller would write: the generation seen, ``updated`` pods on the new template
+    (``available`` of them available, default all) and ``old`` pods of the previous one still running."""
     obj = cp.must("GET", path)
-    replicas = obj["spec"]["replicas"]
+    available = updated if available is None else available
     obj["status"] = {
         "observedGeneration": obj["metadata"]["generation"],
-        "replicas": replicas,
+        "replicas": updated + old,
         "updatedReplicas": updated,
-        "readyReplicas": updated,
-        "availableReplicas": updated,
+        "readyReplicas": available + old,
+        "availableReplicas": available + old,
     }
     cp.must("PUT", f"{path}/status", obj)
 
@@ -236,8 +237,15 @@ async def test_restart_patches_once_and_waits_for_the_rollout(
     assert second_keeper.wrote is False, "idempotent: a second replica never restarts twice"
     assert controlplane.must("GET", path)["metadata"]["generation"] == generation
 
-    advance_rollout(controlplane, path, updated=1)
+    advance_rollout(controlplane, path, updated=1, old=2)
     assert "1/2 updated" in (await replicas[0].check(first)).reason
+    # every replica updated, but an old pod still runs, then no new pod is available yet: not delivered
+    advance_rollout(controlplane, path, updated=2, old=1)
+    report = await replicas[0].check(first)
+    assert report.state is D.PENDING and "1 old pods still running" in report.reason, report.reason
+    advance_rollout(controlplane, path, updated=2, available=0)
+    report = await replicas[0].check(first)
+    assert report.state is D.PENDING and "0/2 updated pods available" in report.reason, report.reason
     advance_rollout(controlplane, path, updated=2)
     assert (await replicas[0].check(first)).state is D.DELIVERED
 
@@ -276,22 +284,39 @@ async def test_restart_of_an_unnamed_or_missing_workload(
     assert missing.state is D.ERROR and "does not exist" in missing.reason
 
 
-@pytest.mark.parametrize(("strategy", "delivered"), [("RollingUpdate", True), ("OnDelete", False)])
+@pytest.mark.parametrize(
+    ("strategy", "partition", "delivered", "words"),
+    [
+        ("RollingUpdate", None, True, "runs pods"),
+        ("OnDelete", None, False, "OnDelete"),
+        # kubectl calls it rolled out, but the pod below the partition keeps its license
+        ("RollingUpdate", 1, False, "1 pods below it"),
+    ],
+)
 async def test_restart_statefulset(
-    controlplane: ControlPlane, namespace: str, kube_for: Any, strategy: str, delivered: bool
+    controlplane: ControlPlane,
+    namespace: str,
+    kube_for: Any,
+    strategy: str,
+    partition: int | None,
+    delivered: bool,
+    words: str,
 ) -> None:
     name = "kong-sts"
     body = deployment(name)
     body.update(kind="StatefulSet")
     body["spec"].pop("paused")
-    body["spec"].update(serviceName="kong", updateStrategy={"type": strategy})
+    update: dict[str, Any] = {"type": strategy}
+    if partition is not None:
+        update["rollingUpdate"] = {"partition": partition}
+    body["spec"].update(serviceName="kong", updateStrategy=update)
     path = f"/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}"
     controlplane.must("POST", f"/apis/apps/v1/namespaces/{namespace}/statefulsets", body)
     sa = await asyncio.to_thread(controlplane.service_account, namespace, "keeper", restart_rules("statefulset", name))
     target = RestartTarget(parse_target(f"restart=statefulset/{name}"), kube_for(sa.kubeconfig), namespace)
     held = lic()
     assert (await target.deliver(held)).wrote is True
-    advance_rollout(controlplane, path, updated=2)
+    advance_rollout(controlplane, path, updated=2 - (partition or 0), old=partition or 0)
     report = await target.check(held)
     assert report.state is (D.DELIVERED if delivered else D.DRIFT), report.reason
-    assert delivered or "OnDelete" in report.reason
+    assert words in report.reason, report.reason

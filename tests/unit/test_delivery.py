@@ -258,16 +258,27 @@ def workload(
     observed: int | None = 2,
     updated: int = 3,
     replicas: int = 3,
+    running: int | None = None,
+    available: int | None = None,
     kind: str = "Deployment",
     strategy: str | None = None,
 ) -> dict[str, Any]:
+    """A workload whose status is by default a finished rollout: ``running`` pods in all (default: the
+    updated ones, no old pods left), ``available`` of them available (default: all updated)."""
     annotations = {FINGERPRINT_ANNOTATION: fp} if fp else {}
     spec: dict[str, Any] = {"replicas": replicas, "template": {"metadata": {"annotations": annotations}}}
     if paused:
         spec["paused"] = True
     if strategy:
         spec["updateStrategy"] = {"type": strategy}
-    status: dict[str, Any] = {"updatedReplicas": updated}
+    running = updated if running is None else running
+    available = updated if available is None else available
+    status: dict[str, Any] = {
+        "replicas": running,
+        "updatedReplicas": updated,
+        "readyReplicas": available,
+        "availableReplicas": available,
+    }
     if observed is not None:
         status["observedGeneration"] = observed
     return {"kind": kind, "metadata": {"name": "kong", "generation": generation}, "spec": spec, "status": status}
@@ -297,10 +308,204 @@ def test_plan_restart(obj: dict[str, Any], patched: bool) -> None:
         (workload(FP, observed=None), False),
         (workload(FP, updated=2), False),
         (workload(FP, replicas=0, updated=0), True),
+        # every replica updated, but old pods still run: kubectl waits for them to terminate
+        (workload(FP, updated=3, running=4), False),
+        (workload(FP, updated=3, running=6), False),
+        # every replica updated and no old pod left, but not every new pod is available yet
+        (workload(FP, updated=3, available=0), False),
+        (workload(FP, updated=3, available=2), False),
+        # scaled down right after the rollout: more updated pods than replicas, all new, all available
+        (workload(FP, replicas=2, updated=3), True),
     ],
 )
 def test_rollout_finished(obj: dict[str, Any], finished: bool) -> None:
     assert rollout_finished(obj) is finished
+
+
+@st.composite
+def deployment_world(draw: st.DrawFn) -> tuple[dict[str, Any], bool]:
+    """The pods of a Deployment mid-rollout (old template, new template; available or not), the status
+    its controller reports for them, and whether the rollout is really over: the spec change seen, every
+    replica on the new template, no old pod left, every new pod available."""
+    replicas = draw(st.integers(0, 5))
+    old, new = draw(st.integers(0, 6)), draw(st.integers(0, 7))
+    old_available, new_available = draw(st.integers(0, old)), draw(st.integers(0, new))
+    generation = draw(st.integers(1, 4))
+    observed = draw(st.one_of(st.none(), st.integers(0, generation)))
+    obj = workload(
+        FP,
+        generation=generation,
+        observed=observed,
+        replicas=replicas,
+        updated=new,
+        running=old + new,
+        available=old_available + new_available,
+    )
+    over = observed == generation and old == 0 and new >= replicas and new_available == new
+    return obj, over
+
+
+@given(deployment_world())
+def test_deployment_rollout_is_finished_only_when_no_old_pod_is_left_and_every_new_one_is_available(
+    world: tuple[dict[str, Any], bool],
+) -> None:
+    obj, over = world
+    assert rollout_finished(obj) is over
+
+
+def statefulset(
+    fp: str | None = None,
+    *,
+    replicas: int = 3,
+    updated: int = 3,
+    ready: int | None = None,
+    partition: int | None = None,
+    rolling_update: bool | None = None,
+    revisions: tuple[str, str] = ("r2", "r2"),
+    generation: int = 2,
+    observed: int | None = 2,
+    strategy: str = "RollingUpdate",
+) -> dict[str, Any]:
+    """A StatefulSet; ``rolling_update`` (default: when a partition is given) adds spec.updateStrategy.rollingUpdate,
+    ``revisions`` are status (currentRevision, updateRevision)."""
+    update: dict[str, Any] = {"type": strategy}
+    if rolling_update or (rolling_update is None and partition is not None):
+        update["rollingUpdate"] = {} if partition is None else {"partition": partition}
+    status: dict[str, Any] = {
+        "replicas": replicas,
+        "updatedReplicas": updated,
+        "readyReplicas": replicas if ready is None else ready,
+        "currentRevision": revisions[0],
+        "updateRevision": revisions[1],
+    }
+    if observed is not None:
+        status["observedGeneration"] = observed
+    return {
+        "kind": "StatefulSet",
+        "metadata": {"name": "kong", "generation": generation},
+        "spec": {
+            "replicas": replicas,
+            "updateStrategy": update,
+            "template": {"metadata": {"annotations": {FINGERPRINT_ANNOTATION: fp} if fp else {}}},
+        },
+        "status": status,
+    }
+
+
+def daemonset(
+    *,
+    desired: int = 3,
+    updated: int = 3,
+    available: int = 3,
+    generation: int = 2,
+    observed: int | None = 2,
+    strategy: str = "RollingUpdate",
+) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "desiredNumberScheduled": desired,
+        "updatedNumberScheduled": updated,
+        "numberAvailable": available,
+    }
+    if observed is not None:
+        status["observedGeneration"] = observed
+    return {
+        "kind": "DaemonSet",
+        "metadata": {"name": "kong", "generation": generation},
+        "spec": {"updateStrategy": {"type": strategy}, "template": {"metadata": {}}},
+        "status": status,
+    }
+
+
+@pytest.mark.parametrize(
+    ("obj", "finished"),
+    [
+        (statefulset(), True),
+        (statefulset(observed=1), False),
+        (statefulset(observed=None), False),  # kubectl: observedGeneration 0 is "not observed yet"
+        (statefulset(ready=2), False),
+        # without rollingUpdate: done when the update revision became the current one
+        (statefulset(updated=1, revisions=("r1", "r2")), False),
+        (statefulset(updated=3, revisions=("r1", "r2")), False),
+        # rollingUpdate without a partition (the API server defaults it to 0): every replica updated
+        (statefulset(rolling_update=True, updated=2, revisions=("r1", "r2")), False),
+        (statefulset(rolling_update=True, updated=3, revisions=("r1", "r2")), True),
+        (statefulset(partition=0, updated=2, revisions=("r1", "r2")), False),
+        (statefulset(partition=0, updated=3), True),
+        # a partition: done once every ordinal at or above it is updated, never pending forever
+        (statefulset(partition=2, updated=0, revisions=("r1", "r2")), False),
+        (statefulset(partition=2, updated=1, revisions=("r1", "r2")), True),
+        (statefulset(partition=5, updated=0, revisions=("r1", "r2")), True),
+        (statefulset(partition=2, updated=1, ready=2, revisions=("r1", "r2")), False),
+        (statefulset(strategy="OnDelete"), False),  # kubectl: no rollout status for OnDelete
+        (daemonset(), True),
+        (daemonset(observed=1), False),
+        (daemonset(updated=2), False),
+        (daemonset(available=2), False),
+        (daemonset(desired=0, updated=0, available=0), True),
+        (daemonset(strategy="OnDelete"), False),
+    ],
+)
+def test_rollout_finished_statefulset_and_daemonset(obj: dict[str, Any], finished: bool) -> None:
+    assert rollout_finished(obj) is finished
+
+
+@st.composite
+def statefulset_world(draw: st.DrawFn) -> tuple[dict[str, Any], bool]:
+    """A StatefulSet rolling from the highest ordinal down: ``updated`` pods on the new revision, some
+    ready; a partition (or none, or rollingUpdate without one) holds back the ordinals below it."""
+    replicas = draw(st.integers(0, 5))
+    updated, ready = draw(st.integers(0, replicas)), draw(st.integers(0, replicas))
+    partition = draw(st.one_of(st.none(), st.integers(0, replicas + 1)))
+    rolling_update = draw(st.booleans()) or partition is not None
+    generation = draw(st.integers(1, 4))
+    observed = draw(st.one_of(st.none(), st.integers(0, generation)))
+    # the controller makes the update revision current once every replica runs it
+    revisions = ("r2", "r2") if updated == replicas else ("r1", "r2")
+    obj = statefulset(
+        replicas=replicas,
+        updated=updated,
+        ready=ready,
+        partition=partition,
+        rolling_update=rolling_update,
+        revisions=revisions,
+        generation=generation,
+        observed=observed,
+    )
+    due = replicas - (partition or 0)  # the ordinals the rollout may update
+    over = observed == generation and ready == replicas and updated >= due
+    return obj, over
+
+
+@given(statefulset_world())
+def test_statefulset_rollout_is_finished_when_every_ordinal_above_the_partition_is_updated_and_all_are_ready(
+    world: tuple[dict[str, Any], bool],
+) -> None:
+    obj, over = world
+    assert rollout_finished(obj) is over
+
+
+@given(
+    st.integers(0, 5).flatmap(
+        lambda desired: st.tuples(st.just(desired), st.integers(0, desired), st.integers(0, desired))
+    ),
+    st.integers(1, 3),
+    st.one_of(st.none(), st.integers(0, 3)),
+)
+def test_daemonset_rollout_is_finished_when_every_node_runs_an_updated_available_pod(
+    counts: tuple[int, int, int], generation: int, observed: int | None
+) -> None:
+    desired, updated, available = counts
+    obj = daemonset(desired=desired, updated=updated, available=available, generation=generation, observed=observed)
+    over = observed is not None and observed >= generation and updated == desired and available == desired
+    assert rollout_finished(obj) is over
+
+
+def deadline_exceeded(obj: dict[str, Any]) -> dict[str, Any]:
+    obj["status"]["conditions"] = [
+        {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"},
+    ]
+    return obj
 
 
 @pytest.mark.parametrize(
@@ -313,6 +518,13 @@ def test_rollout_finished(obj: dict[str, Any], finished: bool) -> None:
         (workload("old", paused=True), D.DRIFT, "paused"),
         (workload(FP, kind="StatefulSet", strategy="OnDelete"), D.DRIFT, "OnDelete"),
         (workload(FP, kind="StatefulSet", strategy="RollingUpdate"), D.DELIVERED, "runs pods"),
+        (workload(FP, running=4), D.PENDING, "1 old pods still running"),
+        (workload(FP, available=1), D.PENDING, "1/3 updated pods available"),
+        (workload(FP, observed=1), D.PENDING, "not observed"),
+        (deadline_exceeded(workload(FP, updated=1)), D.DRIFT, "progress deadline"),
+        (statefulset(FP, partition=1, updated=2, revisions=("r1", "r2")), D.DRIFT, "1 pods below it"),
+        (statefulset(FP, partition=0), D.DELIVERED, "runs pods"),
+        (statefulset(FP, ready=2), D.PENDING, "2/3 pods ready"),
     ],
 )
 def test_diagnose_rollout(obj: dict[str, Any] | None, state: DeliveryState, words: str) -> None:
