@@ -14,11 +14,12 @@ from __future__ import annotations
 import enum
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .license import License
+from .license import License, LicenseError, parse_license
 
 __all__ = [
     "DEFAULT_GRACE_SECONDS",
@@ -41,6 +42,7 @@ __all__ = [
     "plan_restart",
     "rollout_finished",
     "rollout_status",
+    "secret_license",
 ]
 
 FINGERPRINT_ANNOTATION = "license-keeper.io/license-fingerprint"
@@ -318,6 +320,22 @@ def diagnose_konglicense(
 # --- rolling restart -------------------------------------------------------------------------------------
 
 
+# The pods read the license from the Secret when they start (KONG_LICENSE_DATA from its key `license`), not
+# from the keeper's memory: a restart target rolls for what the Secret holds, read back every round.
+SECRET_LICENSE_KEY = "license"
+
+
+def secret_license(data: Mapping[str, bytes], key: str = SECRET_LICENSE_KEY) -> License | None:
+    """The license a pod starting now would get from the Secret's ``key``; None if it holds none that parses."""
+    raw = data.get(key)
+    if not raw:
+        return None
+    try:
+        return parse_license(raw.decode("utf-8"))
+    except (UnicodeDecodeError, LicenseError):
+        return None
+
+
 def template_fingerprint(workload: dict[str, Any]) -> str | None:
     annotations = (((workload.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("annotations")
     return (annotations or {}).get(FINGERPRINT_ANNOTATION)
@@ -331,11 +349,12 @@ def restart_patch(fingerprint: str) -> dict[str, Any]:
     return {"spec": {"template": {"metadata": {"annotations": {FINGERPRINT_ANNOTATION: fingerprint}}}}}
 
 
-def plan_restart(workload: dict[str, Any], fingerprint: str) -> dict[str, Any] | None:
-    """The merge patch that rolls the pods, or None: already carries the fingerprint, or paused (refused)."""
-    if template_fingerprint(workload) == fingerprint or is_paused(workload):
+def plan_restart(workload: dict[str, Any], in_secret: str | None) -> dict[str, Any] | None:
+    """The merge patch that rolls the pods for ``in_secret`` (the fingerprint of what the Secret holds), or
+    None: the Secret holds no license, the template already carries it, or paused (refused)."""
+    if in_secret is None or template_fingerprint(workload) == in_secret or is_paused(workload):
         return None
-    return restart_patch(fingerprint)
+    return restart_patch(in_secret)
 
 
 # Whether a rollout is over, judged as `kubectl rollout status` judges it (kubectl's
@@ -461,15 +480,37 @@ def held_back_by_partition(workload: dict[str, Any]) -> int:
     return min(partition or 0, _count(workload, "spec", "replicas", 1))
 
 
-def diagnose_rollout(workload: dict[str, Any] | None, fingerprint: str, label: str) -> tuple[DeliveryState, str]:
+def _license_words(lic: License) -> str:
+    return f"license {lic.fingerprint} (expires {lic.expiration_date.isoformat()})"
+
+
+def diagnose_rollout(
+    workload: dict[str, Any] | None, in_secret: License | None, held: License, label: str, *, secret: str
+) -> tuple[DeliveryState, str]:
+    """What the workload's pods run, judged from what the Secret holds (``in_secret``): only the held license
+    in the Secret, the template rolled for it and a finished rollout make ``delivered``."""
     if workload is None:
         return DeliveryState.ERROR, f"{label} does not exist"
-    carries = template_fingerprint(workload) == fingerprint
+    if in_secret is None:
+        return DeliveryState.DRIFT, (
+            f"Secret {secret} holds no valid license (key {SECRET_LICENSE_KEY}): new pods of {label} start without "
+            f"the held {_license_words(held)}; not restarted"
+        )
+    if in_secret.fingerprint != held.fingerprint:
+        # the keeper's write of the held license failed or was refused (immutable, foreign, an API error)
+        return DeliveryState.DRIFT, (
+            f"Secret {secret} holds {_license_words(in_secret)}, not the held {_license_words(held)}: "
+            f"{label} is rolled only for what the Secret holds (see the Secret's state in license-keeper status)"
+        )
+    carries = template_fingerprint(workload) == in_secret.fingerprint
     status = rollout_status(workload)
     if is_paused(workload) and not (carries and status.done):
         return DeliveryState.DRIFT, f"{label} is paused: not restarted (kubectl rollout resume, then it rolls)"
     if not carries:
-        return DeliveryState.PENDING, f"{label} pod template does not carry the held license fingerprint yet"
+        return (
+            DeliveryState.PENDING,
+            f"{label} pod template not rolled for the Secret's {_license_words(in_secret)} yet",
+        )
     if status.stuck:
         return DeliveryState.DRIFT, f"{label} {status.why}"
     if not status.done:
@@ -481,4 +522,6 @@ def diagnose_rollout(workload: dict[str, Any] | None, fingerprint: str, label: s
             f"{label} rolled out above its rollingUpdate partition; {held_back} pods below it keep their license "
             "until the partition is lowered"
         )
-    return DeliveryState.DELIVERED, f"{label} runs pods started with the held license"
+    return DeliveryState.DELIVERED, (
+        f"{label} runs pods started with the held {_license_words(held)}, which Secret {secret} holds"
+    )

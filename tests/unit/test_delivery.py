@@ -24,8 +24,9 @@ from license_keeper.delivery import (
     plan_konglicense,
     plan_restart,
     rollout_finished,
+    secret_license,
 )
-from license_keeper.license import parse_license
+from license_keeper.license import License, parse_license
 from license_keeper.testing.licenses import make_document
 
 D, S = DeliveryState, None
@@ -247,7 +248,8 @@ def test_diagnose_konglicense(
 
 # ------------------------------------------------------------------------------------------ restarts
 
-FP = "0123456789abcdef"
+HELD_LICENSE, OTHER_LICENSE = parse_license(HELD), parse_license(OTHER)
+FP, OTHER_FP = HELD_LICENSE.fingerprint, OTHER_LICENSE.fingerprint
 
 
 def workload(
@@ -298,6 +300,28 @@ def test_plan_restart(obj: dict[str, Any], patched: bool) -> None:
     assert (patch is not None) is patched
     if patch:
         assert patch == {"spec": {"template": {"metadata": {"annotations": {FINGERPRINT_ANNOTATION: FP}}}}}
+
+
+def test_no_restart_while_the_secret_holds_no_license() -> None:
+    assert plan_restart(workload(None), None) is None
+    assert plan_restart(workload("old"), None) is None
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"license": HELD.encode()}, FP),
+        ({"license": HELD.encode(), "payload": OTHER.encode()}, FP),  # pods read `license`, not KIC's `payload`
+        ({"payload": HELD.encode()}, None),
+        ({"license": b""}, None),
+        ({"license": b"{not json"}, None),
+        ({"license": b"\xff\xfe"}, None),
+        ({}, None),
+    ],
+)
+def test_secret_license_is_what_a_pod_starting_now_reads(data: dict[str, bytes], expected: str | None) -> None:
+    got = secret_license(data)
+    assert (got.fingerprint if got else None) == expected
 
 
 @pytest.mark.parametrize(
@@ -514,7 +538,7 @@ def deadline_exceeded(obj: dict[str, Any]) -> dict[str, Any]:
         (None, D.ERROR, "does not exist"),
         (workload(FP), D.DELIVERED, "runs pods"),
         (workload(FP, updated=1), D.PENDING, "1/3 updated"),
-        (workload("old"), D.PENDING, "does not carry"),
+        (workload("old"), D.PENDING, "not rolled for"),
         (workload("old", paused=True), D.DRIFT, "paused"),
         (workload(FP, kind="StatefulSet", strategy="OnDelete"), D.DRIFT, "OnDelete"),
         (workload(FP, kind="StatefulSet", strategy="RollingUpdate"), D.DELIVERED, "runs pods"),
@@ -528,8 +552,52 @@ def deadline_exceeded(obj: dict[str, Any]) -> dict[str, Any]:
     ],
 )
 def test_diagnose_rollout(obj: dict[str, Any] | None, state: DeliveryState, words: str) -> None:
-    got, reason = diagnose_rollout(obj, FP, "deployment kong")
+    got, reason = diagnose_rollout(obj, HELD_LICENSE, HELD_LICENSE, "deployment kong", secret="kong-license")
     assert got is state and words in reason
+
+
+@pytest.mark.parametrize(
+    ("obj", "in_secret", "words"),
+    [
+        # the write of the held license failed or was refused: the pods run (or will run) the Secret's
+        (workload(OTHER_FP), OTHER_LICENSE, f"holds license {OTHER_FP}"),
+        (workload(FP), OTHER_LICENSE, f"not the held license {FP}"),
+        (workload(None), OTHER_LICENSE, "rolled only for what the Secret holds"),
+        (workload(FP), None, "holds no valid license"),
+        (workload(None), None, "not restarted"),
+    ],
+)
+def test_diagnose_rollout_from_what_the_secret_holds(
+    obj: dict[str, Any], in_secret: License | None, words: str
+) -> None:
+    got, reason = diagnose_rollout(obj, in_secret, HELD_LICENSE, "deployment kong", secret="kong-license")
+    assert got is D.DRIFT and words in reason, reason
+
+
+@given(
+    st.sampled_from([None, HELD_LICENSE, OTHER_LICENSE]),
+    st.sampled_from([None, FP, OTHER_FP]),
+    st.booleans(),
+    deployment_world(),
+)
+def test_restart_rolls_and_reports_only_from_the_secret(
+    in_secret: License | None, rolled_for: str | None, paused: bool, world: tuple[dict[str, Any], bool]
+) -> None:
+    obj, over = world
+    obj["spec"]["template"]["metadata"]["annotations"] = {FINGERPRINT_ANNOTATION: rolled_for} if rolled_for else {}
+    obj["spec"]["paused"] = paused
+    secret_fp = in_secret.fingerprint if in_secret is not None else None
+    patch = plan_restart(obj, secret_fp)
+    # never rolled for anything but what the Secret holds, and never twice for it
+    if patch is not None:
+        assert patch["spec"]["template"]["metadata"]["annotations"] == {FINGERPRINT_ANNOTATION: secret_fp}
+        assert secret_fp != rolled_for and not paused
+    state, reason = diagnose_rollout(obj, in_secret, HELD_LICENSE, "deployment kong", secret="kong-license")
+    # delivered: the Secret holds the held license, the pods were rolled for it, and the rollout is over
+    assert (state is D.DELIVERED) is (in_secret is HELD_LICENSE and rolled_for == FP and over)
+    for doc in (HELD, OTHER):
+        lic = parse_license(doc)
+        assert lic.license_key not in reason and lic.signature not in reason and doc not in reason
 
 
 # ------------------------------------------------------------------------------------------ events
