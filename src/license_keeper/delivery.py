@@ -22,11 +22,13 @@ from urllib.parse import urlsplit
 from .license import License, LicenseError, parse_license
 
 __all__ = [
+    "ADOPTED_ANNOTATION",
     "DEFAULT_GRACE_SECONDS",
     "DELIVERY_STATES",
     "FINGERPRINT_ANNOTATION",
     "DeliveryState",
     "ReportedLicense",
+    "RestartPlan",
     "TargetReport",
     "TargetSpec",
     "diagnose_admin",
@@ -45,7 +47,12 @@ __all__ = [
     "secret_license",
 ]
 
+# What a restart target last rolled a workload's pods for: on the pod template, because changing it is what
+# rolls them (as `kubectl rollout restart` does with its own annotation).
 FINGERPRINT_ANNOTATION = "license-keeper.io/license-fingerprint"
+# What the pods already ran when the target first looked at a workload, adopted without a restart: on the
+# workload's own metadata, because an annotation on the pod template would roll them.
+ADOPTED_ANNOTATION = "license-keeper.io/adopted-license-fingerprint"
 KEEPER_NAMESPACE_UUID = uuid.uuid5(uuid.NAMESPACE_DNS, "license-keeper.io")
 # A write the gateway has not shown yet is "pending" this long, then "drift" (Kong nodes in one cluster
 # pick up /licenses changes within db_update_frequency, 5 s by default; controllers within a sync).
@@ -336,25 +343,91 @@ def secret_license(data: Mapping[str, bytes], key: str = SECRET_LICENSE_KEY) -> 
         return None
 
 
+LICENSE_ENV = "KONG_LICENSE_DATA"
+
+
+def _annotations(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    return (metadata or {}).get("annotations") or {}
+
+
+def _template(workload: dict[str, Any]) -> dict[str, Any]:
+    return (workload.get("spec") or {}).get("template") or {}
+
+
 def template_fingerprint(workload: dict[str, Any]) -> str | None:
-    annotations = (((workload.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("annotations")
-    return (annotations or {}).get(FINGERPRINT_ANNOTATION)
+    return _annotations(_template(workload).get("metadata")).get(FINGERPRINT_ANNOTATION)
+
+
+def adopted_fingerprint(workload: dict[str, Any]) -> str | None:
+    return _annotations(workload.get("metadata")).get(ADOPTED_ANNOTATION)
+
+
+def recorded_fingerprint(workload: dict[str, Any]) -> str | None:
+    """The license the pods were last started with, as recorded: the pod template's (rolled for it), else the
+    workload's adoption (they already ran it when the target first looked)."""
+    return template_fingerprint(workload) or adopted_fingerprint(workload)
+
+
+def _license_env(container: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in container.get("env") or [] if isinstance(e, dict) and e.get("name") == LICENSE_ENV]
+
+
+def _from_secret_key(env: dict[str, Any], secret: str) -> bool:
+    ref = (env.get("valueFrom") or {}).get("secretKeyRef") or {}
+    return ref.get("name") == secret and ref.get("key") == SECRET_LICENSE_KEY
+
+
+def reads_license_from(workload: dict[str, Any], secret: str) -> bool:
+    """Every container that sets KONG_LICENSE_DATA takes it from the Secret's key `license`, and one does:
+    then a pod runs whatever the Secret held when it started."""
+    pod = _template(workload).get("spec") or {}
+    containers = [c for c in (pod.get("initContainers") or []) + (pod.get("containers") or []) if isinstance(c, dict)]
+    envs = [e for c in containers for e in _license_env(c)]
+    return bool(envs) and all(_from_secret_key(e, secret) for e in envs)
+
+
+def adoptable(workload: dict[str, Any], secret: str) -> bool:
+    """Nothing recorded yet, and the pods read the license from the Secret: they run what it holds, so turning
+    the target on must not roll them. (A pod started before the Secret last changed and never restarted since
+    is the one case this misjudges: the gateway-mismatch alert tells, one manual restart fixes it.)"""
+    return recorded_fingerprint(workload) is None and reads_license_from(workload, secret)
 
 
 def is_paused(workload: dict[str, Any]) -> bool:
     return bool((workload.get("spec") or {}).get("paused"))
 
 
-def restart_patch(fingerprint: str) -> dict[str, Any]:
-    return {"spec": {"template": {"metadata": {"annotations": {FINGERPRINT_ANNOTATION: fingerprint}}}}}
+def restart_patch(fingerprint: str, *, drop_adopted: bool = False) -> dict[str, Any]:
+    patch: dict[str, Any] = {"spec": {"template": {"metadata": {"annotations": {FINGERPRINT_ANNOTATION: fingerprint}}}}}
+    if drop_adopted:  # the template records it from now on; a stale adoption would only mislead a reader
+        patch["metadata"] = {"annotations": {ADOPTED_ANNOTATION: None}}
+    return patch
 
 
-def plan_restart(workload: dict[str, Any], in_secret: str | None) -> dict[str, Any] | None:
-    """The merge patch that rolls the pods for ``in_secret`` (the fingerprint of what the Secret holds), or
-    None: the Secret holds no license, the template already carries it, or paused (refused)."""
-    if in_secret is None or template_fingerprint(workload) == in_secret or is_paused(workload):
+def adopt_patch(fingerprint: str) -> dict[str, Any]:
+    return {"metadata": {"annotations": {ADOPTED_ANNOTATION: fingerprint}}}
+
+
+@dataclass(frozen=True)
+class RestartPlan:
+    patch: dict[str, Any]  # a merge patch of the workload
+    adopt: bool  # only record what the pods already run (no pod restarts); else roll them
+
+
+def plan_restart(workload: dict[str, Any], in_secret: str | None, secret: str) -> RestartPlan | None:
+    """Roll the pods for ``in_secret`` (the fingerprint of what Secret ``secret`` holds) or adopt it, or
+    nothing: the Secret holds no license, it is what they were last started with, or paused (refused).
+
+    Adoption is recorded even while paused: it restarts nothing, and left unrecorded a later change of the
+    Secret would be adopted too instead of rolled.
+    """
+    if in_secret is None:
         return None
-    return restart_patch(in_secret)
+    if adoptable(workload, secret):
+        return RestartPlan(adopt_patch(in_secret), adopt=True)
+    if recorded_fingerprint(workload) == in_secret or is_paused(workload):
+        return None
+    return RestartPlan(restart_patch(in_secret, drop_adopted=adopted_fingerprint(workload) is not None), adopt=False)
 
 
 # Whether a rollout is over, judged as `kubectl rollout status` judges it (kubectl's
@@ -461,7 +534,7 @@ def rollout_status(workload: dict[str, Any]) -> RolloutStatus:
     if not rolls_on_template_change(workload):
         return RolloutStatus(False, "uses updateStrategy OnDelete: pods restart only when deleted", stuck=True)
     if not generation_observed(workload):
-        return RolloutStatus(False, "rolling out (the controller has not observed the change yet)")
+        return RolloutStatus(False, "waiting for its controller to observe the latest change")
     kind = workload.get("kind")
     if kind == "StatefulSet":
         return _statefulset_status(workload)
@@ -502,14 +575,14 @@ def diagnose_rollout(
             f"Secret {secret} holds {_license_words(in_secret)}, not the held {_license_words(held)}: "
             f"{label} is rolled only for what the Secret holds (see the Secret's state in license-keeper status)"
         )
-    carries = template_fingerprint(workload) == in_secret.fingerprint
+    carries = recorded_fingerprint(workload) == in_secret.fingerprint
     status = rollout_status(workload)
     if is_paused(workload) and not (carries and status.done):
         return DeliveryState.DRIFT, f"{label} is paused: not restarted (kubectl rollout resume, then it rolls)"
     if not carries:
         return (
             DeliveryState.PENDING,
-            f"{label} pod template not rolled for the Secret's {_license_words(in_secret)} yet",
+            f"{label} pod template not rolled for (nor adopted with) the Secret's {_license_words(in_secret)} yet",
         )
     if status.stuck:
         return DeliveryState.DRIFT, f"{label} {status.why}"
@@ -522,6 +595,7 @@ def diagnose_rollout(
             f"{label} rolled out above its rollingUpdate partition; {held_back} pods below it keep their license "
             "until the partition is lowered"
         )
+    how = "rolled for it" if template_fingerprint(workload) else "adopted: they read it from the Secret, not restarted"
     return DeliveryState.DELIVERED, (
-        f"{label} runs pods started with the held {_license_words(held)}, which Secret {secret} holds"
+        f"{label} runs pods started with the held {_license_words(held)}, which Secret {secret} holds ({how})"
     )

@@ -384,14 +384,23 @@ class RestartTarget(_TargetBase):
             if obj is not None:
                 in_secret = await self._in_secret()
             fingerprint = in_secret.fingerprint if in_secret is not None else None
-            patch = plan_restart(obj, fingerprint) if write and obj is not None else None
-            if patch is not None:
+            plan = plan_restart(obj, fingerprint, self.secret.name) if write and obj is not None else None
+            if plan is not None:
                 obj = await _kube(
                     f"patch {what}",
-                    self.kube.request("PATCH", self.path, patch, what=f"patch {what}", content_type=MERGE_PATCH),
+                    self.kube.request("PATCH", self.path, plan.patch, what=f"patch {what}", content_type=MERGE_PATCH),
                 )
-                wrote = True
-                log.info("restarting %s for license %s (the Secret holds it)", what, fingerprint)
+                if plan.adopt:
+                    # Nothing restarted and nothing was delivered, so no "delivered" Event: only noted here.
+                    log.info(
+                        "adopted %s: its pods read the license from Secret %s, which holds license %s; not restarted",
+                        what,
+                        self.secret.name,
+                        fingerprint,
+                    )
+                else:
+                    wrote = True
+                    log.info("restarting %s for license %s (the Secret holds it)", what, fingerprint)
         except TargetFailure as failure:
             return self._failed(failure)
         state, reason = diagnose_rollout(obj, in_secret, lic, what, secret=self.secret.name)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from license_keeper.deliver import KongLicenseTarget, Target, build_targets
-from license_keeper.delivery import FINGERPRINT_ANNOTATION, DeliveryState, parse_target
+from license_keeper.delivery import ADOPTED_ANNOTATION, FINGERPRINT_ANNOTATION, DeliveryState, parse_target
 from license_keeper.kube import Kube
 from license_keeper.license import License, LicenseRecord
 from license_keeper.policy import SecretState
@@ -214,8 +214,17 @@ async def hold(secret: SecretStore, rec: LicenseRecord) -> License:
     return rec.license
 
 
-def deployment(name: str, *, paused: bool = False) -> dict[str, Any]:
+def deployment(name: str, *, paused: bool = False, license_from: str | None = None) -> dict[str, Any]:
+    """A gateway Deployment; ``license_from``: its pods read KONG_LICENSE_DATA from that Secret's key
+    `license`, as the Kong chart wires them (enterprise.license_secret)."""
     labels = {"app": name}
+    container: dict[str, Any] = {"name": "kong", "image": "kong/kong-gateway:3.10"}
+    if license_from is not None:
+        ref = {"secretKeyRef": {"name": license_from, "key": "license"}}
+        container["env"] = [
+            {"name": "KONG_ROLE", "value": "traditional"},
+            {"name": "KONG_LICENSE_DATA", "valueFrom": ref},
+        ]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -224,10 +233,7 @@ def deployment(name: str, *, paused: bool = False) -> dict[str, Any]:
             "replicas": 2,
             "paused": paused,
             "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "kong", "image": "kong/kong-gateway:3.10"}]},
-            },
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
         },
     }
 
@@ -404,3 +410,62 @@ async def test_restart_rolls_only_for_what_the_secret_holds(
     assert rolled_for() == new.fingerprint
     advance_rollout(controlplane, path, updated=2)
     assert (await target.check(new)).state is D.DELIVERED
+
+
+async def test_turning_the_target_on_adopts_the_license_the_pods_already_read(
+    controlplane: ControlPlane, namespace: str, kube_for: Any, secret: SecretStore
+) -> None:
+    """Gateways that read KONG_LICENSE_DATA from the Secret already run what it holds: turning the restart
+    target on records that on the workload (not on the pod template, which would roll them) and rolls
+    nothing; the next change of content rolls them."""
+    name = "kong-gateway"
+    path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
+    deployments = f"/apis/apps/v1/namespaces/{namespace}/deployments"
+    current = await hold(secret, record(updated_at=1))
+    controlplane.must("POST", deployments, deployment(name, license_from=SECRET))
+    advance_rollout(controlplane, path, updated=2)  # the gateways run, started from the Secret
+    template = controlplane.must("GET", path)["spec"]["template"]
+    sa = await asyncio.to_thread(controlplane.service_account, namespace, "keeper", restart_rules("deployment", name))
+    kube = kube_for(sa.kubeconfig)
+    replicas = [restart_target(kube, namespace, f"deployment/{name}") for _ in range(2)]  # two keepers
+
+    report = await replicas[0].deliver(current)
+    assert report.wrote is False, report.reason
+    obj = controlplane.must("GET", path)
+    assert obj["spec"]["template"] == template, "the pod template changed: every gateway rolls"
+    assert obj["metadata"]["annotations"][ADOPTED_ANNOTATION] == current.fingerprint
+    advance_rollout(controlplane, path, updated=2)  # the controller observed the annotation; no new pods
+    for keeper in replicas:
+        report = await keeper.deliver(current)
+        assert (report.state, report.wrote) == (D.DELIVERED, False), report.reason
+        assert "adopted" in report.reason, report.reason
+    assert controlplane.must("GET", path)["spec"]["template"] == template
+
+    # a new license in the Secret: now the pods roll, and the pod template records it
+    rotated = await hold(secret, record(updated_at=2))
+    report = await replicas[1].deliver(rotated)
+    assert (report.state, report.wrote) == (D.PENDING, True), report.reason
+    obj = controlplane.must("GET", path)
+    assert obj["spec"]["template"]["metadata"]["annotations"][FINGERPRINT_ANNOTATION] == rotated.fingerprint
+    assert ADOPTED_ANNOTATION not in (obj["metadata"].get("annotations") or {})
+    assert (await replicas[0].deliver(rotated)).wrote is False, "idempotent: a second replica never restarts twice"
+    advance_rollout(controlplane, path, updated=2)
+    assert (await replicas[0].check(rotated)).state is D.DELIVERED
+
+
+async def test_pods_that_do_not_read_the_secret_are_rolled_once(
+    controlplane: ControlPlane, namespace: str, kube_for: Any, secret: SecretStore
+) -> None:
+    """Without KONG_LICENSE_DATA from the Secret nothing tells what the pods run: the first round rolls them."""
+    name = "kong-gateway"
+    path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
+    current = await hold(secret, record())
+    controlplane.must(
+        "POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", deployment(name, license_from="other")
+    )
+    sa = await asyncio.to_thread(controlplane.service_account, namespace, "keeper", restart_rules("deployment", name))
+    report = await restart_target(kube_for(sa.kubeconfig), namespace, f"deployment/{name}").deliver(current)
+    assert (report.state, report.wrote) == (D.PENDING, True), report.reason
+    obj = controlplane.must("GET", path)
+    assert obj["spec"]["template"]["metadata"]["annotations"][FINGERPRINT_ANNOTATION] == current.fingerprint
+    assert ADOPTED_ANNOTATION not in (obj["metadata"].get("annotations") or {})

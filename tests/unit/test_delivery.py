@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import uuid
 from typing import Any
 
@@ -10,9 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from license_keeper.delivery import (
+    ADOPTED_ANNOTATION,
     FINGERPRINT_ANNOTATION,
     DeliveryState,
     ReportedLicense,
+    RestartPlan,
+    adopt_patch,
     diagnose_admin,
     diagnose_konglicense,
     diagnose_rollout,
@@ -23,6 +27,7 @@ from license_keeper.delivery import (
     plan_admin,
     plan_konglicense,
     plan_restart,
+    reads_license_from,
     rollout_finished,
     secret_license,
 )
@@ -264,11 +269,18 @@ def workload(
     available: int | None = None,
     kind: str = "Deployment",
     strategy: str | None = None,
+    adopted: str | None = None,
+    reads: str | None = None,
 ) -> dict[str, Any]:
     """A workload whose status is by default a finished rollout: ``running`` pods in all (default: the
-    updated ones, no old pods left), ``available`` of them available (default: all updated)."""
+    updated ones, no old pods left), ``available`` of them available (default: all updated). ``fp``: the pod
+    template's annotation, ``adopted``: the workload's; ``reads``: the Secret its pods read KONG_LICENSE_DATA from."""
     annotations = {FINGERPRINT_ANNOTATION: fp} if fp else {}
-    spec: dict[str, Any] = {"replicas": replicas, "template": {"metadata": {"annotations": annotations}}}
+    containers = [{"name": "kong", "env": [license_env(reads)] if reads else []}]
+    spec: dict[str, Any] = {
+        "replicas": replicas,
+        "template": {"metadata": {"annotations": annotations}, "spec": {"containers": containers}},
+    }
     if paused:
         spec["paused"] = True
     if strategy:
@@ -283,7 +295,31 @@ def workload(
     }
     if observed is not None:
         status["observedGeneration"] = observed
-    return {"kind": kind, "metadata": {"name": "kong", "generation": generation}, "spec": spec, "status": status}
+    metadata: dict[str, Any] = {"name": "kong", "generation": generation}
+    if adopted:
+        metadata["annotations"] = {ADOPTED_ANNOTATION: adopted}
+    return {"kind": kind, "metadata": metadata, "spec": spec, "status": status}
+
+
+def license_env(secret: str, key: str = "license") -> dict[str, Any]:
+    return {"name": "KONG_LICENSE_DATA", "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def merge_patch(obj: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386, as the API server applies the target's patches."""
+    out = copy.deepcopy(obj)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict):
+            out[key] = merge_patch(out.get(key) or {}, value)
+        else:
+            out[key] = value
+    return out
+
+
+SECRET = "kong-license"
+ROLL_FP = {"spec": {"template": {"metadata": {"annotations": {FINGERPRINT_ANNOTATION: FP}}}}}
 
 
 @pytest.mark.parametrize(
@@ -296,15 +332,73 @@ def workload(
     ],
 )
 def test_plan_restart(obj: dict[str, Any], patched: bool) -> None:
-    patch = plan_restart(obj, FP)
-    assert (patch is not None) is patched
-    if patch:
-        assert patch == {"spec": {"template": {"metadata": {"annotations": {FINGERPRINT_ANNOTATION: FP}}}}}
+    plan = plan_restart(obj, FP, SECRET)
+    assert (plan is not None) is patched
+    if plan:
+        assert (plan.patch, plan.adopt) == (ROLL_FP, False)
 
 
 def test_no_restart_while_the_secret_holds_no_license() -> None:
-    assert plan_restart(workload(None), None) is None
-    assert plan_restart(workload("old"), None) is None
+    assert plan_restart(workload(None), None, SECRET) is None
+    assert plan_restart(workload("old"), None, SECRET) is None
+    assert plan_restart(workload(None, reads=SECRET), None, SECRET) is None
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        # turned on for pods that read the Secret: adopt what it holds on the workload, do not roll
+        (workload(None, reads=SECRET), RestartPlan({"metadata": {"annotations": {ADOPTED_ANNOTATION: FP}}}, True)),
+        (workload(None, reads=SECRET, paused=True), RestartPlan(adopt_patch(FP), True)),  # recording rolls nothing
+        (workload(None, adopted=FP, reads=SECRET), None),  # adopted once: idempotent
+        (workload(FP, reads=SECRET), None),
+        # a change of content after the adoption rolls them; the template records it from then on
+        (
+            workload(None, adopted=OTHER_FP, reads=SECRET),
+            RestartPlan({**ROLL_FP, "metadata": {"annotations": {ADOPTED_ANNOTATION: None}}}, False),
+        ),
+        (workload(OTHER_FP, reads=SECRET), RestartPlan(ROLL_FP, False)),  # rolled before: never adopted again
+        (  # the template wins
+            workload(OTHER_FP, adopted=FP, reads=SECRET),
+            RestartPlan({**ROLL_FP, "metadata": {"annotations": {ADOPTED_ANNOTATION: None}}}, False),
+        ),
+        (workload(FP, adopted=OTHER_FP, reads=SECRET), None),
+        # nothing tells what pods run that do not read the Secret's key `license`: roll them once
+        (workload(None), RestartPlan(ROLL_FP, False)),
+        (workload(None, reads="other-secret"), RestartPlan(ROLL_FP, False)),
+    ],
+)
+def test_plan_restart_adopts_what_pods_reading_the_secret_run(
+    obj: dict[str, Any], expected: RestartPlan | None
+) -> None:
+    assert plan_restart(obj, FP, SECRET) == expected
+
+
+def pod_template(*containers: dict[str, Any], init: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
+    return {
+        "kind": "Deployment",
+        "spec": {"template": {"spec": {"containers": list(containers), "initContainers": list(init)}}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("obj", "reads"),
+    [
+        (pod_template({"name": "proxy", "env": [license_env(SECRET)]}), True),
+        (pod_template({"name": "proxy", "env": [license_env(SECRET)]}, {"name": "ingress-controller"}), True),
+        (pod_template({"name": "proxy"}, init=({"name": "migrations", "env": [license_env(SECRET)]},)), True),
+        (pod_template({"name": "proxy", "env": [license_env(SECRET, key="payload")]}), False),
+        (pod_template({"name": "proxy", "env": [license_env("other")]}), False),
+        (pod_template({"name": "proxy", "env": [{"name": "KONG_LICENSE_DATA", "value": "{}"}]}), False),
+        # another container sets KONG_LICENSE_DATA some other way: not all of the pod runs the Secret's
+        (pod_template({"name": "a", "env": [license_env(SECRET)]}, {"name": "b", "env": [license_env("x")]}), False),
+        (pod_template({"name": "proxy", "envFrom": [{"secretRef": {"name": SECRET}}]}), False),
+        (pod_template({"name": "proxy"}), False),
+        ({"kind": "Deployment"}, False),
+    ],
+)
+def test_reads_license_from(obj: dict[str, Any], reads: bool) -> None:
+    assert reads_license_from(obj, SECRET) is reads
 
 
 @pytest.mark.parametrize(
@@ -536,7 +630,10 @@ def deadline_exceeded(obj: dict[str, Any]) -> dict[str, Any]:
     ("obj", "state", "words"),
     [
         (None, D.ERROR, "does not exist"),
-        (workload(FP), D.DELIVERED, "runs pods"),
+        (workload(FP), D.DELIVERED, "(rolled for it)"),
+        (workload(None, adopted=FP, reads=SECRET), D.DELIVERED, "(adopted: they read it from the Secret"),
+        (workload(OTHER_FP, adopted=FP, reads=SECRET), D.PENDING, "not rolled for"),
+        (workload(None, reads=SECRET), D.PENDING, "nor adopted"),  # check only: the next delivery adopts it
         (workload(FP, updated=1), D.PENDING, "1/3 updated"),
         (workload("old"), D.PENDING, "not rolled for"),
         (workload("old", paused=True), D.DRIFT, "paused"),
@@ -544,7 +641,7 @@ def deadline_exceeded(obj: dict[str, Any]) -> dict[str, Any]:
         (workload(FP, kind="StatefulSet", strategy="RollingUpdate"), D.DELIVERED, "runs pods"),
         (workload(FP, running=4), D.PENDING, "1 old pods still running"),
         (workload(FP, available=1), D.PENDING, "1/3 updated pods available"),
-        (workload(FP, observed=1), D.PENDING, "not observed"),
+        (workload(FP, observed=1), D.PENDING, "observe the latest change"),
         (deadline_exceeded(workload(FP, updated=1)), D.DRIFT, "progress deadline"),
         (statefulset(FP, partition=1, updated=2, revisions=("r1", "r2")), D.DRIFT, "1 pods below it"),
         (statefulset(FP, partition=0), D.DELIVERED, "runs pods"),
@@ -577,24 +674,42 @@ def test_diagnose_rollout_from_what_the_secret_holds(
 @given(
     st.sampled_from([None, HELD_LICENSE, OTHER_LICENSE]),
     st.sampled_from([None, FP, OTHER_FP]),
+    st.sampled_from([None, FP, OTHER_FP]),
+    st.sampled_from([None, SECRET, "other"]),
     st.booleans(),
     deployment_world(),
 )
-def test_restart_rolls_and_reports_only_from_the_secret(
-    in_secret: License | None, rolled_for: str | None, paused: bool, world: tuple[dict[str, Any], bool]
+def test_restart_rolls_adopts_and_reports_only_from_the_secret(
+    in_secret: License | None,
+    rolled_for: str | None,
+    adopted: str | None,
+    reads: str | None,
+    paused: bool,
+    world: tuple[dict[str, Any], bool],
 ) -> None:
     obj, over = world
-    obj["spec"]["template"]["metadata"]["annotations"] = {FINGERPRINT_ANNOTATION: rolled_for} if rolled_for else {}
+    obj["spec"]["template"] = workload(rolled_for, reads=reads)["spec"]["template"]
+    obj["metadata"]["annotations"] = {ADOPTED_ANNOTATION: adopted} if adopted else {}
     obj["spec"]["paused"] = paused
     secret_fp = in_secret.fingerprint if in_secret is not None else None
-    patch = plan_restart(obj, secret_fp)
-    # never rolled for anything but what the Secret holds, and never twice for it
-    if patch is not None:
-        assert patch["spec"]["template"]["metadata"]["annotations"] == {FINGERPRINT_ANNOTATION: secret_fp}
-        assert secret_fp != rolled_for and not paused
-    state, reason = diagnose_rollout(obj, in_secret, HELD_LICENSE, "deployment kong", secret="kong-license")
-    # delivered: the Secret holds the held license, the pods were rolled for it, and the rollout is over
-    assert (state is D.DELIVERED) is (in_secret is HELD_LICENSE and rolled_for == FP and over)
+    recorded = rolled_for or adopted
+    plan = plan_restart(obj, secret_fp, SECRET)
+    if plan is not None:
+        after = merge_patch(obj, plan.patch)
+        if plan.adopt:  # only pods that read the Secret and were never rolled nor adopted; the template is untouched
+            assert recorded is None and reads == SECRET and after["spec"] == obj["spec"]
+            assert after["metadata"]["annotations"] == {ADOPTED_ANNOTATION: secret_fp}
+        else:  # rolled only for what the Secret holds, never twice for it, never while paused
+            assert secret_fp not in (None, recorded) and not paused
+            assert after["spec"]["template"]["metadata"]["annotations"][FINGERPRINT_ANNOTATION] == secret_fp
+            assert ADOPTED_ANNOTATION not in after["metadata"]["annotations"]
+        assert plan_restart(after, secret_fp, SECRET) is None, "a second round (or replica) changes nothing"
+    else:
+        adoptable = recorded is None and reads == SECRET
+        assert secret_fp is None or secret_fp == recorded or (paused and not adoptable)
+    state, reason = diagnose_rollout(obj, in_secret, HELD_LICENSE, "deployment kong", secret=SECRET)
+    # delivered: the Secret holds the held license, the pods were rolled for it or adopted it, the rollout is over
+    assert (state is D.DELIVERED) is (in_secret is HELD_LICENSE and recorded == FP and over)
     for doc in (HELD, OTHER):
         lic = parse_license(doc)
         assert lic.license_key not in reason and lic.signature not in reason and doc not in reason
