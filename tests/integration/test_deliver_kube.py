@@ -1,7 +1,7 @@
 """KongLicense and rolling-restart delivery on the real API server, as a ServiceAccount with the chart's RBAC.
 
 No KIC and no kube-controller-manager run: a test-side KIC (testing.kic) applies the newest-creationTimestamp
-rule and writes status; the tests advance Deployment rollout status themselves.
+rule and writes status; the tests advance Deployment rollout status themselves (testing.workloads).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from license_keeper.testing.controlplane import ControlPlane
 from license_keeper.testing.keeper import keeper_rules
 from license_keeper.testing.kic import KONGLICENSES, KongLicenseController, install_konglicense_crd
 from license_keeper.testing.licenses import leaks, make_document, make_record
+from license_keeper.testing.workloads import advance_rollout, gateway_deployment
 
 D = DeliveryState
 pytestmark = pytest.mark.controlplane
@@ -214,51 +215,12 @@ async def hold(secret: SecretStore, rec: LicenseRecord) -> License:
     return rec.license
 
 
-def deployment(name: str, *, paused: bool = False, license_from: str | None = None) -> dict[str, Any]:
-    """A gateway Deployment; ``license_from``: its pods read KONG_LICENSE_DATA from that Secret's key
-    `license`, as the Kong chart wires them (enterprise.license_secret)."""
-    labels = {"app": name}
-    container: dict[str, Any] = {"name": "kong", "image": "kong/kong-gateway:3.10"}
-    if license_from is not None:
-        ref = {"secretKeyRef": {"name": license_from, "key": "license"}}
-        container["env"] = [
-            {"name": "KONG_ROLE", "value": "traditional"},
-            {"name": "KONG_LICENSE_DATA", "valueFrom": ref},
-        ]
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 2,
-            "paused": paused,
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
-        },
-    }
-
-
-def advance_rollout(cp: ControlPlane, path: str, *, updated: int, old: int = 0, available: int | None = None) -> None:
-    """What the deployment controller would write: the generation seen, ``updated`` pods on the new template
-    (``available`` of them available, default all) and ``old`` pods of the previous one still running."""
-    obj = cp.must("GET", path)
-    available = updated if available is None else available
-    obj["status"] = {
-        "observedGeneration": obj["metadata"]["generation"],
-        "replicas": updated + old,
-        "updatedReplicas": updated,
-        "readyReplicas": available + old,
-        "availableReplicas": available + old,
-    }
-    cp.must("PUT", f"{path}/status", obj)
-
-
 async def test_restart_patches_once_and_waits_for_the_rollout(
     controlplane: ControlPlane, namespace: str, kube_for: Any, secret: SecretStore
 ) -> None:
     name = "kong-gateway"
     path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
-    controlplane.must("POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", deployment(name))
+    controlplane.must("POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", gateway_deployment(name))
     sa = await asyncio.to_thread(controlplane.service_account, namespace, "keeper", restart_rules("deployment", name))
     kube = kube_for(sa.kubeconfig)
     replicas = [restart_target(kube, namespace, f"deployment/{name}") for _ in range(2)]  # two keepers
@@ -301,7 +263,9 @@ async def test_paused_deployment_is_not_patched(
 ) -> None:
     name = "kong-paused"
     path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
-    controlplane.must("POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", deployment(name, paused=True))
+    controlplane.must(
+        "POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", gateway_deployment(name, paused=True)
+    )
     sa = await asyncio.to_thread(controlplane.service_account, namespace, "keeper", restart_rules("deployment", name))
     target = restart_target(kube_for(sa.kubeconfig), namespace, f"deployment/{name}")
     report = await target.deliver(await hold(secret, record()))
@@ -314,7 +278,7 @@ async def test_paused_deployment_is_not_patched(
 async def test_restart_of_an_unnamed_or_missing_workload(
     controlplane: ControlPlane, namespace: str, kube_for: Any
 ) -> None:
-    controlplane.must("POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", deployment("not-ours"))
+    controlplane.must("POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", gateway_deployment("not-ours"))
     sa = await asyncio.to_thread(controlplane.service_account, namespace, "keeper", restart_rules("deployment", "gw"))
     kube = kube_for(sa.kubeconfig)
     forbidden = await restart_target(kube, namespace, "deployment/not-ours").deliver(lic())
@@ -343,7 +307,7 @@ async def test_restart_statefulset(
     words: str,
 ) -> None:
     name = "kong-sts"
-    body = deployment(name)
+    body = gateway_deployment(name)
     body.update(kind="StatefulSet")
     body["spec"].pop("paused")
     update: dict[str, Any] = {"type": strategy}
@@ -371,7 +335,7 @@ async def test_restart_rolls_only_for_what_the_secret_holds(
     name = "kong-gateway"
     path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
     secret_path = f"/api/v1/namespaces/{namespace}/secrets/{SECRET}"
-    controlplane.must("POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", deployment(name))
+    controlplane.must("POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", gateway_deployment(name))
     sa = await asyncio.to_thread(controlplane.service_account, namespace, "keeper", restart_rules("deployment", name))
     target = restart_target(kube_for(sa.kubeconfig), namespace, f"deployment/{name}")
 
@@ -422,7 +386,7 @@ async def test_turning_the_target_on_adopts_the_license_the_pods_already_read(
     path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
     deployments = f"/apis/apps/v1/namespaces/{namespace}/deployments"
     current = await hold(secret, record(updated_at=1))
-    controlplane.must("POST", deployments, deployment(name, license_from=SECRET))
+    controlplane.must("POST", deployments, gateway_deployment(name, license_from=SECRET))
     advance_rollout(controlplane, path, updated=2)  # the gateways run, started from the Secret
     template = controlplane.must("GET", path)["spec"]["template"]
     sa = await asyncio.to_thread(controlplane.service_account, namespace, "keeper", restart_rules("deployment", name))
@@ -461,7 +425,7 @@ async def test_pods_that_do_not_read_the_secret_are_rolled_once(
     path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
     current = await hold(secret, record())
     controlplane.must(
-        "POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", deployment(name, license_from="other")
+        "POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", gateway_deployment(name, license_from="other")
     )
     sa = await asyncio.to_thread(controlplane.service_account, namespace, "keeper", restart_rules("deployment", name))
     report = await restart_target(kube_for(sa.kubeconfig), namespace, f"deployment/{name}").deliver(current)
