@@ -14,18 +14,21 @@ from __future__ import annotations
 import enum
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .license import License
+from .license import License, LicenseError, parse_license
 
 __all__ = [
+    "ADOPTED_ANNOTATION",
     "DEFAULT_GRACE_SECONDS",
     "DELIVERY_STATES",
     "FINGERPRINT_ANNOTATION",
     "DeliveryState",
     "ReportedLicense",
+    "RestartPlan",
     "TargetReport",
     "TargetSpec",
     "diagnose_admin",
@@ -40,9 +43,16 @@ __all__ = [
     "plan_konglicense",
     "plan_restart",
     "rollout_finished",
+    "rollout_status",
+    "secret_license",
 ]
 
+# What a restart target last rolled a workload's pods for: on the pod template, because changing it is what
+# rolls them (as `kubectl rollout restart` does with its own annotation).
 FINGERPRINT_ANNOTATION = "license-keeper.io/license-fingerprint"
+# What the pods already ran when the target first looked at a workload, adopted without a restart: on the
+# workload's own metadata, because an annotation on the pod template would roll them.
+ADOPTED_ANNOTATION = "license-keeper.io/adopted-license-fingerprint"
 KEEPER_NAMESPACE_UUID = uuid.uuid5(uuid.NAMESPACE_DNS, "license-keeper.io")
 # A write the gateway has not shown yet is "pending" this long, then "drift" (Kong nodes in one cluster
 # pick up /licenses changes within db_update_frequency, 5 s by default; controllers within a sync).
@@ -317,55 +327,275 @@ def diagnose_konglicense(
 # --- rolling restart -------------------------------------------------------------------------------------
 
 
+# The pods read the license from the Secret when they start (KONG_LICENSE_DATA from its key `license`), not
+# from the keeper's memory: a restart target rolls for what the Secret holds, read back every round.
+SECRET_LICENSE_KEY = "license"
+
+
+def secret_license(data: Mapping[str, bytes], key: str = SECRET_LICENSE_KEY) -> License | None:
+    """The license a pod starting now would get from the Secret's ``key``; None if it holds none that parses."""
+    raw = data.get(key)
+    if not raw:
+        return None
+    try:
+        return parse_license(raw.decode("utf-8"))
+    except (UnicodeDecodeError, LicenseError):
+        return None
+
+
+LICENSE_ENV = "KONG_LICENSE_DATA"
+
+
+def _annotations(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    return (metadata or {}).get("annotations") or {}
+
+
+def _template(workload: dict[str, Any]) -> dict[str, Any]:
+    return (workload.get("spec") or {}).get("template") or {}
+
+
 def template_fingerprint(workload: dict[str, Any]) -> str | None:
-    annotations = (((workload.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("annotations")
-    return (annotations or {}).get(FINGERPRINT_ANNOTATION)
+    return _annotations(_template(workload).get("metadata")).get(FINGERPRINT_ANNOTATION)
+
+
+def adopted_fingerprint(workload: dict[str, Any]) -> str | None:
+    return _annotations(workload.get("metadata")).get(ADOPTED_ANNOTATION)
+
+
+def recorded_fingerprint(workload: dict[str, Any]) -> str | None:
+    """The license the pods were last started with, as recorded: the pod template's (rolled for it), else the
+    workload's adoption (they already ran it when the target first looked)."""
+    return template_fingerprint(workload) or adopted_fingerprint(workload)
+
+
+def _license_env(container: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in container.get("env") or [] if isinstance(e, dict) and e.get("name") == LICENSE_ENV]
+
+
+def _from_secret_key(env: dict[str, Any], secret: str) -> bool:
+    ref = (env.get("valueFrom") or {}).get("secretKeyRef") or {}
+    return ref.get("name") == secret and ref.get("key") == SECRET_LICENSE_KEY
+
+
+def reads_license_from(workload: dict[str, Any], secret: str) -> bool:
+    """Every container that sets KONG_LICENSE_DATA takes it from the Secret's key `license`, and one does:
+    then a pod runs whatever the Secret held when it started."""
+    pod = _template(workload).get("spec") or {}
+    containers = [c for c in (pod.get("initContainers") or []) + (pod.get("containers") or []) if isinstance(c, dict)]
+    envs = [e for c in containers for e in _license_env(c)]
+    return bool(envs) and all(_from_secret_key(e, secret) for e in envs)
+
+
+def adoptable(workload: dict[str, Any], secret: str) -> bool:
+    """Nothing recorded yet, and the pods read the license from the Secret: they run what it holds, so turning
+    the target on must not roll them. (A pod started before the Secret last changed and never restarted since
+    is the one case this misjudges: the gateway-mismatch alert tells, one manual restart fixes it.)"""
+    return recorded_fingerprint(workload) is None and reads_license_from(workload, secret)
 
 
 def is_paused(workload: dict[str, Any]) -> bool:
     return bool((workload.get("spec") or {}).get("paused"))
 
 
-def restarts_on_template_change(workload: dict[str, Any]) -> bool:
-    strategy = ((workload.get("spec") or {}).get("updateStrategy") or {}).get("type")
-    return workload.get("kind") != "StatefulSet" or strategy != "OnDelete"
+def restart_patch(fingerprint: str, *, drop_adopted: bool = False) -> dict[str, Any]:
+    patch: dict[str, Any] = {"spec": {"template": {"metadata": {"annotations": {FINGERPRINT_ANNOTATION: fingerprint}}}}}
+    if drop_adopted:  # the template records it from now on; a stale adoption would only mislead a reader
+        patch["metadata"] = {"annotations": {ADOPTED_ANNOTATION: None}}
+    return patch
 
 
-def restart_patch(fingerprint: str) -> dict[str, Any]:
-    return {"spec": {"template": {"metadata": {"annotations": {FINGERPRINT_ANNOTATION: fingerprint}}}}}
+def adopt_patch(fingerprint: str) -> dict[str, Any]:
+    return {"metadata": {"annotations": {ADOPTED_ANNOTATION: fingerprint}}}
 
 
-def plan_restart(workload: dict[str, Any], fingerprint: str) -> dict[str, Any] | None:
-    """The merge patch that rolls the pods, or None: already carries the fingerprint, or paused (refused)."""
-    if template_fingerprint(workload) == fingerprint or is_paused(workload):
+@dataclass(frozen=True)
+class RestartPlan:
+    patch: dict[str, Any]  # a merge patch of the workload
+    adopt: bool  # only record what the pods already run (no pod restarts); else roll them
+
+
+def plan_restart(workload: dict[str, Any], in_secret: str | None, secret: str) -> RestartPlan | None:
+    """Roll the pods for ``in_secret`` (the fingerprint of what Secret ``secret`` holds) or adopt it, or
+    nothing: the Secret holds no license, it is what they were last started with, or paused (refused).
+
+    Adoption is recorded even while paused: it restarts nothing, and left unrecorded a later change of the
+    Secret would be adopted too instead of rolled.
+    """
+    if in_secret is None:
         return None
-    return restart_patch(fingerprint)
+    if adoptable(workload, secret):
+        return RestartPlan(adopt_patch(in_secret), adopt=True)
+    if recorded_fingerprint(workload) == in_secret or is_paused(workload):
+        return None
+    return RestartPlan(restart_patch(in_secret, drop_adopted=adopted_fingerprint(workload) is not None), adopt=False)
 
 
-def rollout_finished(workload: dict[str, Any]) -> bool:
-    spec, status = workload.get("spec") or {}, workload.get("status") or {}
-    generation = (workload.get("metadata") or {}).get("generation")
-    replicas = spec.get("replicas", 1)
-    return (
-        status.get("observedGeneration") is not None
-        and generation is not None
-        and status["observedGeneration"] >= generation
-        and status.get("updatedReplicas", 0) == replicas
+# Whether a rollout is over, judged as `kubectl rollout status` judges it (kubectl's
+# pkg/polymorphichelpers/rollout_status.go): "updated" counts alone are not enough, because a Deployment
+# reports every replica updated while old pods still run and before any new pod is available.
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    done: bool  # every pod the rollout may replace runs the current template, as kubectl would say
+    why: str  # for the report: what is left to do, or what was done
+    stuck: bool = False  # it will not finish by itself (kubectl reports these as errors)
+
+
+def _count(obj: dict[str, Any], section: str, key: str, default: int = 0) -> int:
+    """An integer field as Go reads it (absent: the zero value, or the API server's default)."""
+    value = (obj.get(section) or {}).get(key)
+    return default if value is None else _int(value)
+
+
+def _update_strategy(workload: dict[str, Any]) -> dict[str, Any]:
+    return (workload.get("spec") or {}).get("updateStrategy") or {}
+
+
+def generation_observed(workload: dict[str, Any]) -> bool:
+    """The controller has seen the latest spec. A missing generation counts as 1 (the API server always sets
+    one) and a missing observedGeneration as 0, so an object no controller has looked at is never done."""
+    return _count(workload, "status", "observedGeneration") >= _count(workload, "metadata", "generation", 1)
+
+
+def progress_deadline_exceeded(workload: dict[str, Any]) -> bool:
+    """The Deployment controller gave up waiting for progress (spec.progressDeadlineSeconds)."""
+    conditions = (workload.get("status") or {}).get("conditions") or []
+    return any(
+        isinstance(c, dict) and c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+        for c in conditions
     )
 
 
-def diagnose_rollout(workload: dict[str, Any] | None, fingerprint: str, label: str) -> tuple[DeliveryState, str]:
+def rolls_on_template_change(workload: dict[str, Any]) -> bool:
+    """StatefulSets and DaemonSets with updateStrategy OnDelete replace a pod only when it is deleted."""
+    if workload.get("kind") not in ("StatefulSet", "DaemonSet"):
+        return True
+    return _update_strategy(workload).get("type", "RollingUpdate") == "RollingUpdate"
+
+
+def statefulset_partition(workload: dict[str, Any]) -> int | None:
+    """The rollingUpdate partition (ordinals below it are not updated); None without rollingUpdate.
+
+    The API server defaults a missing partition to 0 whenever rollingUpdate is given.
+    """
+    rolling = _update_strategy(workload).get("rollingUpdate")
+    return _int(rolling.get("partition")) if isinstance(rolling, dict) else None
+
+
+def _deployment_status(workload: dict[str, Any]) -> RolloutStatus:
+    if progress_deadline_exceeded(workload):
+        return RolloutStatus(False, "exceeded its progress deadline (ProgressDeadlineExceeded)", stuck=True)
+    replicas = _count(workload, "spec", "replicas", 1)
+    updated = _count(workload, "status", "updatedReplicas")
+    running = _count(workload, "status", "replicas")
+    available = _count(workload, "status", "availableReplicas")
+    if updated < replicas:
+        return RolloutStatus(False, f"rolling out ({updated}/{replicas} updated)")
+    if running > updated:
+        return RolloutStatus(False, f"rolling out ({running - updated} old pods still running)")
+    if available < updated:
+        return RolloutStatus(False, f"rolling out ({available}/{updated} updated pods available)")
+    return RolloutStatus(True, f"rolled out ({updated} updated pods available, no old pods left)")
+
+
+def _statefulset_status(workload: dict[str, Any]) -> RolloutStatus:
+    replicas = _count(workload, "spec", "replicas", 1)
+    ready = _count(workload, "status", "readyReplicas")
+    updated = _count(workload, "status", "updatedReplicas")
+    if ready < replicas:
+        return RolloutStatus(False, f"rolling out ({ready}/{replicas} pods ready)")
+    partition = statefulset_partition(workload)
+    if partition is not None:
+        # kubectl: done once every ordinal at or above the partition is updated (the rest is held back)
+        due = max(replicas - partition, 0)
+        if updated < due:
+            return RolloutStatus(False, f"rolling out ({updated}/{due} updated)")
+        return RolloutStatus(True, f"rolled out ({updated} updated pods, all ready)")
+    status = workload.get("status") or {}
+    if status.get("updateRevision") != status.get("currentRevision"):
+        return RolloutStatus(False, f"rolling out ({updated}/{replicas} updated)")
+    return RolloutStatus(True, f"rolled out ({replicas} pods at the current revision, all ready)")
+
+
+def _daemonset_status(workload: dict[str, Any]) -> RolloutStatus:
+    desired = _count(workload, "status", "desiredNumberScheduled")
+    updated = _count(workload, "status", "updatedNumberScheduled")
+    available = _count(workload, "status", "numberAvailable")
+    if updated < desired:
+        return RolloutStatus(False, f"rolling out ({updated}/{desired} updated)")
+    if available < desired:
+        return RolloutStatus(False, f"rolling out ({available}/{desired} updated pods available)")
+    return RolloutStatus(True, f"rolled out ({updated} updated pods available)")
+
+
+def rollout_status(workload: dict[str, Any]) -> RolloutStatus:
+    """Deployment, StatefulSet or DaemonSet, each by its own `kubectl rollout status` rules."""
+    if not rolls_on_template_change(workload):
+        return RolloutStatus(False, "uses updateStrategy OnDelete: pods restart only when deleted", stuck=True)
+    if not generation_observed(workload):
+        return RolloutStatus(False, "waiting for its controller to observe the latest change")
+    kind = workload.get("kind")
+    if kind == "StatefulSet":
+        return _statefulset_status(workload)
+    if kind == "DaemonSet":
+        return _daemonset_status(workload)
+    return _deployment_status(workload)
+
+
+def rollout_finished(workload: dict[str, Any]) -> bool:
+    return rollout_status(workload).done
+
+
+def held_back_by_partition(workload: dict[str, Any]) -> int:
+    """StatefulSet pods a rollingUpdate partition keeps on their old template (the ordinals below it)."""
+    partition = statefulset_partition(workload) if workload.get("kind") == "StatefulSet" else None
+    return min(partition or 0, _count(workload, "spec", "replicas", 1))
+
+
+def _license_words(lic: License) -> str:
+    return f"license {lic.fingerprint} (expires {lic.expiration_date.isoformat()})"
+
+
+def diagnose_rollout(
+    workload: dict[str, Any] | None, in_secret: License | None, held: License, label: str, *, secret: str
+) -> tuple[DeliveryState, str]:
+    """What the workload's pods run, judged from what the Secret holds (``in_secret``): only the held license
+    in the Secret, the template rolled for it and a finished rollout make ``delivered``."""
     if workload is None:
         return DeliveryState.ERROR, f"{label} does not exist"
-    carries = template_fingerprint(workload) == fingerprint
-    if is_paused(workload) and not (carries and rollout_finished(workload)):
+    if in_secret is None:
+        return DeliveryState.DRIFT, (
+            f"Secret {secret} holds no valid license (key {SECRET_LICENSE_KEY}): new pods of {label} start without "
+            f"the held {_license_words(held)}; not restarted"
+        )
+    if in_secret.fingerprint != held.fingerprint:
+        # the keeper's write of the held license failed or was refused (immutable, foreign, an API error)
+        return DeliveryState.DRIFT, (
+            f"Secret {secret} holds {_license_words(in_secret)}, not the held {_license_words(held)}: "
+            f"{label} is rolled only for what the Secret holds (see the Secret's state in license-keeper status)"
+        )
+    carries = recorded_fingerprint(workload) == in_secret.fingerprint
+    status = rollout_status(workload)
+    if is_paused(workload) and not (carries and status.done):
         return DeliveryState.DRIFT, f"{label} is paused: not restarted (kubectl rollout resume, then it rolls)"
     if not carries:
-        return DeliveryState.PENDING, f"{label} pod template does not carry the held license fingerprint yet"
-    if not restarts_on_template_change(workload):
-        return DeliveryState.DRIFT, f"{label} uses updateStrategy OnDelete: pods restart only when deleted"
-    if not rollout_finished(workload):
-        status = workload.get("status") or {}
-        replicas = (workload.get("spec") or {}).get("replicas", 1)
-        return DeliveryState.PENDING, f"{label} rolling out ({status.get('updatedReplicas', 0)}/{replicas} updated)"
-    return DeliveryState.DELIVERED, f"{label} runs pods started with the held license"
+        return (
+            DeliveryState.PENDING,
+            f"{label} pod template not rolled for (nor adopted with) the Secret's {_license_words(in_secret)} yet",
+        )
+    if status.stuck:
+        return DeliveryState.DRIFT, f"{label} {status.why}"
+    if not status.done:
+        return DeliveryState.PENDING, f"{label} {status.why}"
+    held_back = held_back_by_partition(workload)
+    if held_back:
+        # kubectl calls a partitioned rollout complete, but those pods still run the license they started with
+        return DeliveryState.DRIFT, (
+            f"{label} rolled out above its rollingUpdate partition; {held_back} pods below it keep their license "
+            "until the partition is lowered"
+        )
+    how = "rolled for it" if template_fingerprint(workload) else "adopted: they read it from the Secret, not restarted"
+    return DeliveryState.DELIVERED, (
+        f"{label} runs pods started with the held {_license_words(held)}, which Secret {secret} holds ({how})"
+    )

@@ -37,6 +37,7 @@ from .delivery import (
     plan_admin,
     plan_konglicense,
     plan_restart,
+    secret_license,
 )
 from .license import License
 
@@ -354,34 +355,66 @@ class KongLicenseTarget(_TargetBase):
 
 
 class RestartTarget(_TargetBase):
-    """Roll a Deployment / StatefulSet whose pods read KONG_LICENSE_DATA from the Secret at start."""
+    """Roll a Deployment / StatefulSet whose pods read KONG_LICENSE_DATA from the Secret at start.
 
-    def __init__(self, spec: TargetSpec, kube: Kube, namespace: str, *, clock: Callable[[], float] = time.time) -> None:
+    New pods get what the Secret holds, not what the keeper holds: a write of the held license can fail or be
+    refused (an API error, an immutable or foreign Secret). So every round reads the Secret back (the keeper's
+    Role already allows ``get`` on it), rolls only for the license it holds and reports from it.
+    """
+
+    def __init__(
+        self, spec: TargetSpec, kube: Kube, namespace: str, secret_name: str, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        from .store import SecretStore
+
         self.label = spec.label
         kind, self.name = spec.workload
         self.kind = kind
         self.path = f"/apis/apps/v1/namespaces/{namespace}/{kind}s/{self.name}"
         self.kube = kube
+        self.secret = SecretStore(kube, namespace, secret_name)
         self.clock = clock
 
     async def _round(self, lic: License, *, write: bool) -> TargetReport:
         what = f"{self.kind} {self.name}"
-        fingerprint = lic.fingerprint
         wrote = False
+        in_secret: License | None = None
         try:
             obj = await _kube(f"get {what}", self.kube.request("GET", self.path, what=f"get {what}"), missing_ok=True)
-            patch = plan_restart(obj, fingerprint) if write and obj is not None else None
-            if patch is not None:
+            if obj is not None:
+                in_secret = await self._in_secret()
+            fingerprint = in_secret.fingerprint if in_secret is not None else None
+            plan = plan_restart(obj, fingerprint, self.secret.name) if write and obj is not None else None
+            if plan is not None:
                 obj = await _kube(
                     f"patch {what}",
-                    self.kube.request("PATCH", self.path, patch, what=f"patch {what}", content_type=MERGE_PATCH),
+                    self.kube.request("PATCH", self.path, plan.patch, what=f"patch {what}", content_type=MERGE_PATCH),
                 )
-                wrote = True
-                log.info("restarting %s for license %s", what, fingerprint)
+                if plan.adopt:
+                    # Nothing restarted and nothing was delivered, so no "delivered" Event: only noted here.
+                    log.info(
+                        "adopted %s: its pods read the license from Secret %s, which holds license %s; not restarted",
+                        what,
+                        self.secret.name,
+                        fingerprint,
+                    )
+                else:
+                    wrote = True
+                    log.info("restarting %s for license %s (the Secret holds it)", what, fingerprint)
         except TargetFailure as failure:
             return self._failed(failure)
-        state, reason = diagnose_rollout(obj, fingerprint, what)
+        state, reason = diagnose_rollout(obj, in_secret, lic, what, secret=self.secret.name)
         return TargetReport(self.label, state, reason, wrote=wrote, at=self.clock())
+
+    async def _in_secret(self) -> License | None:
+        """What a pod starting now reads from the Secret (its ``license`` key)."""
+        from .store import StoreError
+
+        try:
+            snapshot = await self.secret.read()
+        except StoreError as exc:  # its message names the Secret and the failure, never its content
+            raise TargetFailure(DeliveryState.ERROR, str(exc)) from None
+        return secret_license(snapshot.data)
 
 
 def build_targets(
@@ -404,5 +437,5 @@ def build_targets(
         elif spec.kind == "konglicense":
             out.append(KongLicenseTarget(spec, kube, grace=grace))
         else:
-            out.append(RestartTarget(spec, kube, namespace))
+            out.append(RestartTarget(spec, kube, namespace, secret_name))
     return out

@@ -824,5 +824,7 @@ def test_rendered_delivery_rbac_on_a_real_api_server(controlplane: Any, namespac
         assert controlplane.request("POST", deployments, body).status == 201
     assert call("GET", f"{deployments}/kong-gateway") == 200
     assert call("GET", f"{deployments}/not-ours") == 403
+    # the restart target reads back what the license Secret holds, with the keeper's own Role
+    assert call("GET", f"/api/v1/namespaces/{namespace}/secrets/kong-license") == 200
     assert call("GET", f"/apis/apps/v1/namespaces/{namespace}/statefulsets/kong-gateway") == 403
     assert call("DELETE", f"{deployments}/kong-gateway") == 403
