@@ -86,6 +86,12 @@ async def test_install_into_a_restricted_namespace_writes_once_and_licenses_ever
     await asyncio.to_thread(cluster.apply, gateway_deployment(cluster.namespace, 3))
     await eventually(lambda: all_gateways_run(cluster, key, 3), 90, what="3 gateway pods run the Secret's license")
 
+    # The restart target adopts what the gateways already run: delivered, and not one pod restarted for it.
+    uids = {p["metadata"]["uid"] for p in await asyncio.to_thread(gateway_pods, cluster)}
+    await eventually(lambda: delivery_state(cluster).get("delivered") == 1.0, 60, what="delivered reported")
+    await asyncio.sleep(6)  # one more delivery period (5 s)
+    assert {p["metadata"]["uid"] for p in await asyncio.to_thread(gateway_pods, cluster)} == uids
+
 
 # --- 2. the seed's scenario --------------------------------------------------------------------------------
 
