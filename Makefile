@@ -64,9 +64,11 @@ node: dev controlplane
 	$(PY) -m license_keeper.testing.node start --workdir $(or $(WORKDIR),/tmp/lk-node)
 
 ## bench: the keeper's figures in one table (start to ready, failover, API calls per poll, memory; ~15 min),
-## measured on the keeper installed as the image installs it (bench/runtime.sh)
+## measured on the keeper installed as the image installs it (bench/runtime.sh); then the same on real pods
+## (bench/node.py, ~2 min: gateway pods restarted licensed during an outage, rotation rolled out, node restart)
 bench: dev controlplane
 	py="$$(UV=$(UV) bench/runtime.sh)" && $(PY) bench/keeper.py --python "$$py" $(BENCH_ARGS)
+	$(PY) bench/node.py $(BENCH_NODE_ARGS)
 
 ## lock: pin every install with hashes from pyproject.toml: requirements.lock (the runtime: the image,
 ## the bench runtime), requirements-dev.lock (make dev: the runtime pins plus the test tools) and

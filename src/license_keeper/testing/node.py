@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -206,6 +207,7 @@ class Node:
         self.controlplane: ControlPlane | None = None
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._netns_before: set[str] = set()
+        self._lock: int | None = None
         self.timings: dict[str, float] = {}
         atexit.register(self.stop)
 
@@ -233,6 +235,7 @@ class Node:
         if why:
             raise NodeUnavailable("cannot run a node here: " + "; ".join(why))
         started = time.monotonic()
+        self._take_machine(wait=1800.0)
         self.clean()
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         self._netns_before = set(os.listdir("/run/netns")) if Path("/run/netns").is_dir() else set()
@@ -251,6 +254,28 @@ class Node:
         self._wait_default_service_account(deadline=started + timeout)
         self._mark("default ServiceAccount", started)
         return self
+
+    def _take_machine(self, wait: float) -> None:
+        """One node per machine (the links, bridge and routes have fixed names): wait for another to end."""
+        CACHE.mkdir(parents=True, exist_ok=True)
+        fd = os.open(CACHE / "node.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    held = CACHE / "node.lock"
+                    raise NodeUnavailable(f"another node runs on this machine ({held} is held)") from None
+                time.sleep(1)
+        self._lock = fd
+
+    def _release_machine(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing releases the flock
+            self._lock = None
 
     def _mark(self, what: str, since: float) -> None:
         self.timings[what] = round(time.monotonic() - since, 2)
@@ -392,7 +417,9 @@ class Node:
             self.controlplane = None
         self._kill_containers()
         _stop_process(self._procs.pop("containerd", None), timeout=10)
-        self.clean()
+        if self._lock is not None:  # never clean up after a node this process does not own
+            self.clean()
+        self._release_machine()
 
     def _delete_workloads(self) -> None:
         """Pods deleted through the API first, so the kubelet tears their networks down as it should."""
@@ -504,7 +531,13 @@ def _main(argv: Sequence[str]) -> int:
 
     node = Node(args.workdir)
     if args.command == "clean":
+        try:
+            node._take_machine(wait=2.0)
+        except NodeUnavailable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         node.clean()
+        node._release_machine()
         print("cleaned", flush=True)
         return 0
     try:
