@@ -602,6 +602,16 @@ def _main(argv: Sequence[str]) -> int:
         "Ctrl-C stops it.",
         flush=True,
     )
+    try:
+        wait_for_signal()
+    finally:
+        cp.stop()
+        print("control plane stopped", flush=True)
+    return 0
+
+
+def wait_for_signal() -> None:
+    """Block until SIGTERM or SIGINT (Ctrl-C): how the harnesses' `start` commands run in the foreground."""
     stop = False
 
     def _on_signal(*_: object) -> None:
@@ -610,13 +620,8 @@ def _main(argv: Sequence[str]) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    try:
-        while not stop:
-            time.sleep(0.5)
-    finally:
-        cp.stop()
-        print("control plane stopped", flush=True)
-    return 0
+    while not stop:
+        time.sleep(0.5)
 
 
 if __name__ == "__main__":

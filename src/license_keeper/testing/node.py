@@ -46,6 +46,7 @@ from .controlplane import (
     _stop_process,
     binary,
     free_port,
+    wait_for_signal,
 )
 from .netguard import BRIDGE, POD_RANGE, NetworkGuard, NodeUnavailable, run
 
@@ -556,17 +557,8 @@ def _main(argv: Sequence[str]) -> int:
         "Ctrl-C stops it and removes everything it made.",
         flush=True,
     )
-    stop = False
-
-    def _on_signal(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
     try:
-        while not stop:
-            time.sleep(0.5)
+        wait_for_signal()
     finally:
         node.stop()
         print("node stopped and removed", flush=True)
