@@ -434,3 +434,17 @@ def test_bad_delivery_targets_fail_in_one_line(given: tuple[str, ...], words: st
 def test_admin_client_cert_needs_its_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="go together"):
         load_settings(deliver_admin_client_cert_file=tmp_path / "c.pem")
+
+
+def test_the_operations_guide_states_every_default_and_range() -> None:
+    """docs/operations.md ("Settings and their bounds") says what load_settings enforces."""
+    from license_keeper.config import DURATION_RANGES, Settings, format_duration
+
+    guide = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    for name, (least, most) in DURATION_RANGES.items():
+        flag = "--" + name.replace("_", "-")
+        default = format_duration(getattr(Settings(), name))
+        rows = [line for line in guide.splitlines() if line.startswith(f"| `{flag}` |")]
+        assert len(rows) == 1, flag
+        cells = [cell.strip() for cell in rows[0].split("|")]
+        assert cells[3:5] == [f"`{default}`", f"`{format_duration(least)}` to `{format_duration(most)}`"], rows[0]

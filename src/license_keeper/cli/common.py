@@ -125,7 +125,7 @@ def konnect_options(f: F) -> F:
                 "CONTROLLER_KONNECT_TLS_CLIENT_KEY_FILE",
             ),
             opt("konnect-ca-file", "CA bundle to verify Konnect with, instead of the system trust store."),
-            duration_opt("konnect-timeout", "Timeout of one Konnect request."),
+            duration_opt("konnect-timeout", "Timeout of one Konnect request (the leader's /healthz allows for it)."),
         ]
     ):
         f = deco(f)
