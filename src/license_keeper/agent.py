@@ -34,7 +34,7 @@ from .election import LeaderElector, default_identity
 from .konnect import KonnectClient, KonnectFailure, KonnectResult, LicenseFetched, NoLicense
 from .kube import Kube, KubeError
 from .license import LicenseRecord, describe
-from .observe import EventRecorder, KeeperState, Metrics, metrics_app, probe_app, start_site
+from .observe import EventRecorder, KeeperState, Metrics, metrics_app, poll_loop_stall_bound, probe_app, start_site
 from .policy import SecretSnapshot, SecretState, choose, is_better, record_from_secret, secret_state
 from .schedule import ScheduleConfig, next_delay, poll_wait
 from .store import SecretStore, StoreError, SyncOutcome
@@ -86,6 +86,8 @@ class Keeper:
             renew_before=settings.renew_before,
             polling_period=settings.polling_period,
             secret_view_stale_after=3 * settings.resync_period,
+            # the configured timeouts, not a fixed bound: a loop waiting inside them is slow, not stuck
+            poll_loop_stale_after=poll_loop_stall_bound(konnect.deadline if konnect else 0.0, kube.timeout),
         )
         self.metrics = Metrics(self.state)
         self.store = SecretStore(kube, namespace, settings.effective_secret_name)

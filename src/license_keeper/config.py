@@ -25,23 +25,42 @@ from typing import Any
 
 from .delivery import TargetSpec, parse_target
 
-__all__ = ["DEFAULT_KONNECT_ADDRESS", "ConfigError", "Settings", "load_settings", "parse_addr", "parse_duration"]
+__all__ = [
+    "DEFAULT_KONNECT_ADDRESS",
+    "DURATION_RANGES",
+    "ConfigError",
+    "Settings",
+    "duration_problem",
+    "format_duration",
+    "load_settings",
+    "parse_addr",
+    "parse_duration",
+]
 
 DEFAULT_KONNECT_ADDRESS = "https://us.kic.api.konghq.com"
 
-# Lower bounds (seconds) of the durations, checked when the flags are parsed. Polling faster than this
-# only loads Konnect; a Lease renewed faster only loads the API server. The polling bounds may be
-# lifted for test harnesses with LICENSE_KEEPER_ALLOW_SHORT_PERIODS=true (not a flag on purpose).
-MIN_DURATIONS: dict[str, float] = {
-    "polling_period": 10.0,
-    "initial_polling_period": 1.0,
-    "resync_period": 5.0,
-    "konnect_timeout": 1.0,
-    "leader_elect_lease_duration": 2.0,
-    "leader_elect_renew_deadline": 1.0,
-    "leader_elect_retry_period": 0.5,
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+
+# The range (seconds, both ends included) of every duration, checked when the flags are parsed. Below
+# it: polling faster only loads Konnect, a Lease renewed faster only loads the API server. Above it: a
+# Konnect request longer than the poll loop's stall bound is meant to allow, a Lease too long to fail
+# over in reasonable time (and, far beyond, too long for leaseDurationSeconds, an int32), a Secret view
+# or delivery check too rare to notice anything. The lower bounds of the periods may be lifted for
+# test harnesses with LICENSE_KEEPER_ALLOW_SHORT_PERIODS=true (not a flag on purpose).
+DURATION_RANGES: dict[str, tuple[float, float]] = {
+    "konnect_timeout": (1.0, 5 * MINUTE),
+    "initial_polling_period": (1.0, HOUR),
+    "polling_period": (10.0, 7 * DAY),
+    "renew_before": (HOUR, 730 * DAY),
+    "resync_period": (5.0, HOUR),
+    # A delivery round gives each target 2 minutes: room for four Admin API requests at the longest.
+    "deliver_admin_timeout": (1.0, 30.0),
+    "delivery_period": (10.0, DAY),
+    "leader_elect_lease_duration": (2.0, 10 * MINUTE),
+    "leader_elect_renew_deadline": (1.0, 5 * MINUTE),
+    "leader_elect_retry_period": (0.5, MINUTE),
 }
-_SHORT_PERIODS_ALLOWED_FOR = frozenset({"polling_period", "initial_polling_period"})
+_SHORT_PERIODS_ALLOWED_FOR = frozenset({"polling_period", "initial_polling_period", "delivery_period"})
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -63,6 +82,26 @@ def parse_duration(value: str | float | int) -> float:
     if seconds <= 0:
         raise ValueError(f"duration must be positive, got {value!r}")
     return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as the flags spell them: 7d, 12h, 5m, 30s, 1.5s, 500ms."""
+    for unit, size in (("d", DAY), ("h", HOUR), ("m", MINUTE)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s" if seconds >= 1 else f"{seconds * 1000:g}ms"
+
+
+def duration_problem(name: str, seconds: float, *, allow_short: bool = False) -> str | None:
+    """Why ``seconds`` is out of the range of the duration ``name`` (a Settings field), or None."""
+    least, most = DURATION_RANGES[name]
+    if allow_short and name in _SHORT_PERIODS_ALLOWED_FOR:
+        least = 0.0
+    if not seconds >= least:  # written so that NaN fails too
+        return f"must be at least {format_duration(least)}, got {format_duration(seconds)}"
+    if not seconds <= most:
+        return f"must be at most {format_duration(most)}, got {format_duration(seconds)}"
+    return None
 
 
 def parse_addr(value: str) -> tuple[str, int]:
@@ -130,7 +169,7 @@ class Settings:
     leader_elect_renew_deadline: float = 10.0
     leader_elect_retry_period: float = 2.0
 
-    # For test harnesses only (env LICENSE_KEEPER_ALLOW_SHORT_PERIODS): lifts the polling lower bounds.
+    # For test harnesses only (env LICENSE_KEEPER_ALLOW_SHORT_PERIODS): lifts the lower bounds of the periods.
     allow_short_periods: bool = False
 
     def delivery_targets(self) -> list[TargetSpec]:
@@ -256,12 +295,10 @@ def _raw_value(name: str, given: Mapping[str, Any], environ: Mapping[str, str]) 
 
 def _cross_checks(s: Settings) -> list[str]:
     problems = []
-    for name, least in MIN_DURATIONS.items():
-        if s.allow_short_periods and name in _SHORT_PERIODS_ALLOWED_FOR:
-            continue
-        value = getattr(s, name)
-        if value < least:
-            problems.append(f"{_flag(name)}: must be at least {least:g}s, got {value:g}s")
+    for name in DURATION_RANGES:
+        problem = duration_problem(name, getattr(s, name), allow_short=s.allow_short_periods)
+        if problem is not None:
+            problems.append(f"{_flag(name)}: {problem}")
     if not (s.leader_elect_lease_duration > s.leader_elect_renew_deadline > s.leader_elect_retry_period):
         problems.append(
             "leader election needs lease-duration > renew-deadline > retry-period "

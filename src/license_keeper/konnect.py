@@ -311,6 +311,12 @@ class KonnectClient:
             await old.close()
         return self._session
 
+    @property
+    def deadline(self) -> float:
+        """The longest one ``fetch`` waits for Konnect: the total timeout, and a second of belt and
+        braces over aiohttp's own."""
+        return self.total_timeout + 1.0
+
     async def fetch(self) -> KonnectResult:
         """One GET of the license; every remote or transport problem comes back as a KonnectFailure."""
         if self._closed:
@@ -320,8 +326,7 @@ class KonnectClient:
         if isinstance(session, KonnectAuthFailed):
             return session
         try:
-            # belt and braces over aiohttp's own total timeout
-            async with asyncio.timeout(self.total_timeout + 1.0):
+            async with asyncio.timeout(self.deadline):
                 return await self._get(session)
         except TimeoutError:
             return KonnectTimeout(self.total_timeout)

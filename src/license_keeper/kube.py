@@ -7,7 +7,8 @@ Three promises, so callers never handle a client library's exceptions themselves
 
 * **One timeout on every call** (Events too): nothing waits on the API server forever.
 * **One classification of failures** (``KubeError`` and its kinds): transient transport trouble,
-  an API status with its code, or a programming error that propagates and ends the process.
+  an API status with its code (by the code alone when the body is not a Kubernetes Status: a proxy's
+  HTML page, JSON nested too deep), or a programming error that propagates and ends the process.
 * **One watch loop** that reconnects with jittered exponential backoff, relists on 410 Gone, and
   resets its backoff only after a stream delivered an event (a 503 with an empty body, or a stream
   that closes at once, is a failure, not a clean end).
@@ -145,13 +146,37 @@ def classify(error: BaseException, what: str) -> KubeError:
         return error_for_status(code, what, status.message or "", _retry_after(error.response))
     if isinstance(error, httpx.HTTPStatusError):
         return error_for_status(error.response.status_code, what, "", _retry_after(error.response))
+    behind = _status_error_behind(error)
+    if behind is not None:
+        # lightkube failed to build its ApiError from a body that is not a Kubernetes Status (a proxy's
+        # HTML page, a missing or wrong Content-Type, JSON nested too deep): the status code still tells.
+        return error_for_status(behind.response.status_code, what, "", _retry_after(behind.response))
     if isinstance(error, httpx.HTTPError | OSError | TimeoutError | httpx.StreamError):
         return Unreachable(f"{what}: API server unreachable ({type(error).__name__})")
-    if isinstance(error, ValueError | KeyError | TypeError):
-        # lightkube raises these on an answer that is not a Kubernetes object or Status (an HTML error
-        # page, an empty 503, a proxy's body): the server side is broken, so it is transient for us.
+    if _malformed_answer(error):
+        # A 2xx whose body is not a Kubernetes object (an HTML page, a proxy's body, JSON nested too
+        # deep for the decoder): the server side is broken, so it is transient for us.
         return Unreachable(f"{what}: malformed answer from the API server ({type(error).__name__})")
     raise error
+
+
+def _status_error_behind(error: BaseException) -> httpx.HTTPStatusError | None:
+    """The HTTP error answer a failure was raised while handling, if any (lightkube raises its decode
+    failure while handling the status error it was turning into an ApiError)."""
+    seen: set[int] = set()
+    cause = error.__cause__ or error.__context__
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, httpx.HTTPStatusError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _malformed_answer(error: BaseException) -> bool:
+    """What decoding an answer raises. RecursionError too: under a call, the only deep recursion is
+    the JSON decoder's, on a body nested too deep; left unclassified it would end the calling task."""
+    return isinstance(error, ValueError | KeyError | TypeError | RecursionError)
 
 
 def _retry_after(response: httpx.Response | None) -> float | None:
@@ -297,7 +322,7 @@ class Kube:
             raw = await response.aread()
             if response.status_code >= 400:
                 raise error_for_status(response.status_code, what, _status_message(raw), _retry_after(response))
-            parsed = json.loads(raw) if raw else {}
+            parsed = _load_json(raw) if raw else {}
             if not isinstance(parsed, dict):
                 raise ValueError("not a JSON object")
             return parsed
@@ -422,7 +447,7 @@ class Kube:
 def _watch_line(line: str, what: str) -> tuple[str, dict[str, Any]]:
     """One watch event; an ERROR event raises its status (410 Gone above all)."""
     try:
-        event = json.loads(line)
+        event = _load_json(line)
         kind, obj = event["type"], event["object"]
         if not isinstance(kind, str) or not isinstance(obj, dict):
             raise TypeError
@@ -437,8 +462,16 @@ def _watch_line(line: str, what: str) -> tuple[str, dict[str, Any]]:
 def _status_message(raw: bytes) -> str:
     """The ``message`` of a Kubernetes Status body, '' for anything else (HTML, empty, truncated)."""
     try:
-        body = json.loads(raw[:MAX_ERROR_BODY]) if raw else None
+        body = _load_json(raw[:MAX_ERROR_BODY]) if raw else None
     except ValueError:
         return ""
     message = body.get("message") if isinstance(body, dict) else None
     return message if isinstance(message, str) else ""
+
+
+def _load_json(raw: str | bytes) -> Any:
+    """JSON from the API server; ValueError for anything else, a body nested too deep included."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None

@@ -42,6 +42,7 @@ __all__ = [
     "Metrics",
     "TextFormatter",
     "metrics_app",
+    "poll_loop_stall_bound",
     "probe_app",
     "setup_logging",
     "start_site",
@@ -53,10 +54,20 @@ LICENSE_STATES = ("valid", "expiring", "expired", "missing", "invalid")
 KONNECT_RESULTS = ("ok", "no_license", "unreachable", "timeout", "auth", "server_error", "invalid_response")
 WRITE_REASONS = ("create", "rotate", "repair", "recreate", "restore")
 HEALTH_STALE_SECONDS = 120.0
-# The leader's poll loop beats at least once a sleep slice (60 s) and once per Konnect call (30 s
-# timeout by default); five minutes without a beat means it is stuck, not slow.
+# The leader's poll loop beats before each Konnect request and at least once a sleep slice (30 s).
+# Between two beats it waits for one Konnect request and one Secret sync, and the sync may first wait
+# for another one to let go of the lock; a sync is a read and a write, each under the API timeout.
+# Longer than the longest such step (and never under five minutes) without a beat: stuck, not slow.
 POLL_LOOP_STALE_SECONDS = 300.0
+POLL_STEP_API_CALLS = 4
 SECRET_VIEW_STALE_SECONDS = 180.0  # 3 x the 60 s re-read period
+
+
+def poll_loop_stall_bound(konnect_deadline: float, api_timeout: float) -> float:
+    """How long the leader's poll loop may go without a beat before /healthz calls it stalled: the
+    longest step it can take inside its configured timeouts, and at least five minutes."""
+    longest_step = konnect_deadline + POLL_STEP_API_CALLS * api_timeout
+    return max(POLL_LOOP_STALE_SECONDS, longest_step)
 
 
 @dataclass
@@ -76,6 +87,7 @@ class KeeperState:
     secret_view_stale_after: float = SECRET_VIEW_STALE_SECONDS
 
     poll_beat: float | None = None  # the leader's poll loop; None while not leading
+    poll_loop_stale_after: float = POLL_LOOP_STALE_SECONDS  # see poll_loop_stall_bound
 
     def beat(self) -> None:
         self.heartbeat = time.monotonic()
@@ -96,8 +108,11 @@ class KeeperState:
                 f"Secret view stale: no watch event or successful read for {now - self.secret_view_at:.0f} s "
                 f"(bound {self.secret_view_stale_after:.0f} s)"
             )
-        if self.leader and self.poll_beat is not None and now - self.poll_beat > POLL_LOOP_STALE_SECONDS:
-            return False, f"poll loop stalled: no progress for {now - self.poll_beat:.0f} s"
+        if self.leader and self.poll_beat is not None and now - self.poll_beat > self.poll_loop_stale_after:
+            return False, (
+                f"poll loop stalled: no progress for {now - self.poll_beat:.0f} s "
+                f"(bound {self.poll_loop_stale_after:.0f} s)"
+            )
         return True, "ok"
 
     def license_state(self, now: datetime | None = None) -> str:

@@ -126,6 +126,64 @@ async def test_export_of_a_missing_secret_fails(keeper_access: ServiceAccountAcc
     assert not backup.exists()
 
 
+def assert_one_error_line(out: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """The usage-error exit code and one `error:` line, as every command fails (exit 1 means "expiring")."""
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert "Traceback" not in out.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+async def test_export_into_a_missing_directory_is_one_error_line(
+    keeper_access: ServiceAccountAccess, admin_kube: Kube, admin_api: AsyncClient, namespace: str, tmp_path: Path
+) -> None:
+    """Issue 26 item 2: a missing directory printed a traceback and exited 1, the code `status` uses
+    for "expiring"."""
+    record = lic(1_718_000_000)
+    await store_as_admin(admin_kube, admin_api, namespace, record)
+    backup = tmp_path / "no-such-dir" / "backup.json"
+    out = await cli("export", "-o", str(backup), access=keeper_access)
+    assert_one_error_line(out, f"cannot write {backup}", "No such file or directory")
+    assert_no_license_text(out.stdout + out.stderr, record)
+    assert not backup.parent.exists()
+
+
+async def test_export_that_fails_while_writing_leaves_nothing_half_written(
+    keeper_access: ServiceAccountAccess, admin_kube: Kube, admin_api: AsyncClient, namespace: str, tmp_path: Path
+) -> None:
+    """A write that fails half way (the disk fills up: here a file size limit, EFBIG) leaves the old
+    backup as it was and no temporary file beside it, and says so in one line."""
+    import resource
+
+    record = lic(1_718_000_000)
+    await store_as_admin(admin_kube, admin_api, namespace, record)
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    backup = backups / "backup.json"
+    backup.write_text("the previous backup\n")
+
+    def small_files() -> None:  # in the child: writes past 512 bytes fail (Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
+
+    command = [sys.executable, "-m", "license_keeper", "export", "-o", str(backup)]
+    command += [f"--kubeconfig={keeper_access.kubeconfig}", f"--namespace={keeper_access.namespace}"]
+    out = await asyncio.to_thread(
+        subprocess.run,
+        command,
+        capture_output=True,
+        text=True,
+        env=clean_environ() | {"PYTHONDONTWRITEBYTECODE": "1"},
+        timeout=60,
+        preexec_fn=small_files,
+    )
+    assert_one_error_line(out, f"cannot write {backup}", "too large")
+    assert_no_license_text(out.stdout + out.stderr, record)
+    assert backup.read_text() == "the previous backup\n"
+    assert sorted(p.name for p in backups.iterdir()) == ["backup.json"]
+
+
 async def test_restore_into_a_missing_secret_creates_it(
     keeper_access: ServiceAccountAccess, admin_api: AsyncClient, namespace: str, tmp_path: Path
 ) -> None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import signal
+import time
 from typing import Any
 
-from lightkube import AsyncClient
+from lightkube import ApiError, AsyncClient
 from lightkube.resources.core_v1 import Secret
 
 from license_keeper.election import read_holder
 from license_keeper.kube import Kube
+from license_keeper.testing.audit import AuditEntry
 from license_keeper.testing.controlplane import ControlPlane
 from license_keeper.testing.keeper import KeeperProcess, KonnectEndpoint
 from license_keeper.testing.konnect import KonnectStandIn
@@ -65,8 +68,9 @@ async def test_keeper_as_the_charts_service_account_does_the_full_job(
     other = controlplane.create_namespace(f"{namespace}-other")
     allowed = {
         ("get", "secrets", secret, ""): True,
-        ("update", "secrets", secret, ""): True,
         ("patch", "secrets", secret, ""): True,  # the keeper's writes are merge patches
+        ("update", "secrets", secret, ""): False,
+        ("create", "events", "", "events.k8s.io"): False,  # its Events are core/v1
         ("get", "leases", "kong-license-keeper", "coordination.k8s.io"): True,
         ("update", "leases", "kong-license-keeper", "coordination.k8s.io"): True,
         ("get", "secrets", "another-secret", ""): False,
@@ -131,3 +135,104 @@ async def test_keeper_as_the_charts_service_account_does_the_full_job(
     finally:
         for k in started:
             k.kill()
+
+
+# Verbs the chart's Role grants that a full run need not show in the audit log, and why. Empty: every
+# granted verb is used by the run below. Add an entry only with its reason.
+GRANTED_BUT_UNUSED: dict[tuple[str, str, str], str] = {}
+
+
+def _grants(rules: list[dict[str, Any]], entry: AuditEntry) -> bool:
+    """Whether one of the Role's rules allows the audited request, as RBAC decides it: a create has no
+    name to match (RBAC cannot limit create by name); a list or watch with a metadata.name field
+    selector is matched by that name."""
+    name = None if entry.verb == "create" else entry.name
+    return any(
+        entry.api_group in rule["apiGroups"]
+        and entry.resource in rule["resources"]
+        and entry.verb in rule["verbs"]
+        and (not rule.get("resourceNames") or name in rule["resourceNames"])
+        for rule in rules
+    )
+
+
+async def test_the_roles_verbs_are_exactly_those_a_full_run_uses(
+    controlplane: ControlPlane,
+    namespace: str,
+    konnect: KonnectStandIn,
+    admin_api: AsyncClient,
+    admin_kube: Kube,
+    tmp_path: Any,
+) -> None:
+    """Issue 26 item 4: the Role granted `update` on the Secret and `events.k8s.io` Events, which the
+    keeper no longer uses (its writes are merge patches, its Events core/v1). Judged from the API
+    server's audit log of a full run as the chart's ServiceAccount: two replicas, the first license,
+    the Secret deleted twice (recreated; the second Event a patch of the first), a rotation, a handover
+    on SIGTERM. Every verb the keeper used is granted, and every granted verb was used."""
+    since = time.time() - 1
+    objs = await asyncio.to_thread(_install, controlplane, namespace, {})
+    sa = only(objs, "ServiceAccount")["metadata"]["name"]
+    user = f"system:serviceaccount:{namespace}:{sa}"
+    secret = only(objs, "Secret")["metadata"]["name"]
+    rules = only(objs, "Role")["rules"]
+    _, container = _container(objs)
+    token = controlplane.request_token(namespace, sa)
+    kubeconfig = controlplane.write_kubeconfig(
+        tmp_path / "chart-sa.kubeconfig", token=token, user=sa, namespace=namespace
+    )
+
+    started: list[KeeperProcess] = []
+
+    def keeper(pod: str) -> KeeperProcess:
+        env = _chart_env(container, pod, namespace) | {"LICENSE_KEEPER_RESYNC_PERIOD": "5s"}
+        k = KeeperProcess(
+            kubeconfig=kubeconfig,
+            namespace=namespace,
+            konnect=KonnectEndpoint.of(konnect),
+            workdir=tmp_path / "keepers",
+            name=pod,
+            env=env,
+        )
+        started.append(k)
+        return k.start()
+
+    async def holds(document: str) -> bool:
+        try:
+            s = await admin_api.get(Secret, secret, namespace=namespace)
+        except ApiError:
+            return False
+        return bool(s.data) and base64.b64decode(s.data["license"]).decode() == document
+
+    try:
+        leader = keeper("lk-license-keeper-aaa11")
+        await ready(leader)
+        follower = keeper("lk-license-keeper-bbb22")
+        await ready(follower)
+        assert konnect.record is not None
+        await wait_for(lambda: holds(konnect.record.document), 20)
+        for _ in range(2):  # recreated twice: the same Event again is a patch of the first
+            await admin_api.delete(Secret, secret, namespace=namespace)
+            await wait_for(lambda: holds(konnect.record.document), 20)
+        rotated = konnect.rotate()
+        leader.signal(signal.SIGHUP)
+        await wait_for(lambda: holds(rotated.document), 20)
+        await asyncio.sleep(6)  # a re-read of the Secret (every 5 s here)
+        assert leader.terminate() == 0  # releases the Lease; the follower takes it
+
+        async def follower_leads() -> bool:
+            info = await read_holder(admin_kube, namespace, "kong-license-keeper")
+            return info is not None and info.holder == follower.name
+
+        await wait_for(follower_leads, 20)
+        await asyncio.sleep(3)  # and renews it
+    finally:
+        for k in started:
+            k.kill()
+
+    entries = [e for e in controlplane.audit_entries(since=since, namespace=namespace) if e.username == user]
+    refused = [e.brief() for e in entries if e.code == 403 or not _grants(rules, e)]
+    assert not refused, "used but not granted:\n" + "\n".join(refused)
+    used = {(e.api_group, e.resource, e.verb) for e in entries}
+    granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    print("\nverbs used: " + ", ".join(f"{r}.{g or 'core'}:{v}" for g, r, v in sorted(used)))
+    assert granted - used == set(GRANTED_BUT_UNUSED), "granted but never used: " + str(sorted(granted - used))

@@ -316,3 +316,34 @@ async def test_health_turns_unhealthy_when_the_secret_view_goes_stale_and_recove
     assert k.ready()  # it still holds a valid license: readiness is about the license, health about the keeper
     proxy.set_mode("pass")
     await wait_for(k.healthy, 40)
+
+
+async def test_answers_that_are_not_kubernetes_answers_never_end_the_keeper(
+    proxied_keeper: ProxiedKeeper, proxy: FaultProxy, konnect: KonnectStandIn, admin_api: AsyncClient, namespace: str
+) -> None:
+    """Issue 26 item 5: a proxy in front of the API server answering with its own 403 page was logged
+    as an unreachable API server, and a watch answer nested too deep raised RecursionError, which ended
+    the Secret watch task and with it the keeper (exit 1). Both are now failures by their status code:
+    logged, retried, and the keeper goes on."""
+    from license_keeper.testing.faultproxy import Rule
+
+    k = proxied_keeper("keeper-0", "--resync-period=5s", *LONG_LEASE)
+    await ready(k)
+    proxy.set_rules(
+        [
+            Rule("nested", watch=True, status=200),
+            Rule("html", methods=frozenset({"GET"}), path=r"/secrets/", watch=False, content_type="application/json"),
+        ]
+    )
+    proxy.cut()  # the open watch reconnects and meets the deep answer; the next re-read meets the page
+    await asyncio.sleep(12)
+    assert k.proc is not None and k.proc.poll() is None, k.logs()[-2000:]
+    logs = k.logs()
+    assert "ended unexpectedly" not in logs and "RecursionError" not in logs
+    assert "watching the Secret failed" in logs and "malformed" in logs
+    assert "re-reading the Secret failed: forbidden to get Secret" in logs and "(HTTP 403)" in logs
+    proxy.set_mode("pass")
+    await wait_for(k.healthy, 30)
+    await admin_api.delete(Secret, SECRET, namespace=namespace)
+    assert konnect.record is not None
+    await wait_for(lambda: holds(admin_api, namespace, konnect.record.document), 40)

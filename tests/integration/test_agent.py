@@ -62,7 +62,12 @@ async def make_keeper(
         kubes.append(kube)
         tls = konnect.tls
         client = KonnectClient(
-            konnect.address, konnect.control_plane_id, tls.client_cert_file, tls.client_key_file, ca_file=tls.ca_file
+            konnect.address,
+            konnect.control_plane_id,
+            tls.client_cert_file,
+            tls.client_key_file,
+            ca_file=tls.ca_file,
+            total_timeout=settings.konnect_timeout,
         )
         return Keeper(settings, kube, namespace=namespace, konnect=client, identity=f"keeper-{len(kubes)}")
 
@@ -166,6 +171,67 @@ async def test_the_secret_is_loaded_before_konnect_answers_and_a_better_one_is_t
         await asyncio.wait_for(keeper.ready_event.wait(), 20)
         assert keeper.state.held is not None and keeper.state.held.document == record.document
         assert keeper.metrics.secret_writes.labels("create")._value.get() == 0  # taken, not rewritten
+    finally:
+        keeper.stop()
+        assert await asyncio.wait_for(serving, 30) == 0
+
+
+class _ShiftedClock:
+    """``time`` as observe.py sees it, with its monotonic clock moved ahead on demand: what /healthz
+    says after minutes, without waiting for them. Everything else (asyncio, the Konnect client's own
+    timeout) keeps the real clock, so a request in flight stays in flight."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.ahead
+
+    def time(self) -> float:
+        return time.time()
+
+
+async def test_a_leader_inside_its_own_konnect_timeout_is_not_called_stalled(
+    make_keeper: KeeperFactory, konnect: KonnectStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 26 item 1: /healthz said "poll loop stalled" after a fixed 300 s, so with --konnect-timeout
+    above that, a Konnect that accepts and never answers failed the leader's liveness while the poll loop
+    waited inside its own configured timeout. The stall bound now follows the configured timeouts; a
+    loop stuck past the longest step it can take is still called stalled."""
+    import urllib.error
+    import urllib.request
+
+    import license_keeper.observe as observe
+
+    clock = _ShiftedClock()
+    monkeypatch.setattr(observe, "time", clock)
+    await konnect.set_mode("blackhole")
+    keeper = make_keeper(konnect_timeout="5m", resync_period="5s")
+    serving = asyncio.create_task(keeper.serve())
+    try:
+        await until(lambda: keeper.leading_now() and konnect.requests >= 1, 30)
+
+        def get_healthz() -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{keeper.ports.probe}/healthz", timeout=5) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+
+        async def healthz() -> tuple[int, str]:
+            return await asyncio.to_thread(get_healthz)
+
+        assert (await healthz())[0] == 200
+        clock.ahead = 310.0  # the request has waited 310 s of its 300 s timeout + a Secret sync's time
+        await asyncio.sleep(7)  # the heartbeat and a Secret re-read beat on the moved clock
+        status, body = await healthz()
+        print(f"\n/healthz 310 s into a 5 m Konnect request: {status} {body.strip()}")
+        assert status == 200, body
+        assert konnect.requests == 1  # still the one request, unanswered
+        clock.ahead = 310.0 + 300.0  # far past any step the loop can take
+        await asyncio.sleep(7)
+        status, body = await healthz()
+        assert status == 503 and "poll loop stalled" in body, body
     finally:
         keeper.stop()
         assert await asyncio.wait_for(serving, 30) == 0

@@ -252,7 +252,7 @@ def test_role_rules(variant: tuple[str, dict[str, Any], list[dict[str, Any]]]) -
     assert len(named) == 1
     assert named[0]["resourceNames"] == [secret]
     assert named[0]["apiGroups"] == [""]
-    assert set(named[0]["verbs"]) == {"get", "update", "patch", "list", "watch"}
+    assert set(named[0]["verbs"]) == {"get", "patch", "list", "watch"}  # writes are merge patches
     # every secrets rule without resourceNames is the create-only rule, present only when allowed
     for r in unnamed:
         assert r["verbs"] == ["create"]
@@ -274,7 +274,7 @@ def test_role_rules(variant: tuple[str, dict[str, Any], list[dict[str, Any]]]) -
     assert [r["verbs"] for r in lease_rules if not r.get("resourceNames")] == [["create"]]
 
     event_groups = {g for r in rules if "events" in r["resources"] for g in r["apiGroups"]}
-    assert event_groups == {"", "events.k8s.io"}
+    assert event_groups == {""}  # core/v1 Events only
     for r in rules:
         if "events" in r["resources"]:
             assert set(r["verbs"]) == {"create", "patch"}
@@ -490,18 +490,20 @@ def test_rendered_rbac_on_a_real_api_server(controlplane: Any, namespace: str, a
     token = controlplane.request_token(namespace, sa)
 
     def call(method: str, path: str, body: dict[str, Any] | None = None) -> int:
-        return int(controlplane.request(method, path, body, token=token).status)
+        patch = "application/merge-patch+json" if method == "PATCH" else "application/json"
+        return int(controlplane.request(method, path, body, token=token, content_type=patch).status)
 
     secrets = f"/api/v1/namespaces/{namespace}/secrets"
     leases = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 
-    # the one Secret: read, list/watch by field selector, update
+    # the one Secret: read, list/watch by field selector, merge patch; no update
     assert call("GET", f"{secrets}/kong-license") == 200
     assert call("GET", f"{secrets}?fieldSelector=metadata.name%3Dkong-license") == 200
     assert call("GET", f"{secrets}?fieldSelector=metadata.name%3Dkong-license&watch=1&timeoutSeconds=1") == 200
     current = controlplane.request("GET", f"{secrets}/kong-license", token=token).body
+    assert call("PATCH", f"{secrets}/kong-license", {"data": {"license": "e30="}}) == 200
     current["data"] = {"license": "e30="}
-    assert call("PUT", f"{secrets}/kong-license", current) == 200
+    assert call("PUT", f"{secrets}/kong-license", current) == 403
     # nothing else, and never delete
     assert call("GET", secrets) == 403
     assert call("GET", f"{secrets}/someone-elses") == 403
@@ -527,7 +529,7 @@ def test_rendered_rbac_on_a_real_api_server(controlplane: Any, namespace: str, a
     assert call("GET", f"{leases}/another-lease") == 403
     assert call("DELETE", f"{leases}/kong-license-keeper") == 403
 
-    # events, both APIs
+    # core/v1 Events; none in events.k8s.io
     ref = {"kind": "Secret", "namespace": namespace, "name": "kong-license", "apiVersion": "v1"}
     core_event = {
         "metadata": {"name": "kong-license.1"},
@@ -548,7 +550,7 @@ def test_rendered_rbac_on_a_real_api_server(controlplane: Any, namespace: str, a
         "reportingInstance": "lk-0",
         "eventTime": "2026-01-01T00:00:00.000000Z",
     }
-    assert call("POST", f"/apis/events.k8s.io/v1/namespaces/{namespace}/events", new_event) == 201
+    assert call("POST", f"/apis/events.k8s.io/v1/namespaces/{namespace}/events", new_event) == 403
 
 
 def test_rendered_environment_is_accepted_by_the_keeper_settings(

@@ -260,6 +260,7 @@ def test_validate_missing_file_and_bad_window(tmp_path: Path) -> None:
     f = tmp_path / "license.json"
     f.write_text(document(200))
     assert_one_line_error(invoke("validate", str(f), "--renew-before=soon"), "--renew-before")
+    assert_one_line_error(invoke("validate", str(f), "--renew-before=1000d"), "--renew-before: must be at most 730d")
 
 
 def test_restore_of_a_file_that_is_not_a_backup_exits_2(tmp_path: Path) -> None:
@@ -366,3 +367,37 @@ def test_run_help_lists_delivery_options() -> None:
     for flag in ("--deliver ", "--deliver-admin-token-file", "--deliver-admin-ca-file", "--delivery-period"):
         assert flag in result.output
     assert "LICENSE_KEEPER_DELIVER]" in result.output
+
+
+# Every duration flag of each command (issue 26: --help states every bound).
+DURATION_FLAGS = {
+    "run": [
+        "konnect-timeout",
+        "initial-polling-period",
+        "polling-period",
+        "renew-before",
+        "resync-period",
+        "deliver-admin-timeout",
+        "delivery-period",
+        "leader-elect-lease-duration",
+        "leader-elect-renew-deadline",
+        "leader-elect-retry-period",
+    ],
+    "sync": ["konnect-timeout"],
+    "status": ["renew-before", "deliver-admin-timeout", "delivery-period"],
+    "validate": ["renew-before"],
+}
+
+
+@pytest.mark.parametrize("command", list(DURATION_FLAGS))
+def test_help_states_the_range_of_every_duration_flag(command: str) -> None:
+    from license_keeper.config import DURATION_RANGES, Settings, format_duration
+
+    text = flat(invoke(command, "--help").output)
+    for flag in DURATION_FLAGS[command]:
+        name = flag.replace("-", "_")
+        least, most = DURATION_RANGES[name]
+        default = format_duration(getattr(Settings(), name))
+        # the option's own help text: from its flag to its environment variable
+        own = text.split(f"--{flag} ")[1].split(f"[env: LICENSE_KEEPER_{name.upper()}")[0]
+        assert f"[default: {default}; range: {format_duration(least)} to {format_duration(most)}]" in own, flag

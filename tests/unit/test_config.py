@@ -245,7 +245,7 @@ def test_secret_and_lease_names() -> None:
             "--leader-elect-lease-duration",
             "2s",
         ),
-        ({"leader_elect_retry_period": "100ms"}, "--leader-elect-retry-period", "0.5s"),
+        ({"leader_elect_retry_period": "100ms"}, "--leader-elect-retry-period", "500ms"),
     ],
 )
 def test_durations_have_lower_bounds(given: dict[str, str], flag: str, least: str) -> None:
@@ -267,6 +267,85 @@ def test_test_harnesses_may_poll_faster(monkeypatch: pytest.MonkeyPatch) -> None
     assert s.polling_period == s.initial_polling_period == 0.02
     with pytest.raises(ConfigError, match="--leader-elect-retry-period: must be at least"):
         load_settings(leader_elect_retry_period="10ms")  # only the polling bounds are lifted
+
+
+# --- ranges (issue 26 item 3) ---------------------------------------------------------------------------
+
+# Each duration at the top of its range, with the other durations moved so the cross-checks still hold.
+_AT_MOST = {
+    "leader_elect_lease_duration": {"leader_elect_renew_deadline": "10s", "leader_elect_retry_period": "2s"},
+    "leader_elect_renew_deadline": {"leader_elect_lease_duration": "10m", "leader_elect_retry_period": "2s"},
+    "leader_elect_retry_period": {"leader_elect_lease_duration": "10m", "leader_elect_renew_deadline": "5m"},
+}
+
+
+def _durations() -> list[str]:
+    import dataclasses
+
+    from license_keeper.config import Settings
+
+    return [f.name for f in dataclasses.fields(Settings) if f.type == "float"]
+
+
+def test_every_duration_has_a_range() -> None:
+    from license_keeper.config import DURATION_RANGES
+
+    assert set(_durations()) == set(DURATION_RANGES)
+    for name, (least, most) in DURATION_RANGES.items():
+        assert 0 < least < most, name
+
+
+@pytest.mark.parametrize("name", _durations())
+def test_every_duration_has_an_upper_bound_checked_in_one_line(name: str) -> None:
+    from license_keeper.config import DURATION_RANGES, format_duration
+
+    _, most = DURATION_RANGES[name]
+    fits = load_settings(**{name: format_duration(most), **_AT_MOST.get(name, {})})
+    assert getattr(fits, name) == most
+    flag = "--" + name.replace("_", "-")
+    with pytest.raises(ConfigError) as info:
+        load_settings(**{name: f"{most + 1:.0f}s", **_AT_MOST.get(name, {})})
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"{flag}: must be at most {format_duration(most)}, got {format_duration(most + 1)}" in message
+
+
+def test_a_lease_duration_beyond_int32_is_refused_at_start() -> None:
+    """Issue 26 item 3: a Lease duration beyond what leaseDurationSeconds (int32) holds passed the
+    settings, and then the API server rejected every Lease write, so no replica ever led."""
+    too_long = f"{2**31}s"
+    with pytest.raises(ConfigError, match=r"--leader-elect-lease-duration: must be at most 10m"):
+        load_settings(leader_elect_lease_duration=too_long)
+
+
+def test_a_konnect_timeout_beyond_the_poll_loops_patience_is_refused() -> None:
+    """Issue 26 item 1: --konnect-timeout had no upper bound."""
+    with pytest.raises(ConfigError, match=r"--konnect-timeout: must be at most 5m, got 10m"):
+        load_settings(konnect_timeout="10m")
+
+
+def test_short_periods_for_test_harnesses_keep_their_upper_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LICENSE_KEEPER_ALLOW_SHORT_PERIODS", "true")
+    assert load_settings(delivery_period="2s").delivery_period == 2.0
+    with pytest.raises(ConfigError, match="--polling-period: must be at most 7d"):
+        load_settings(polling_period="8d")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.5, "500ms"), (1.0, "1s"), (1.5, "1.5s"), (90.0, "90s"), (300.0, "5m"), (5400.0, "90m"), (604800.0, "7d")],
+)
+def test_format_duration(seconds: float, text: str) -> None:
+    from license_keeper.config import format_duration
+
+    assert format_duration(seconds) == text
+    assert parse_duration(text) == seconds
+
+
+def test_nan_is_out_of_every_range() -> None:
+    from license_keeper.config import duration_problem
+
+    assert duration_problem("konnect_timeout", float("nan")) is not None
 
 
 def test_settings_read_no_namespace_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -355,3 +434,17 @@ def test_bad_delivery_targets_fail_in_one_line(given: tuple[str, ...], words: st
 def test_admin_client_cert_needs_its_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="go together"):
         load_settings(deliver_admin_client_cert_file=tmp_path / "c.pem")
+
+
+def test_the_operations_guide_states_every_default_and_range() -> None:
+    """docs/operations.md ("Settings and their bounds") says what load_settings enforces."""
+    from license_keeper.config import DURATION_RANGES, Settings, format_duration
+
+    guide = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    for name, (least, most) in DURATION_RANGES.items():
+        flag = "--" + name.replace("_", "-")
+        default = format_duration(getattr(Settings(), name))
+        rows = [line for line in guide.splitlines() if line.startswith(f"| `{flag}` |")]
+        assert len(rows) == 1, flag
+        cells = [cell.strip() for cell in rows[0].split("|")]
+        assert cells[3:5] == [f"`{default}`", f"`{format_duration(least)}` to `{format_duration(most)}`"], rows[0]

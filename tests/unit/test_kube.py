@@ -136,6 +136,70 @@ def test_programming_errors_are_not_classified_away() -> None:
         classify(RuntimeError("a bug"), "get")
 
 
+# --- answers from something in front of the API server (issue 26 item 5) ----------------------------------
+
+HTML = b"<html><head><title>403 Forbidden</title></head><body><h1>403 Forbidden</h1></body></html>"
+DEEP = b'{"a":' * 100_000 + b"null" + b"}" * 100_000
+
+
+def lightkube_failure(code: int, body: bytes, content_type: str | None) -> BaseException:
+    """What lightkube raises for this answer to a typed call (its own raise_for_status)."""
+    from lightkube.core.generic_client import GenericClient
+
+    headers = {"Content-Type": content_type} if content_type is not None else {}
+    try:
+        GenericClient.raise_for_status(response(code, body, headers))
+    except BaseException as e:
+        return e
+    raise AssertionError("lightkube did not fail")
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "content_type", "kind"),
+    [
+        (403, HTML, "text/html", Forbidden),
+        (403, HTML, "application/json", Forbidden),  # a proxy labelling its page JSON
+        (403, HTML, None, Forbidden),  # no Content-Type at all
+        (404, HTML, "application/json", NotFound),
+        (404, HTML, None, NotFound),
+        (401, b"Unauthorized", None, Forbidden),
+        (403, b"[1, 2]", "application/json", Forbidden),  # JSON, but not a Status
+        (403, b'"denied"', "application/json", Forbidden),
+        (403, b'{"code": "no"}', "application/json", Forbidden),
+        (403, DEEP, "application/json", Forbidden),  # nested too deep to parse
+        (404, DEEP, "application/json", NotFound),
+        (502, DEEP, "application/json", Unreachable),
+        (429, HTML, "application/json", Unreachable),
+    ],
+)
+def test_an_answer_that_is_not_a_status_is_classified_by_its_status_code(
+    code: int, body: bytes, content_type: str | None, kind: type[KubeError]
+) -> None:
+    """Issue 26 item 5: lightkube cannot build its ApiError from a body that is not a Kubernetes Status;
+    what it raised instead (JSONDecodeError, KeyError, ValidationError) was taken for a transient
+    malformed answer, and a deeply nested one raised RecursionError, which ended the calling task."""
+    classified = classify(lightkube_failure(code, body, content_type), "get Secret ns/s")
+    assert type(classified) is kind and classified.code == code
+    assert "html" not in str(classified).lower() and '{"a"' not in str(classified)
+
+
+def test_a_deeply_nested_answer_without_an_error_status_is_a_malformed_answer() -> None:
+    """A 200 whose body is nested too deep: lightkube's decoder (msgspec) raises RecursionError."""
+    import msgspec
+
+    with pytest.raises(RecursionError) as info:
+        msgspec.json.decode(DEEP)
+    classified = classify(info.value, "get Secret ns/s")
+    assert isinstance(classified, Unreachable) and classified.transient and classified.code is None
+    assert "malformed answer" in str(classified)
+
+
+def test_a_deeply_nested_watch_line_or_status_body_is_malformed_not_a_crash() -> None:
+    with pytest.raises(Unreachable, match="malformed watch event"):
+        _watch_line(DEEP.decode(), "watch Secret ns/s")
+    assert _status_message(DEEP) == ""
+
+
 def test_watch_lines() -> None:
     kind, obj = _watch_line(json.dumps({"type": "MODIFIED", "object": {"metadata": {"resourceVersion": "5"}}}), "w")
     assert kind == "MODIFIED" and obj["metadata"]["resourceVersion"] == "5"

@@ -8,6 +8,8 @@ import logging
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from license_keeper.license import LicenseRecord
@@ -241,3 +243,41 @@ def test_health_fails_when_the_secret_view_is_stale_and_says_why() -> None:
     s.note_secret_view()  # a watch event or a successful re-read
     s.heartbeat = s.secret_view_at
     assert s.health(now=s.secret_view_at + 1) == (True, "ok")
+
+
+@pytest.mark.parametrize(
+    ("konnect_deadline", "api_timeout", "bound"),
+    [
+        (31.0, 30.0, 300.0),  # the defaults: the five-minute floor
+        (301.0, 30.0, 421.0),  # the longest --konnect-timeout (5m): its request and two Secret syncs
+        (61.0, 60.0, 301.0),
+        (0.0, 30.0, 300.0),  # no Konnect client: the floor
+    ],
+)
+def test_the_poll_loop_stall_bound_follows_the_timeouts(
+    konnect_deadline: float, api_timeout: float, bound: float
+) -> None:
+    from license_keeper.observe import poll_loop_stall_bound
+
+    assert poll_loop_stall_bound(konnect_deadline, api_timeout) == bound
+
+
+@given(konnect=st.floats(1.0, 3600.0), api=st.floats(1.0, 300.0))
+def test_the_poll_loop_stall_bound_outlasts_a_konnect_request_and_two_secret_syncs(konnect: float, api: float) -> None:
+    from license_keeper.observe import POLL_LOOP_STALE_SECONDS, poll_loop_stall_bound
+
+    bound = poll_loop_stall_bound(konnect, api)
+    assert bound >= konnect + 4 * api and bound >= POLL_LOOP_STALE_SECONDS
+
+
+def test_health_calls_a_poll_loop_stalled_only_past_its_own_bound() -> None:
+    """Issue 26 item 1: with a 5 minute Konnect timeout, 310 s inside one request is not a stall."""
+    from license_keeper.observe import KeeperState, poll_loop_stall_bound
+
+    s = KeeperState(secret_view_stale_after=1e9, leader=True, poll_loop_stale_after=poll_loop_stall_bound(301.0, 30.0))
+    s.poll_beat = 1000.0
+    s.heartbeat = 1000.0 + 310.0
+    assert s.health(now=1000.0 + 310.0) == (True, "ok")
+    s.heartbeat = 1000.0 + 422.0
+    ok, reason = s.health(now=1000.0 + 422.0)
+    assert not ok and reason == "poll loop stalled: no progress for 422 s (bound 421 s)"

@@ -24,6 +24,7 @@ from .common import (
     api_client,
     connect,
     delivery_options,
+    duration_opt,
     env_help,
     fail,
     konnect_client,
@@ -64,16 +65,16 @@ def main(ctx: click.Context) -> None:
 @konnect_options
 @secret_options
 @delivery_options
-@opt(
+@duration_opt(
     "initial-polling-period",
-    "Poll period while no valid license is held, or it expires within --renew-before.  [default: 1m]",
+    "Poll period while no valid license is held, or it expires within --renew-before.",
 )
-@opt("polling-period", "Regular poll period once a valid license is held.  [default: 12h]")
-@opt("renew-before", "Poll at the initial period when the license expires within this.  [default: 7d]")
-@opt(
+@duration_opt("polling-period", "Regular poll period once a valid license is held.")
+@duration_opt("renew-before", "Poll at the initial period when the license expires within this.")
+@duration_opt(
     "resync-period",
     "Re-read the Secret this often even without watch events; /healthz fails after 3 periods without a "
-    "fresh view of it.  [default: 1m]",
+    "fresh view of it.",
 )
 @opt("probe-addr", "Address for /healthz, /readyz and POST /sync.  [default: :8081]")
 @opt("metrics-addr", "Address for Prometheus /metrics.  [default: :8080]")
@@ -88,14 +89,15 @@ def main(ctx: click.Context) -> None:
     ),
 )
 @opt("lease-name", "Lease name.  [default: <controller-name>-license-keeper]")
-@opt("leader-elect-lease-duration", "How long a Lease is valid without renewal.  [default: 15s]")
-@opt("leader-elect-renew-deadline", "The leader gives up (and exits) if it cannot renew within this.  [default: 10s]")
-@opt("leader-elect-retry-period", "How often to try to acquire or renew.  [default: 2s]")
+@duration_opt("leader-elect-lease-duration", "How long a Lease is valid without renewal.")
+@duration_opt("leader-elect-renew-deadline", "The leader gives up (and exits) if it cannot renew within this.")
+@duration_opt("leader-elect-retry-period", "How often to try to acquire or renew.")
 def run(**flags: Any) -> None:
     """Run the keeper: fetch from Konnect, persist to the Secret, serve probes and metrics.
 
-    Durations take s, m, h, d suffixes (90s, 5m, 12h, 7d). Exits 0 on SIGTERM, 1 when the leader
-    Lease was lost (the pod restarts clean), 2 on bad settings.
+    Durations take ms, s, m, h, d suffixes (500ms, 90s, 5m, 12h, 7d); each must lie in the range its
+    help states, and lease-duration > renew-deadline > retry-period. Exits 0 on SIGTERM, 1 when the
+    leader Lease was lost (the pod restarts clean), 2 on bad settings.
     """
     from ..agent import Keeper
     from ..konnect import KonnectConfigError, check_client_files

@@ -65,7 +65,10 @@ def export_(output: Path, **flags: Any) -> None:
             "fingerprint": record.license.fingerprint,
             "document": record.document,
         }
-        write_private(output, json.dumps(backup, indent=2) + "\n")
+        try:
+            write_private(output, json.dumps(backup, indent=2) + "\n")
+        except OSError as e:  # a missing directory, a read-only or full file system: nothing was left behind
+            fail(f"cannot write {output}: {e.strerror or type(e).__name__}")
         click.echo(f"wrote {output} ({describe(record)})")
         click.echo("warning: this file holds the license; store it like a Secret", err=True)
         return 0

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from ..config import DEFAULT_KONNECT_ADDRESS, ConfigError, Settings, load_settings
+from ..config import DEFAULT_KONNECT_ADDRESS, DURATION_RANGES, ConfigError, Settings, format_duration, load_settings
 from ..kube import Kube, KubeConfigError
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ __all__ = [
     "api_client",
     "connect",
     "delivery_options",
+    "duration_opt",
     "env_help",
     "fail",
     "konnect_client",
@@ -68,6 +69,16 @@ def env_help(flag: str, text: str, kic: str | None = None) -> str:
 
 def opt(flag: str, text: str, kic: str | None = None, **kw: Any) -> Callable[[F], F]:
     return click.option(f"--{flag}", default=None, help=env_help(flag, text, kic), **kw)
+
+
+def duration_opt(flag: str, text: str) -> Callable[[F], F]:
+    """A duration flag whose help states its default and range, both taken from the settings, so the
+    help never disagrees with what `load_settings` accepts."""
+    name = flag.replace("-", "_")
+    least, most = DURATION_RANGES[name]
+    default = getattr(Settings(), name)
+    bounds = f"[default: {format_duration(default)}; range: {format_duration(least)} to {format_duration(most)}]"
+    return opt(flag, f"{text}  {bounds}")
 
 
 def secret_options(f: F) -> F:
@@ -114,7 +125,7 @@ def konnect_options(f: F) -> F:
                 "CONTROLLER_KONNECT_TLS_CLIENT_KEY_FILE",
             ),
             opt("konnect-ca-file", "CA bundle to verify Konnect with, instead of the system trust store."),
-            opt("konnect-timeout", "Timeout of one Konnect request.  [default: 30s]"),
+            duration_opt("konnect-timeout", "Timeout of one Konnect request (the leader's /healthz allows for it)."),
         ]
     ):
         f = deco(f)
@@ -144,8 +155,8 @@ def delivery_options(f: F) -> F:
             opt("deliver-admin-client-cert-file", "Client certificate (PEM) for admin-api targets."),
             opt("deliver-admin-client-key-file", "Key of that client certificate (PEM)."),
             opt("deliver-admin-ca-file", "CA bundle to verify admin-api targets, instead of the system trust store."),
-            opt("deliver-admin-timeout", "Timeout of one Admin API request.  [default: 10s]"),
-            opt("delivery-period", "Deliver to and check every target this often (repairs drift).  [default: 10m]"),
+            duration_opt("deliver-admin-timeout", "Timeout of one Admin API request."),
+            duration_opt("delivery-period", "Deliver to and check every target this often (repairs drift)."),
         ]
     ):
         f = deco(f)

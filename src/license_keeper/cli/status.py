@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ..config import ConfigError, Settings, parse_duration
+from ..config import ConfigError, Settings, duration_problem, parse_duration
 from ..license import LicenseError, LicenseRecord, parse_license
 from ..policy import LICENSE_KEYS, SecretSnapshot, license_state, record_from_secret, secret_state
 from .backup import BACKUP_FORMAT
@@ -22,6 +22,7 @@ from .common import (
     EXIT_VALID,
     connect,
     delivery_options,
+    duration_opt,
     fail,
     load_json,
     opt,
@@ -60,7 +61,7 @@ def exit_code_for(state: str) -> int:
 
 @click.command()
 @secret_options
-@opt("renew-before", "Report 'expiring' (exit 1) when the license expires within this.  [default: 7d]")
+@duration_opt("renew-before", "Report 'expiring' (exit 1) when the license expires within this.")
 @opt("lease-name", "Lease to report the leader from.  [default: <controller-name>-license-keeper]")
 @delivery_options
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
@@ -161,7 +162,7 @@ def render_status(r: dict[str, Any]) -> str:
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True))
-@opt("renew-before", "Report 'expiring' (exit 1) when the license expires within this.  [default: 7d]")
+@duration_opt("renew-before", "Report 'expiring' (exit 1) when the license expires within this.")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def validate(file: Path, output: str, renew_before: str | None) -> None:
     """Check a license document offline (structure and dates; the signature cannot be checked offline).
@@ -180,6 +181,9 @@ def validate(file: Path, output: str, renew_before: str | None) -> None:
     except ValueError as e:
         fail(f"--renew-before: {e}")
         return
+    problem = duration_problem("renew_before", window)  # the same range as `run` and `status`
+    if problem is not None:
+        fail(f"--renew-before: {problem}")
     summary = validate_summary(raw, window, datetime.now(UTC))
     if output == "json":
         click.echo(json.dumps(summary, indent=2))

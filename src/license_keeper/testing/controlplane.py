@@ -424,14 +424,21 @@ class ControlPlane:
         return self._ssl
 
     def request(
-        self, method: str, path: str, body: Mapping[str, Any] | None = None, *, token: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        token: str | None = None,
+        content_type: str = "application/json",
     ) -> ApiResponse:
-        """One API call as the admin (or the given token); any status is returned, not raised."""
+        """One API call as the admin (or the given token); any status is returned, not raised. A PATCH
+        needs its patch type as ``content_type`` (e.g. application/merge-patch+json)."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"{self.server}{path}", data=data, method=method)
         req.add_header("Authorization", f"Bearer {token or self.admin_token}")
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            req.add_header("Content-Type", content_type)
         try:
             with urllib.request.urlopen(req, context=self._ssl_context(), timeout=15) as r:
                 raw = r.read()

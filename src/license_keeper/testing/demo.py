@@ -87,7 +87,7 @@ async def demo(workdir: Path) -> None:
     try:
         cp.create_namespace(NAMESPACE)
         access = cp.service_account(NAMESPACE, "license-keeper", keeper_rules(SECRET, LEASE))
-        print(f"   ServiceAccount {NAMESPACE}/license-keeper: get/update/watch on Secret {SECRET} only, no delete")
+        print(f"   ServiceAccount {NAMESPACE}/license-keeper: get/list/watch/patch on Secret {SECRET} only, no delete")
 
         async with (
             KonnectStandIn(tls_dir=workdir / "konnect-tls") as konnect,

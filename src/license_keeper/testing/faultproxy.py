@@ -61,6 +61,8 @@ MODES: dict[str, str] = {
     "503": "answer 503 with an empty body",
     "502": "answer 502 with an HTML body (what a load balancer sends)",
     "429": "answer 429 with Retry-After: `retry_after` and a Status body (what API priority and fairness sends)",
+    "html": "answer `status` with an HTML page labelled `content_type` ('' sends no Content-Type): a proxy's page",
+    "nested": "answer `status` with a JSON object nested `depth` levels deep (one line, so a watch reads it too)",
     "partition": "cut every open connection and refuse new ones (stop listening); with a filter: like reset",
 }
 
@@ -80,7 +82,16 @@ _HOP = {
 }
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 16 * 1024 * 1024
-_REASONS = {200: "OK", 201: "Created", 429: "Too Many Requests", 502: "Bad Gateway", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    429: "Too Many Requests",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,9 @@ class Rule:
     seconds: float = 1.0  # delay
     bytes: int = 0  # cut_after
     retry_after: int = 1  # 429
+    status: int = 403  # html, nested
+    content_type: str = "text/html"  # html
+    depth: int = 100_000  # nested
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -482,6 +496,12 @@ class FaultProxy:
         if mode == "502":
             html = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
             return await self._answer(conn, req, 502, html, "text/html")
+        if mode == "html":
+            page = f"<html><head><title>{rule.status}</title></head><body><h1>{rule.status}</h1></body></html>"
+            return await self._answer(conn, req, rule.status, page.encode(), rule.content_type)
+        if mode == "nested":
+            body = b'{"a":' * rule.depth + b"null" + b"}" * rule.depth  # objects: typed decoders recurse too
+            return await self._answer(conn, req, rule.status, body, "application/json")
         if mode == "429":
             status = {
                 "kind": "Status",
@@ -508,7 +528,8 @@ class FaultProxy:
         content_type: str,
         extra: Iterable[tuple[str, str]] = (),
     ) -> bool:
-        headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), *extra]
+        headers = [("Content-Type", content_type)] if content_type else []
+        headers += [("Content-Length", str(len(body))), *extra]
         if not req.keep_alive:
             headers.append(("Connection", "close"))
         conn.writer.write(_head(status, _REASONS.get(status, ""), headers) + body)
@@ -618,6 +639,7 @@ def _build_parser() -> argparse.ArgumentParser:
 control (plain HTTP on 127.0.0.1:CONTROL_PORT):
   POST /mode  {{"mode": "cut_after", "bytes": 0, "watch": true}}   one rule (filters: methods, path, watch)
   POST /mode  {{"rules": [{{"mode": "503", "methods": ["POST"], "path": "/events"}}]}}   several, first match wins
+  POST /mode  {{"mode": "html", "status": 404, "content_type": "application/json", "watch": false}}
   POST /cut   cut every open connection now
   GET  /stats counters and rules""",
     )

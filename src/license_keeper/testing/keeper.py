@@ -39,7 +39,7 @@ def keeper_rules(secret_name: str, lease_name: str, *, allow_create: bool = True
             "apiGroups": [""],
             "resources": ["secrets"],
             "resourceNames": [secret_name],
-            "verbs": ["get", "update", "patch", "list", "watch"],
+            "verbs": ["get", "patch", "list", "watch"],  # writes are merge patches
         },
         {
             "apiGroups": ["coordination.k8s.io"],
