@@ -15,14 +15,8 @@ version="$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$repo/src/license_keeper/__i
 KEEPER_IMAGE="${KEEPER_IMAGE:-localhost/license-keeper:$version}"
 IMAGE="${IMAGE:-localhost/license-keeper-gateway:$version}"
 
-if command -v podman >/dev/null; then
-    engine=("$here/podman.sh")
-elif command -v docker >/dev/null; then
-    engine=(docker)
-else
-    echo "build-gateway.sh: neither podman nor docker found (apt-get install podman runc)" >&2
-    exit 1
-fi
+# shellcheck source=engine.sh
+source "$here/engine.sh" build-gateway.sh
 
 if ! "${engine[@]}" image inspect "$KEEPER_IMAGE" >/dev/null 2>&1; then
     echo "build-gateway.sh: $KEEPER_IMAGE not found; build the keeper's image first (make image)" >&2

@@ -16,14 +16,8 @@ IMAGE="${IMAGE:-localhost/license-keeper:$version}"
 CA_BUNDLE="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 default_base="$(sed -n 's/^ARG PYTHON_IMAGE=//p' "$repo/Dockerfile")"
 
-if command -v podman >/dev/null; then
-    engine=("$here/podman.sh")
-elif command -v docker >/dev/null; then
-    engine=(docker)
-else
-    echo "build.sh: neither podman nor docker found (apt-get install podman runc)" >&2
-    exit 1
-fi
+# shellcheck source=engine.sh
+source "$here/engine.sh" build.sh
 
 base="${PYTHON_IMAGE:-}"
 if [[ -z "$base" ]]; then
