@@ -350,7 +350,11 @@ async def test_healthy_three_replicas_fire_nothing_across_a_leader_change(
         install.gateway = kong
         await _start_delivering(install, kong, ["keeper-0", "keeper-1", "keeper-2"])
         ours = lambda a: a.get("labels", {}).get("namespace", ns) == ns  # noqa: E731 (unlabelled: absent())
-        await until(lambda: not [a for a in mon.prom.alerts() if ours(a)], 30, "no alert pending to start with")
+        try:
+            await until(lambda: not [a for a in mon.prom.alerts() if ours(a)], 30, "no alert pending to start with")
+        except TimeoutError:
+            pending = sorted({a["labels"]["alertname"] for a in mon.prom.alerts() if ours(a)})
+            raise AssertionError(f"a healthy installation keeps these alerts pending or firing: {pending}") from None
         since, seen = time.time(), []
         seen += await _watch_alerts(mon, ours, 8)
         (old,) = await asyncio.to_thread(install.leaders)

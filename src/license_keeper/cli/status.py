@@ -49,7 +49,7 @@ def kong_outlook(lic: License, now: datetime) -> str:
     if now >= grace_end:
         return (
             f"the {KONG_GRACE_PERIOD_DAYS}-day grace period ended on {end}: the gateways' Admin API is "
-            "read-only (only /licenses accepts writes); restarted DB-less gateways come up unlicensed"
+            "read-only (only /licenses accepts writes)"
         )
     if now >= expiry:
         return (
