@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml requirements-dev.lock build-requirements.lock
 ## dev: virtualenv in .venv from requirements-dev.lock (the package editable, the test tools)
 dev: $(STAMP)
 
-## controlplane: build kube-apiserver, kubectl, etcd, helm, promtool and the node's kubelet,
+## controlplane: build kube-apiserver, kubectl, etcd, helm, promtool, prometheus, alertmanager and the node's kubelet,
 ## kube-controller-manager, kube-scheduler and kube-proxy into the cache (first run: many minutes)
 controlplane:
 	tools/controlplane/build.sh

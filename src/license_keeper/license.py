@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "KONG_ERROR_NOTICE_DAYS",
+    "KONG_GRACE_PERIOD_DAYS",
+    "KONG_WARNING_NOTICE_DAYS",
     "MAX_UPDATED_AT",
     "License",
     "LicenseError",
@@ -48,6 +51,13 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 MAX_UPDATED_AT = 32503680000  # 3000-01-01T00:00:00Z
 UPDATED_AT_SKEW_SECONDS = 86400.0
 _UPDATED_AT_MAX_DIGITS = 20  # int() refuses more than 4300 digits; no sane value has more than 11
+
+# What Kong does as expiry nears (EE license_helpers.lua; REFERENCE §9): a daily WARN line below 90 days
+# left, ERR below 30; at expiry a grace period of 30 days begins (daily CRIT) and after it the Admin API
+# is read-only (only /licenses and the keyring recovery accept writes).
+KONG_WARNING_NOTICE_DAYS = 90
+KONG_ERROR_NOTICE_DAYS = 30
+KONG_GRACE_PERIOD_DAYS = 30
 
 
 class LicenseError(ValueError):
@@ -82,6 +92,18 @@ class License:
         day_after = self.expiration_date + datetime.timedelta(days=1)
         return datetime.datetime(day_after.year, day_after.month, day_after.day, tzinfo=datetime.UTC)
 
+    @property
+    def kong_expires_at(self) -> datetime.datetime:
+        """Kong's own expiry instant: noon UTC of the expiration date (Lua's os.time{year, month, day}
+        fills in hour 12, in the gateway's time zone: UTC in Kong's images). Its grace period starts here."""
+        day = self.expiration_date
+        return datetime.datetime(day.year, day.month, day.day, 12, tzinfo=datetime.UTC)
+
+    @property
+    def grace_period_ends_at(self) -> datetime.datetime:
+        """When Kong's 30-day grace period ends and the gateways' Admin API turns read-only."""
+        return self.kong_expires_at + datetime.timedelta(days=KONG_GRACE_PERIOD_DAYS)
+
     def seconds_left(self, now: datetime.datetime) -> float:
         """Seconds until expiry; negative once expired. `now` must be timezone-aware."""
         return (self.expires_at - now).total_seconds()
@@ -108,6 +130,12 @@ class License:
         stored as a double (LuaJIT rounds the 136-bit integer to the nearest double, as `float()` does).
         """
         return float(int(self.signature[-34:], 16))
+
+    @property
+    def kong_signature_exported(self) -> float:
+        """``kong_signature`` as Prometheus reads it from Kong's /metrics: Lua prints numbers with 14
+        significant digits (``%.14g``), so a full-precision copy would never equal Kong's figure."""
+        return float(f"{self.kong_signature:.14g}")
 
     def __repr__(self) -> str:
         return (

@@ -144,6 +144,11 @@ class StateCollector(Collector):
             "license_keeper_license_expiration_timestamp_seconds",
             "Unix time at which the held license expires (end of its expiration date, UTC).",
         )
+        grace = GaugeMetricFamily(
+            "license_keeper_license_grace_period_end_timestamp_seconds",
+            "Unix time at which Kong's 30-day grace period after the held license's expiry ends and the "
+            "gateways' Admin API turns read-only (noon UTC of the expiration date, plus 30 days).",
+        )
         signature = GaugeMetricFamily(
             "license_keeper_kong_license_signature",
             "The held license's signature as Kong exports it in kong_enterprise_license_signature.",
@@ -155,9 +160,12 @@ class StateCollector(Collector):
         )
         if lic is not None and s.held is not None:
             expiry.add_metric([], lic.expires_at.timestamp())
-            signature.add_metric([], lic.kong_signature)
+            grace.add_metric([], lic.grace_period_ends_at.timestamp())
+            # Equal to Kong's figure only as printed (14 digits): the mismatch alert compares with !=.
+            signature.add_metric([], lic.kong_signature_exported)
             info.add_metric([lic.fingerprint, s.held.source], 1.0)
         yield expiry
+        yield grace
         yield signature
         yield info
 

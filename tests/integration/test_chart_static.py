@@ -75,7 +75,9 @@ def set_args(values: dict[str, Any]) -> list[str]:
     for key, value in values.items():
         if isinstance(value, bool):
             out += ["--set", f"{key}={str(value).lower()}"]
-        elif isinstance(value, (int, float)):
+        elif isinstance(value, float):  # --set reads 0.5 as a string
+            out += ["--set-json", f"{key}={json.dumps(value)}"]
+        elif isinstance(value, int):
             out += ["--set", f"{key}={value}"]
         else:
             out += ["--set-string", f"{key}={value}"]
@@ -410,7 +412,6 @@ def test_service_pdb_and_monitoring(variant: tuple[str, dict[str, Any], list[dic
     # keepers unready for lack of a license must not block a node drain
     assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
-
     monitors = [o for o in objs if o["kind"] == "ServiceMonitor"]
     rules = [o for o in objs if o["kind"] == "PrometheusRule"]
     if values.get("serviceMonitor.enabled"):
@@ -428,11 +429,11 @@ def test_service_pdb_and_monitoring(variant: tuple[str, dict[str, Any], list[dic
     else:
         assert rules == []
 
+
 def test_the_budget_is_left_out_for_one_replica_and_takes_max_unavailable() -> None:
     assert not [o for o in render({"replicaCount": 1}) if o["kind"] == "PodDisruptionBudget"]
     pdb = only(render({"replicaCount": 3, "podDisruptionBudget.maxUnavailable": 1}), "PodDisruptionBudget")
     assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
-
 
 
 def test_runbook_base_url_can_be_replaced() -> None:
@@ -442,6 +443,69 @@ def test_runbook_base_url_can_be_replaced() -> None:
     assert urls and all(
         re.fullmatch(r"https://wiki\.example\.com/lk#license(keeper|delivery)[a-z]+", u) for u in urls
     ), urls
+
+
+def _rules_of(values: dict[str, Any]) -> list[dict[str, Any]]:
+    pr = only(render({"prometheusRule.enabled": True, **values}), "PrometheusRule")
+    return [r for g in pr["spec"]["groups"] for r in g["rules"]]
+
+
+def _promtool_check(rules: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "rendered-rules.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    proc = run([tool("prometheus", "promtool"), "check", "rules", str(path)])
+    assert proc.returncode == 0, f"promtool check rules (rendered):\n{proc.stdout}\n{proc.stderr}"
+
+
+def _seconds(duration: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    m = re.fullmatch(r"(\d+)(ms|s|m|h|d|w)", duration)
+    assert m, duration
+    return int(m.group(1)) * units[m.group(2)]
+
+
+def test_for_scale_scales_every_for_and_nothing_else(tmp_path: Path) -> None:
+    """The live alert tests render `for:` an hour to a second; the result must stay a valid rule file."""
+    shipped = _rules_of({})
+    scaled = _rules_of({"prometheusRule.forScale": 1 / 3600})
+    assert [r["alert"] for r in scaled] == [r["alert"] for r in shipped]
+    for before, after in zip(shipped, scaled, strict=True):
+        assert after["for"].endswith("ms"), after["for"]
+        assert _seconds(after["for"]) == pytest.approx(_seconds(before["for"]) / 3600, abs=0.001)
+        assert {k: v for k, v in after.items() if k != "for"} == {k: v for k, v in before.items() if k != "for"}
+    pr = only(render({"prometheusRule.enabled": True, "prometheusRule.forScale": 1 / 3600}), "PrometheusRule")
+    _promtool_check(pr["spec"], tmp_path)
+
+
+def test_expiry_thresholds_are_chart_values(tmp_path: Path) -> None:
+    rules = {
+        r["alert"]: r
+        for r in _rules_of({"prometheusRule.expiryWarningDays": 45, "prometheusRule.expiryCriticalDays": 10})
+    }
+    soon, critical = (
+        rules["LicenseKeeperLicenseExpiringSoon"]["expr"],
+        rules["LicenseKeeperLicenseExpiryCritical"]["expr"],
+    )
+    assert ") < 45 * 86400" in soon and ") >= 10 * 86400" in soon
+    assert ") < 10 * 86400" in critical
+    shipped = {r["alert"]: r for r in _rules_of({})}
+    changed = [name for name in rules if rules[name] != shipped[name]]
+    assert changed == ["LicenseKeeperLicenseExpiringSoon", "LicenseKeeperLicenseExpiryCritical"]
+    _promtool_check({"groups": [{"name": "t", "rules": list(rules.values())}]}, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"prometheusRule.forScale": 0},
+        {"prometheusRule.forScale": -1},
+        {"prometheusRule.forScale": "fast"},
+        {"prometheusRule.expiryWarningDays": 0},
+        {"prometheusRule.expiryCriticalDays": "7d"},
+    ],
+)
+def test_schema_rejects_bad_alert_values(bad: dict[str, Any]) -> None:
+    assert template({"prometheusRule.enabled": True, **bad}).returncode != 0
 
 
 # ------------------------------------------------------------ the rendered RBAC on a real API server

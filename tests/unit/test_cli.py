@@ -401,3 +401,31 @@ def test_help_states_the_range_of_every_duration_flag(command: str) -> None:
         # the option's own help text: from its flag to its environment variable
         own = text.split(f"--{flag} ")[1].split(f"[env: LICENSE_KEEPER_{name.upper()}")[0]
         assert f"[default: {default}; range: {format_duration(least)} to {format_duration(most)}]" in own, flag
+
+
+# --- Kong's terms in status and validate -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("days", "words"),
+    [
+        (200, ["no notice from the gateways yet", "WARN from 90 days"]),
+        (60, ["WARN line daily (below 90 days left)"]),
+        (20, ["ERR line daily (below 30 days left)", "enter the 30-day grace period on"]),
+        (-3, ["expired on", "in the 30-day grace period", "Admin API turns read-only on"]),
+        (-40, ["grace period ended on", "Admin API is read-only"]),
+    ],
+)
+def test_validate_says_what_kong_does_and_when(tmp_path: Path, days: int, words: list[str]) -> None:
+    f = tmp_path / "license.json"
+    f.write_text(document(days))
+    report = json.loads(invoke("validate", str(f), "-o", "json").stdout)
+    expires = TODAY + datetime.timedelta(days=days)
+    grace_end = (expires + datetime.timedelta(days=30)).isoformat()
+    assert report["grace_period_end"] == f"{grace_end}T12:00:00+00:00"
+    for w in words:
+        assert w in report["kong"], report["kong"]
+    if days > -30:  # the dates Kong acts on: the expiration date, then 30 days later
+        assert grace_end in report["kong"]
+    text = invoke("validate", str(f)).stdout
+    assert f"Kong:             {report['kong']}" in text

@@ -207,6 +207,24 @@ def test_kong_signature(signature: str, expected: float) -> None:
     assert lic.kong_signature == expected
 
 
+def test_exported_signature_is_what_prometheus_reads_from_kong() -> None:
+    """Kong prints the signature with %.14g: the keeper's copy must be that number, not the full double,
+    or `kong_enterprise_license_signature != license_keeper_kong_license_signature` always holds."""
+    lic = parse_license(make_document(signature="f" * 100 + "0123456789abcdef0123456789abcdef01"))
+    printed_by_kong = float(f"{float(int(lic.signature[-34:], 16)):.14g}")
+    assert lic.kong_signature != printed_by_kong  # the full double differs in its last digits
+    assert lic.kong_signature_exported == printed_by_kong
+    assert float(f"{lic.kong_signature_exported:.14g}") == lic.kong_signature_exported
+
+
+def test_kong_expiry_and_grace_period_end() -> None:
+    """Kong's expiry instant is noon UTC of the expiration date; the grace period ends 30 days later."""
+    lic = parse_license(make_document(expiration_date="2027-03-10"))
+    assert lic.kong_expires_at == datetime.datetime(2027, 3, 10, 12, tzinfo=datetime.UTC)
+    assert lic.grace_period_ends_at == datetime.datetime(2027, 4, 9, 12, tzinfo=datetime.UTC)
+    assert lic.kong_expires_at < lic.expires_at  # the keeper counts to the end of the day
+
+
 def test_repr_and_str_hide_secrets() -> None:
     text = make_document(license_key=KEY, signature=SIG, expiration_date=datetime.date(2031, 3, 4))
     lic = parse_license(text)

@@ -109,7 +109,9 @@ def test_license_info_and_values(source: str) -> None:
     assert labels == {"fingerprint": held.license.fingerprint, "source": source}
     assert value == 1.0
     assert f["license_keeper_license_expiration_timestamp_seconds"] == [({}, held.license.expires_at.timestamp())]
-    assert f["license_keeper_kong_license_signature"] == [({}, held.license.kong_signature)]
+    assert f["license_keeper_kong_license_signature"] == [({}, held.license.kong_signature_exported)]
+    grace = held.license.grace_period_ends_at
+    assert f["license_keeper_license_grace_period_end_timestamp_seconds"] == [({}, grace.timestamp())]
     assert f["license_keeper_konnect_last_success_timestamp_seconds"] == [({}, 1_800_000_000.0)]
     assert f["license_keeper_polling_period_seconds"] == [({}, 3600.0)]
     assert f["license_keeper_leader"] == [({}, 1.0)]
@@ -122,6 +124,7 @@ def test_no_license_series_without_a_valid_license(state: str) -> None:
         "license_keeper_license_info",
         "license_keeper_license_expiration_timestamp_seconds",
         "license_keeper_kong_license_signature",
+        "license_keeper_license_grace_period_end_timestamp_seconds",
         "license_keeper_konnect_last_success_timestamp_seconds",
     ):
         assert name not in f

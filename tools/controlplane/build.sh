@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds the test control plane (kube-apiserver, kubectl, etcd), the node beside it (kubelet,
-# kube-controller-manager, kube-scheduler, kube-proxy) and the chart tools (helm, promtool) from the Go
-# module proxy, at the versions pinned by the go.mod files beside this script.
+# kube-controller-manager, kube-scheduler, kube-proxy), the chart tools (helm, promtool) and the monitoring
+# the alert tests run live (the Prometheus server, Alertmanager) from the Go module proxy, at the versions
+# pinned by the go.mod files beside this script.
 #
 # Binaries land in ${XDG_CACHE_HOME:-$HOME/.cache}/license-keeper/controlplane/<component>-<version>/
 # and are reused when present, so only the first run pays for the build. A cold build of
 # kube-apiserver takes 10-20 minutes on two cores; the node about 5 more; the others a few minutes each.
 #
-# Usage: build.sh [--print-dir] [component...]   components: kubernetes node etcd helm prometheus (default: all)
+# Usage: build.sh [--print-dir] [component...]
+#   components: kubernetes node etcd helm prometheus alertmanager (default: all)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,31 +24,53 @@ declare -A module=(
   [etcd]=go.etcd.io/etcd/server/v3
   [helm]=helm.sh/helm/v3
   [prometheus]=github.com/prometheus/prometheus
+  [alertmanager]=github.com/prometheus/alertmanager
 )
 declare -A packages=(
   [kubernetes]="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl"
   [node]="k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy"
   [etcd]="go.etcd.io/etcd/server/v3"
   [helm]="helm.sh/helm/v3/cmd/helm"
-  [prometheus]="github.com/prometheus/prometheus/cmd/promtool"
+  [prometheus]="github.com/prometheus/prometheus/cmd/promtool github.com/prometheus/prometheus/cmd/prometheus"
+  [alertmanager]="github.com/prometheus/alertmanager/cmd/alertmanager"
 )
 declare -A binaries=(
   [kubernetes]="kube-apiserver kubectl"
   [node]="kubelet kube-controller-manager kube-scheduler kube-proxy"
   [etcd]="etcd"
   [helm]="helm"
-  [prometheus]="promtool"
+  [prometheus]="promtool prometheus"
+  [alertmanager]="alertmanager"
 )
 
 print_dir=0
 if [[ "${1:-}" == "--print-dir" ]]; then print_dir=1; shift; fi
 components=("$@")
-[[ ${#components[@]} -gt 0 ]] || components=(kubernetes etcd helm prometheus node)
+[[ ${#components[@]} -gt 0 ]] || components=(kubernetes etcd helm prometheus alertmanager node)
 
 command -v go >/dev/null || { echo "build.sh: Go is required to build the test control plane (go not found on PATH)" >&2; exit 1; }
 
 version_of() {  # the pinned version, read from go.mod without touching the network
   awk -v m="${module[$1]}" '$1 == m && $2 ~ /^v/ {print $2; exit}' "$here/$1/go.mod"
+}
+
+# Alertmanager's web UI is embedded from ui/app/dist, which its release process builds with npm and the
+# module zip leaves out, so `go build` of the module fails ("pattern app/dist: no matching files found").
+# The tests use its API only: build a copy of the module's source (as downloaded and checked against
+# go.sum) with a placeholder page there, through a go.mod copy that replaces the module with that copy.
+# Prints the -modfile argument for go build.
+alertmanager_modfile() {  # version, work directory
+  local src
+  src=$(cd "$here/alertmanager" && go mod download -json "${module[alertmanager]}@$1" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  [[ -d "$src" ]] || { echo "build.sh: could not download ${module[alertmanager]}@$1" >&2; return 1; }
+  cp -r "$src" "$2/alertmanager" && chmod -R u+w "$2/alertmanager"
+  mkdir -p "$2/alertmanager/ui/app/dist/elm" "$2/alertmanager/ui/app/dist/mantine"
+  local page='<p>Alertmanager built by license-keeper from the Go module: no web UI; the API is served.</p>'
+  echo "$page" >"$2/alertmanager/ui/app/dist/elm/index.html"
+  echo "$page" >"$2/alertmanager/ui/app/dist/mantine/index.html"
+  cp "$here/alertmanager/go.mod" "$2/go.mod" && cp "$here/alertmanager/go.sum" "$2/go.sum"
+  go mod edit -replace="${module[alertmanager]}=$2/alertmanager" "$2/go.mod"
+  echo "-modfile=$2/go.mod"
 }
 
 for c in "${components[@]}"; do
@@ -74,10 +98,16 @@ for c in "${components[@]}"; do
     ldflags+=" -X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=$major"
     ldflags+=" -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
   fi
+  modfile=()
+  if [[ $c == alertmanager ]]; then
+    work=$(mktemp -d)
+    modfile=("$(alertmanager_modfile "$v" "$work")") || exit 1
+  fi
   for i in "${!pkgs[@]}"; do
     echo "build.sh:   go build ${pkgs[$i]} -> ${bins[$i]}"
-    (cd "$here/$c" && go build -trimpath -ldflags="$ldflags" -o "$out.tmp/${bins[$i]}" "${pkgs[$i]}")
+    (cd "$here/$c" && go build "${modfile[@]}" -trimpath -ldflags="$ldflags" -o "$out.tmp/${bins[$i]}" "${pkgs[$i]}")
   done
+  [[ -z "${work:-}" ]] || { rm -rf "$work"; work=; }
   rm -rf "$out" && mv "$out.tmp" "$out"
   echo "build.sh: built $c $v in $(( $(date +%s) - start )) s"
 done

@@ -92,3 +92,48 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- range .Values.delivery.restart.statefulSets }}{{ $targets = append $targets (printf "restart=statefulset/%s" .) }}{{ end -}}
 {{- join "," $targets -}}
 {{- end }}
+
+{{/*
+The alert rules: files/alerts.yaml (a plain Prometheus rule file, tested with `promtool test rules
+tests/alerts/alerts.test.yaml`), copied as text so that Helm never evaluates the {{ $labels }} /
+{{ $value }} alert templates in it. With the default values the copy is verbatim; the values change
+only the runbook base URL, the two expiry thresholds and the `for:` durations.
+*/}}
+{{- define "license-keeper.alertRules" -}}
+{{- $v := .Values.prometheusRule }}
+{{- $rules := .Files.Get "files/alerts.yaml" }}
+{{- if $v.runbookBaseUrl }}
+{{- $rules = replace "https://github.com/license-keeper/license-keeper/blob/main/docs/operations.md" (trimSuffix "/" $v.runbookBaseUrl) $rules }}
+{{- end }}
+{{- $rules = replace ") < 30 * 86400" (printf ") < %d * 86400" (int $v.expiryWarningDays)) $rules }}
+{{- $rules = replace ") >= 7 * 86400" (printf ") >= %d * 86400" (int $v.expiryCriticalDays)) $rules }}
+{{- $rules = replace ") < 7 * 86400" (printf ") < %d * 86400" (int $v.expiryCriticalDays)) $rules }}
+{{- if ne (float64 $v.forScale) 1.0 }}
+{{- $rules = include "license-keeper.scaleFor" (dict "rules" $rules "scale" (float64 $v.forScale)) }}
+{{- end }}
+{{- $rules }}
+{{- end }}
+
+{{/*
+Every `for: <n><unit>` line of the rules with the duration multiplied by .scale, written in whole
+milliseconds so that it stays a Prometheus duration (1h at 1/3600 is 1000ms). For tests that must see an
+alert fire within seconds; the shipped default (1) leaves the rules untouched.
+*/}}
+{{- define "license-keeper.scaleFor" -}}
+{{- $units := dict "s" 1 "m" 60 "h" 3600 "d" 86400 "w" 604800 }}
+{{- $lines := list }}
+{{- range splitList "\n" .rules }}
+{{- $line := . }}
+{{- if regexMatch "^\\s*for:" $line }}
+{{- if not (regexMatch "^\\s*for: [0-9]+[smhdw]\\s*$" $line) }}
+{{- fail (printf "prometheusRule.forScale: cannot scale %q (one number and unit, s to w, only)" (trim $line)) }}
+{{- end }}
+{{- $n := regexReplaceAll "^\\s*for: ([0-9]+)([smhdw])\\s*$" $line "${1}" | atoi }}
+{{- $unit := regexReplaceAll "^\\s*for: ([0-9]+)([smhdw])\\s*$" $line "${2}" }}
+{{- $ms := round (mulf $n (get $units $unit) 1000 $.scale) 0 | int64 }}
+{{- $line = printf "%sfor: %dms" (regexFind "^\\s*" $line) $ms }}
+{{- end }}
+{{- $lines = append $lines $line }}
+{{- end }}
+{{- join "\n" $lines }}
+{{- end }}

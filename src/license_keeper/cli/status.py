@@ -13,7 +13,15 @@ from typing import Any
 import click
 
 from ..config import ConfigError, Settings, duration_problem, parse_duration
-from ..license import LicenseError, LicenseRecord, parse_license
+from ..license import (
+    KONG_ERROR_NOTICE_DAYS,
+    KONG_GRACE_PERIOD_DAYS,
+    KONG_WARNING_NOTICE_DAYS,
+    License,
+    LicenseError,
+    LicenseRecord,
+    parse_license,
+)
 from ..policy import LICENSE_KEYS, SecretSnapshot, license_state, record_from_secret, secret_state
 from .backup import BACKUP_FORMAT
 from .common import (
@@ -32,7 +40,30 @@ from .common import (
     settings_from,
 )
 
-__all__ = ["status", "validate"]
+__all__ = ["kong_outlook", "status", "validate"]
+
+
+def kong_outlook(lic: License, now: datetime) -> str:
+    """What Kong's gateways do about this license at ``now``, and when that changes (REFERENCE §9)."""
+    expiry, grace_end = lic.kong_expires_at, lic.grace_period_ends_at
+    start, end = lic.expiration_date.isoformat(), grace_end.date().isoformat()
+    if now >= grace_end:
+        return (
+            f"the {KONG_GRACE_PERIOD_DAYS}-day grace period ended on {end}: the gateways' Admin API is "
+            "read-only (only /licenses accepts writes)"
+        )
+    if now >= expiry:
+        return (
+            f"expired on {start}: gateways are in the {KONG_GRACE_PERIOD_DAYS}-day grace period (daily CRIT "
+            f"log line); their Admin API turns read-only on {end}"
+        )
+    days = (expiry - now).total_seconds() / 86400
+    after = f"gateways enter the {KONG_GRACE_PERIOD_DAYS}-day grace period on {start}; Admin API read-only on {end}"
+    if days < KONG_ERROR_NOTICE_DAYS:
+        return f"gateways log an ERR line daily (below {KONG_ERROR_NOTICE_DAYS} days left); {after}"
+    if days < KONG_WARNING_NOTICE_DAYS:
+        return f"gateways log a WARN line daily (below {KONG_WARNING_NOTICE_DAYS} days left); {after}"
+    return f"no notice from the gateways yet (WARN from {KONG_WARNING_NOTICE_DAYS} days before expiry); {after}"
 
 
 def license_summary(record: LicenseRecord | None, now: datetime, renew_before: float) -> dict[str, Any]:
@@ -48,6 +79,8 @@ def license_summary(record: LicenseRecord | None, now: datetime, renew_before: f
         "product": lic.product,
         "expiration_date": lic.expiration_date.isoformat(),
         "days_left": round(days, 2),
+        "grace_period_end": lic.grace_period_ends_at.isoformat(),
+        "kong": kong_outlook(lic, now),
         "id": record.id,
         "updated_at": record.updated_at,
         "updated_at_iso": datetime.fromtimestamp(record.updated_at, UTC).isoformat() if record.updated_at else None,
@@ -145,6 +178,7 @@ def render_status(r: dict[str, Any]) -> str:
         ("Product", r.get("product")),
         ("Expires", r.get("expiration_date")),
         ("Days left", r.get("days_left")),
+        ("Kong", r.get("kong")),
         ("Updated at", f"{r.get('updated_at')} ({r.get('updated_at_iso')})" if r.get("updated_at") else None),
         ("License id", r.get("id")),
         ("Fingerprint", r.get("fingerprint")),
