@@ -264,7 +264,7 @@ async def test_helm_upgrade_during_an_outage_keeps_a_ready_keeper_and_uninstall_
     since = time.time()
     ready_counts: list[int] = []
     upgrade = asyncio.create_task(
-        asyncio.to_thread(cluster.install, keeper_values(konnect, logLevel="debug"), upgrade=True)
+        asyncio.to_thread(cluster.install, keeper_values(konnect, cluster.keeper_image, logLevel="debug"), upgrade=True)
     )
     while not upgrade.done():
         pods = await asyncio.to_thread(keeper_pods, cluster)
