@@ -210,3 +210,56 @@ def test_the_chart_through_a_real_registry(
     with pytest.raises(release.ReleaseError, match=r"no signatures found|no matching signatures"):
         r.verify_chart(moved)
     shutil.rmtree(other_dist)
+
+
+@pytest.mark.controlplane
+@pytest.mark.image  # podman pushes an image
+def test_one_auth_file_logs_podman_helm_and_cosign_in(
+    keys: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry that wants credentials (htpasswd): REGISTRY_AUTH_FILE, one Docker-style config.json, serves
+    podman (REGISTRY_AUTH_FILE), helm (HELM_REGISTRY_CONFIG) and cosign (DOCKER_CONFIG); without it, refused."""
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed: `apt-get install podman runc` (.ci/run does)", pytrace=False)
+    monkeypatch.setenv("COSIGN_PASSWORD", "test-only")
+    podman = str(REPO / "tools" / "image" / "podman.sh")
+    local = f"localhost/license-keeper-auth-test:{os.getpid()}"
+    layer = tmp_path / "layer.tar"
+    with tarfile.open(layer, "w") as tar:
+        tar.add(REPO / "README.md", arcname="README.md")
+    subprocess.run([podman, "import", "--quiet", str(layer), local], check=True, capture_output=True)
+    try:
+        with Registry(tmp_path / "registry", users={"releaser": "test-only-password"}) as registry:
+            auth = registry.auth_config(tmp_path / "config.json")
+            cyclonedx = str(Path(sys.executable).parent / "cyclonedx-py")
+            tools = release.Tools(helm=tool("helm", "helm"), cosign=tool("cosign", "cosign"), podman=podman,
+                                  build_image="", cyclonedx=cyclonedx)  # fmt: skip
+
+            def releaser(auth_file: Path | None) -> Any:
+                settings = release.Settings(
+                    registry=registry.address, version=__version__, key=str(keys["release"]),
+                    public_key=str(keys["release"].with_suffix(".pub")), registry_ca=str(registry.ca_file),
+                    auth_file=str(auth_file) if auth_file else None, dist=tmp_path / "dist",
+                )  # fmt: skip
+                return release.Release(settings, tools)
+
+            anonymous = releaser(None)
+            with pytest.raises(release.ReleaseError, match=r"(?i)unauthorized|authentication required|401|credential not found"):
+                anonymous.push_image(local)
+
+            r = releaser(auth)
+            digest = r.push_image(local)
+            assert registry.manifest_digest("license-keeper", __version__) == digest
+            sbom = r.sbom(digest)
+            r.sign_image(digest, sbom)
+            r.verify_image(digest)
+            package = r.package_chart(digest)
+            with pytest.raises(release.ReleaseError, match=r"(?i)unauthorized|authentication required|401|credential not found"):
+                anonymous.push_chart(package)
+            chart_digest = r.push_chart(package)
+            r.sign_chart(chart_digest)
+            r.verify_chart(chart_digest)
+            with pytest.raises(release.ReleaseError, match=r"(?i)unauthorized|authentication required|401|credential not found"):
+                anonymous.verify_chart(chart_digest)
+    finally:
+        subprocess.run([podman, "rmi", "--force", local], check=False, capture_output=True)

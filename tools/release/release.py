@@ -279,6 +279,7 @@ class Release:
         return digest
 
     def sbom(self, image_digest: str) -> Path:
+        self.s.dist.mkdir(parents=True, exist_ok=True)
         out = self.s.dist / f"{IMAGE_NAME}-{self.s.version}.cdx.json"
         env = {**self.env(), "SOURCE_DATE_EPOCH": self._commit_time()}
         self.run(self.t.cyclonedx, "requirements", str(REPO / "requirements.lock"),

@@ -6,8 +6,9 @@ it, ``host=node.node_ip``) with a server certificate from a test CA that covers 
 (``TLSMaterial.create(directory, hosts=[host])``). Clients trust that CA per tool, never through the
 machine's trust store: ``ca_file`` is what podman (``--cert-dir``), helm (``--ca-file``), cosign
 (``--registry-cacert``) and containerd (``hosts.toml``) are given. Storage is a directory under ``workdir``;
-deleting is allowed (a test can replace what it pushed). No authentication: nothing outside this machine
-reaches the address.
+deleting is allowed (a test can replace what it pushed). No authentication unless ``users`` are given
+(name → password; Distribution's htpasswd with bcrypt hashes: every request then needs one of them, by HTTP
+basic auth): nothing outside this machine reaches the address either way.
 
 Usage from the shell::
 
@@ -17,6 +18,7 @@ Usage from the shell::
 from __future__ import annotations
 
 import atexit
+import base64
 import json
 import os
 import signal
@@ -26,7 +28,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .controlplane import ControlPlaneError, _child_guard, _stop_process, binary, free_port
@@ -39,9 +41,14 @@ class RegistryError(RuntimeError):
     """The registry could not be started or did not answer."""
 
 
-def registry_config(root: Path, address: str, cert_file: Path, key_file: Path) -> dict[str, object]:
-    """Distribution's configuration (JSON is valid YAML): filesystem storage, TLS, no auth, no debug server."""
+def registry_config(
+    root: Path, address: str, cert_file: Path, key_file: Path, htpasswd: Path | None = None
+) -> dict[str, object]:
+    """Distribution's configuration (JSON is valid YAML): filesystem storage, TLS, no debug server; basic auth
+    against ``htpasswd`` when given, else none."""
+    auth = {"auth": {"htpasswd": {"realm": "license-keeper-test", "path": str(htpasswd)}}} if htpasswd else {}
     return {
+        **auth,
         "version": 0.1,
         "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
         "storage": {
@@ -61,10 +68,18 @@ def registry_config(root: Path, address: str, cert_file: Path, key_file: Path) -
 class Registry:
     """``registry serve`` as a child process, in ``workdir``; ``start()`` returns once ``/v2/`` answers 200."""
 
-    def __init__(self, workdir: Path | str, *, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path | str,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        users: Mapping[str, str] | None = None,
+    ) -> None:
         self.workdir = Path(workdir)
         self.host = host
         self.port = port or free_port()
+        self.users = dict(users or {})
         self.tls: TLSMaterial | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         atexit.register(self.stop)
@@ -95,9 +110,10 @@ class Registry:
     def start(self, timeout: float = 30.0) -> Registry:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tls = TLSMaterial.load_or_create(self.workdir / "tls", hosts=[self.host])
+        htpasswd = self._write_htpasswd() if self.users else None
         config = self.workdir / "config.yml"
         config.write_text(json.dumps(registry_config(
-            self.workdir / "storage", self.address, self.tls.server_cert_file, self.tls.server_key_file,
+            self.workdir / "storage", self.address, self.tls.server_cert_file, self.tls.server_key_file, htpasswd,
         ), indent=2))  # fmt: skip
         try:
             exe = binary("registry", "registry")
@@ -112,6 +128,33 @@ class Registry:
         self._wait_ready(time.monotonic() + timeout)
         return self
 
+    def _write_htpasswd(self) -> Path:
+        import bcrypt  # lazy: only a registry with users needs it (a dev dependency)
+
+        path = self.workdir / "htpasswd"
+        lines = [f"{name}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=5)).decode()}\n"
+                 for name, pw in self.users.items()]  # fmt: skip
+        path.write_text("".join(lines))
+        path.chmod(0o600)
+        return path
+
+    def auth_config(self, path: Path) -> Path:
+        """A Docker-style config.json with the first user's credentials for this registry (REGISTRY_AUTH_FILE)."""
+        name, password = next(iter(self.users.items()))
+        token = base64.b64encode(f"{name}:{password}".encode()).decode()
+        path.write_text(json.dumps({"auths": {self.address: {"auth": token}}}))
+        path.chmod(0o600)
+        return path
+
+    def _request(
+        self, url: str, method: str = "GET", headers: Mapping[str, str] | None = None
+    ) -> urllib.request.Request:
+        headers = dict(headers or {})
+        if self.users:
+            name, password = next(iter(self.users.items()))
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()
+        return urllib.request.Request(url, method=method, headers=headers)
+
     def _wait_ready(self, deadline: float) -> None:
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
         last = "no answer"
@@ -120,7 +163,7 @@ class Registry:
                 tail = self.log_file.read_text(errors="replace").strip().splitlines()[-3:]
                 raise RegistryError(f"registry exited with {self._proc.returncode}: {' | '.join(tail)}")
             try:
-                with urllib.request.urlopen(f"{self.url}/v2/", timeout=2, context=ctx) as r:
+                with urllib.request.urlopen(self._request(f"{self.url}/v2/"), timeout=2, context=ctx) as r:
                     if r.status == 200:
                         return
                     last = f"HTTP {r.status}"
@@ -136,8 +179,7 @@ class Registry:
             "application/vnd.docker.distribution.manifest.v2+json",
             "application/vnd.docker.distribution.manifest.list.v2+json",
         ])  # fmt: skip
-        req = urllib.request.Request(f"{self.url}/v2/{repository}/manifests/{reference}", method="HEAD",
-                                     headers={"Accept": accept})  # fmt: skip
+        req = self._request(f"{self.url}/v2/{repository}/manifests/{reference}", "HEAD", {"Accept": accept})
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
         try:
             with urllib.request.urlopen(req, timeout=5, context=ctx) as r:
@@ -150,7 +192,8 @@ class Registry:
     def tags(self, repository: str) -> list[str]:
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
         try:
-            with urllib.request.urlopen(f"{self.url}/v2/{repository}/tags/list", timeout=5, context=ctx) as r:
+            with urllib.request.urlopen(self._request(f"{self.url}/v2/{repository}/tags/list"), timeout=5,
+                                        context=ctx) as r:  # fmt: skip
                 return list(json.load(r).get("tags") or [])
         except urllib.error.HTTPError as e:
             if e.code == 404:
