@@ -34,6 +34,7 @@ from .test_chart_static import tool
 
 REPO = Path(__file__).resolve().parents[2]
 DIGEST = "sha256:" + "cd" * 32
+REFUSED = r"(?i)unauthorized|authentication required|401|credential not found"  # how each tool says it
 
 
 def _load_release() -> ModuleType:
@@ -244,7 +245,7 @@ def test_one_auth_file_logs_podman_helm_and_cosign_in(
                 return release.Release(settings, tools)
 
             anonymous = releaser(None)
-            with pytest.raises(release.ReleaseError, match=r"(?i)unauthorized|authentication required|401|credential not found"):
+            with pytest.raises(release.ReleaseError, match=REFUSED):
                 anonymous.push_image(local)
 
             r = releaser(auth)
@@ -254,12 +255,12 @@ def test_one_auth_file_logs_podman_helm_and_cosign_in(
             r.sign_image(digest, sbom)
             r.verify_image(digest)
             package = r.package_chart(digest)
-            with pytest.raises(release.ReleaseError, match=r"(?i)unauthorized|authentication required|401|credential not found"):
+            with pytest.raises(release.ReleaseError, match=REFUSED):
                 anonymous.push_chart(package)
             chart_digest = r.push_chart(package)
             r.sign_chart(chart_digest)
             r.verify_chart(chart_digest)
-            with pytest.raises(release.ReleaseError, match=r"(?i)unauthorized|authentication required|401|credential not found"):
+            with pytest.raises(release.ReleaseError, match=REFUSED):
                 anonymous.verify_chart(chart_digest)
     finally:
         subprocess.run([podman, "rmi", "--force", local], check=False, capture_output=True)
