@@ -129,7 +129,8 @@ def test_the_sbom_lists_exactly_the_runtime_lock(tmp_path: Path) -> None:
                                 dist=tmp_path)  # fmt: skip
     tools = release.Tools(helm="", cosign="", podman="", build_image="",
                           cyclonedx=str(Path(sys.executable).parent / "cyclonedx-py"))  # fmt: skip
-    sbom = release.Release(settings, tools).sbom(DIGEST)
+    with release.Release(settings, tools) as r:
+        sbom = r.sbom(DIGEST)
     bom = json.loads(sbom.read_text())
     assert bom["bomFormat"] == "CycloneDX" and bom["specVersion"] == "1.6"
     root = bom["metadata"]["component"]
@@ -170,22 +171,32 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def _release(registry: Registry, keys: dict[str, Path], dist: Path, key: str = "release") -> Any:
+@pytest.fixture
+def closing() -> Iterator[list[Any]]:
+    """Releases made by a test, their scratch files removed at its end."""
+    made: list[Any] = []
+    yield made
+    for r in made:
+        r.close()
+
+
+def _release(registry: Registry, keys: dict[str, Path], dist: Path, closing: list[Any], key: str = "release") -> Any:
     settings = release.Settings(
         registry=registry.address, version=__version__, key=str(keys["release"]),
         public_key=str(keys[key].with_suffix(".pub")), registry_ca=str(registry.ca_file), dist=dist,
     )  # fmt: skip
     tools = release.Tools(helm=tool("helm", "helm"), cosign=tool("cosign", "cosign"), podman="", build_image="",
                           cyclonedx="")  # fmt: skip
-    return release.Release(settings, tools)
+    closing.append(release.Release(settings, tools))
+    return closing[-1]
 
 
 @pytest.mark.controlplane  # the registry, helm and cosign built by tools/controlplane/build.sh
 def test_the_chart_through_a_real_registry(
-    registry: Registry, keys: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    registry: Registry, keys: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, closing: list[Any]
 ) -> None:
     monkeypatch.setenv("COSIGN_PASSWORD", "test-only")
-    r = _release(registry, keys, tmp_path / "dist")
+    r = _release(registry, keys, tmp_path / "dist", closing)
     package = r.package_chart(DIGEST)
     with tarfile.open(package) as tar:
         chart = yaml.safe_load(tar.extractfile("license-keeper/Chart.yaml").read())  # type: ignore[union-attr]
@@ -201,11 +212,11 @@ def test_the_chart_through_a_real_registry(
     assert any(t.endswith(".sig") and digest.split(":")[1] in t for t in registry.tags("charts/license-keeper"))
 
     with pytest.raises(release.ReleaseError, match="no matching signatures"):
-        _release(registry, keys, tmp_path / "dist", key="other").verify_chart(digest)
+        _release(registry, keys, tmp_path / "dist", closing, key="other").verify_chart(digest)
 
     # The version's tag moved to a chart nobody signed: its digest has no signature.
     other_dist = tmp_path / "other"
-    other = _release(registry, keys, other_dist).package_chart("sha256:" + "ef" * 32)
+    other = _release(registry, keys, other_dist, closing).package_chart("sha256:" + "ef" * 32)
     moved = r.push_chart(other)
     assert moved != digest and registry.manifest_digest("charts/license-keeper", __version__) == moved
     with pytest.raises(release.ReleaseError, match=r"no signatures found|no matching signatures"):
@@ -216,7 +227,7 @@ def test_the_chart_through_a_real_registry(
 @pytest.mark.controlplane
 @pytest.mark.image  # podman pushes an image
 def test_one_auth_file_logs_podman_helm_and_cosign_in(
-    keys: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    keys: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, closing: list[Any]
 ) -> None:
     """A registry that wants credentials (htpasswd): REGISTRY_AUTH_FILE, one Docker-style config.json, serves
     podman (REGISTRY_AUTH_FILE), helm (HELM_REGISTRY_CONFIG) and cosign (DOCKER_CONFIG); without it, refused."""
@@ -242,7 +253,8 @@ def test_one_auth_file_logs_podman_helm_and_cosign_in(
                     public_key=str(keys["release"].with_suffix(".pub")), registry_ca=str(registry.ca_file),
                     auth_file=str(auth_file) if auth_file else None, dist=tmp_path / "dist",
                 )  # fmt: skip
-                return release.Release(settings, tools)
+                closing.append(release.Release(settings, tools))
+                return closing[-1]
 
             anonymous = releaser(None)
             with pytest.raises(release.ReleaseError, match=REFUSED):

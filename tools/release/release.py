@@ -205,7 +205,25 @@ class Release:
         self.s = settings
         self.t = tools
         self.seconds: dict[str, float] = {}
-        self._tmp = Path(tempfile.mkdtemp(prefix="lk-release-"))
+        self._scratch: Path | None = None
+
+    @property
+    def _tmp(self) -> Path:
+        """Scratch files (TLS and credential copies, the chart being packaged); removed by ``close()``."""
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="lk-release-"))
+        return self._scratch
+
+    def close(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+    def __enter__(self) -> Release:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # tools with the registry's trust and credentials
     def env(self) -> dict[str, str]:
@@ -221,13 +239,20 @@ class Release:
         return env
 
     def run(self, *argv: str, env: Mapping[str, str] | None = None, timeout: float = 900) -> str:
+        """stdout and stderr of a command that must succeed."""
+        done = self._run(*argv, env=env, timeout=timeout)
+        return done.stdout + done.stderr
+
+    def _run(
+        self, *argv: str, env: Mapping[str, str] | None = None, timeout: float = 900
+    ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(list(argv), capture_output=True, text=True, env=dict(env or self.env()),
                               timeout=timeout, check=False)  # fmt: skip
         if done.returncode != 0:
             name = Path(argv[0]).name
             raise ReleaseError(f"{name} {' '.join(argv[1:3])} … failed ({done.returncode}): "
                                f"{(done.stderr or done.stdout).strip()[-1500:]}")  # fmt: skip
-        return done.stdout + done.stderr
+        return done
 
     def podman_tls(self) -> list[str]:
         if not self.s.registry_ca:
@@ -246,10 +271,10 @@ class Release:
     def cosign(self, *args: str) -> str:
         env = self.env()
         env.setdefault("COSIGN_PASSWORD", "")
-        out = self.run(self.t.cosign, *args, env=env)
-        if "TUF" in out:  # it tried to reach Sigstore's public infrastructure: not what a key pair needs
-            raise ReleaseError(f"cosign {args[0]} reached for Sigstore's TUF repository: {out.strip()[-500:]}")
-        return out
+        done = self._run(self.t.cosign, *args, env=env)
+        if "TUF" in done.stderr:  # it tried to reach Sigstore's public infrastructure: not what a key pair needs
+            raise ReleaseError(f"cosign {args[0]} reached for Sigstore's TUF repository: {done.stderr.strip()[-500:]}")
+        return done.stdout + done.stderr
 
     def trusted_root(self) -> Path:
         path = self._tmp / "key-only-trusted-root.json"
@@ -370,7 +395,7 @@ class Release:
             self.verify_chart(chart_digest)
             self.step("verified", t)
         finally:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            self.close()
         self.seconds["total"] = round(time.monotonic() - begun, 2)
         released = Released(
             version=self.s.version, registry=self.s.registry,
