@@ -289,8 +289,8 @@ class Release:
     def build_image(self) -> str:
         local = self.s.local_image or f"localhost/{IMAGE_NAME}:{self.s.version}"
         if self.s.build:
-            out = self.run(self.t.build_image, env={**self.env(), "IMAGE": local})
-            local = out.strip().splitlines()[-1]
+            built = self._run(self.t.build_image, env={**self.env(), "IMAGE": local})
+            local = built.stdout.strip().splitlines()[-1]  # build.sh prints the image's name last, on stdout
         return local
 
     def push_image(self, local: str) -> str:
