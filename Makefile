@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 UV     := $(VENV)/bin/uv
 
-.PHONY: dev test test-unit lint demo demo-node node controlplane bench clean soak lock lock-upgrade image image-gateway
+.PHONY: dev test test-unit lint demo demo-node node controlplane bench clean soak lock lock-upgrade image image-gateway release
 
 # Installs are locked: every package comes from a lock file, exactly as pinned and hash-checked, with
 # --no-deps so that pip resolves nothing (a newer upstream release can neither change nor break it), and
@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml requirements-dev.lock build-requirements.lock
 ## dev: virtualenv in .venv from requirements-dev.lock (the package editable, the test tools)
 dev: $(STAMP)
 
-## controlplane: build kube-apiserver, kubectl, etcd, helm, promtool, prometheus, alertmanager and the node's kubelet,
-## kube-controller-manager, kube-scheduler and kube-proxy into the cache (first run: many minutes)
+## controlplane: build kube-apiserver, kubectl, etcd, helm, promtool, prometheus, alertmanager, the node's
+## kubelet, kube-controller-manager, kube-scheduler and kube-proxy, and the release tools registry and cosign
+## into the cache (first run: many minutes)
 controlplane:
 	tools/controlplane/build.sh
 
@@ -47,8 +48,8 @@ soak: dev controlplane
 
 ## lint: ruff and mypy
 lint: dev
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/mypy src
+	$(VENV)/bin/ruff check src tests tools
+	$(VENV)/bin/mypy src tools/release
 
 ## demo: the whole job end to end on a local control plane, with the Konnect stand-in
 demo: dev controlplane
@@ -88,6 +89,13 @@ lock-upgrade:
 ## image: build the container image (podman, else docker); IMAGE=name:tag, PYTHON_IMAGE=base to override
 image:
 	tools/image/build.sh
+
+## release: the image and the chart into an OCI registry, signed, with an SBOM (tools/release/release.py):
+## REGISTRY=host[:port][/path] (required), VERSION= (optional; must equal __version__), COSIGN_KEY=cosign.key and
+## COSIGN_PASSWORD (cosign generate-key-pair makes them), REGISTRY_CA= (a private CA), REGISTRY_AUTH_FILE=
+release: dev
+	tools/controlplane/build.sh helm cosign
+	$(PY) tools/release/release.py
 
 ## image-gateway: the gateway test image on top of the keeper's (after make image); KEEPER_IMAGE=, IMAGE= to override
 image-gateway:

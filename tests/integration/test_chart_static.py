@@ -219,6 +219,74 @@ def test_schema_rejects_unknown_and_bad_values() -> None:
     json.loads((CHART / "values.schema.json").read_text())
 
 
+# ------------------------------------------------------------------------------------------ the image
+DIGEST = "sha256:" + "ab" * 32
+
+
+def _image(values: dict[str, Any]) -> str:
+    _, c = _container(render(values))
+    return str(c["image"])
+
+
+def _chart_yaml() -> dict[str, Any]:
+    return dict(yaml.safe_load((CHART / "Chart.yaml").read_text()))
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({}, "license-keeper:{app}"),
+        ({"image.tag": "1.2.3"}, "license-keeper:1.2.3"),
+        ({"image.repository": "registry.example.com/license-keeper"}, "registry.example.com/license-keeper:{app}"),
+        ({"image.registry": "registry.example.com"}, "registry.example.com/license-keeper:{app}"),
+        ({"image.registry": "10.255.255.7:5000/kong", "image.tag": "2.0.0"},
+         "10.255.255.7:5000/kong/license-keeper:2.0.0"),
+        ({"image.registry": "registry.example.com/kong", "image.digest": DIGEST},
+         f"registry.example.com/kong/license-keeper@{DIGEST}"),
+        ({"image.registry": "registry.example.com", "image.tag": "9.9.9", "image.digest": DIGEST},
+         f"registry.example.com/license-keeper@{DIGEST}"),
+        ({"image.digest": DIGEST}, f"license-keeper@{DIGEST}"),
+    ],
+    ids=["default", "tag", "repository-with-host", "registry", "registry-port-path", "registry-digest",
+         "digest-over-tag", "digest-only"],
+)  # fmt: skip
+def test_image_from_registry_repository_tag_and_digest(values: dict[str, Any], expected: str) -> None:
+    """[registry/]repository@digest when a digest is given, else [registry/]repository:tag (appVersion)."""
+    assert _image(values) == expected.format(app=_chart_yaml()["appVersion"])
+
+
+def test_image_version_label_follows_the_tag() -> None:
+    dep, _ = _container(render({"image.registry": "registry.example.com", "image.digest": DIGEST}))
+    assert dep["metadata"]["labels"]["app.kubernetes.io/version"] == _chart_yaml()["appVersion"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"image.registry": "https://registry.example.com"},
+        {"image.registry": "registry.example.com/kong@x"},
+        {"image.registry": "registry example.com"},
+        {"image.registry": "registry.example.com/"},
+        {"image.digest": "sha256:abc"},
+        {"image.digest": "latest"},
+        {"image.repository": ""},
+    ],
+)
+def test_schema_rejects_bad_image_values(bad: dict[str, Any]) -> None:
+    assert template(bad).returncode != 0
+
+
+def test_one_version_number() -> None:
+    """__version__ is the one place the version is set; Chart.yaml's version and appVersion follow it."""
+    from license_keeper import __version__
+
+    chart = _chart_yaml()
+    assert (chart["version"], chart["appVersion"]) == (__version__, __version__), (
+        "charts/license-keeper/Chart.yaml must carry __version__ from src/license_keeper/__init__.py as both "
+        "version and appVersion (make release refuses otherwise)"
+    )
+
+
 def test_no_cluster_scope_and_no_delete(variant: tuple[str, dict[str, Any], list[dict[str, Any]]]) -> None:
     _, _, objs = variant
     kinds = {o["kind"] for o in objs}

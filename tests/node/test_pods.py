@@ -264,7 +264,7 @@ async def test_helm_upgrade_during_an_outage_keeps_a_ready_keeper_and_uninstall_
     since = time.time()
     ready_counts: list[int] = []
     upgrade = asyncio.create_task(
-        asyncio.to_thread(cluster.install, keeper_values(konnect, logLevel="debug"), upgrade=True)
+        asyncio.to_thread(cluster.install, keeper_values(konnect, cluster.keeper_image, logLevel="debug"), upgrade=True)
     )
     while not upgrade.done():
         pods = await asyncio.to_thread(keeper_pods, cluster)
@@ -273,9 +273,11 @@ async def test_helm_upgrade_during_an_outage_keeps_a_ready_keeper_and_uninstall_
     await upgrade
     revisions = json.loads(cluster.helm("history", "lk", "-o", "json"))
     assert len(revisions) == 2
+    # helm --wait returns once the new pods are ready; an old one may still be terminating (its grace period)
     pods = [p for p in await asyncio.to_thread(keeper_pods, cluster) if not p["metadata"].get("deletionTimestamp")]
     envs = [{e["name"]: e.get("value") for e in p["spec"]["containers"][0]["env"]} for p in pods]
-    assert all(env.get("LICENSE_KEEPER_LOG_LEVEL") == "debug" for env in envs), "the upgrade did not roll"
+    levels = {p["metadata"]["name"]: env.get("LICENSE_KEEPER_LOG_LEVEL") for p, env in zip(pods, envs, strict=True)}
+    assert pods and all(v == "debug" for v in levels.values()), f"the upgrade did not roll: {levels}"
     assert ready_counts and min(ready_counts) >= 1, f"no Ready keeper at some point: {ready_counts}"
     assert keeper_secret_writes(cluster, since) == []
 

@@ -12,8 +12,10 @@ What runs, all as children of this process, with state under ``workdir``:
 * kubelet, kube-proxy (nftables), kube-controller-manager and kube-scheduler, built from the Go module proxy
   by ``tools/controlplane/build.sh`` (component ``node``).
 
-No registry is reached: images are built locally (podman) and imported into containerd. Needs root, cgroups
-and the Debian packages containerd, runc, containernetworking-plugins, iptables, nftables, podman.
+Images are built locally (podman) and imported into containerd, or pulled from a registry on this machine that
+``trust_registry`` names (the release tests' ``testing.registry``, on the node's address): containerd reaches no
+other registry. Needs root, cgroups and the Debian packages containerd, runc, containernetworking-plugins,
+iptables, nftables, podman.
 
 Usage from the shell::
 
@@ -50,7 +52,7 @@ from .controlplane import (
 )
 from .netguard import BRIDGE, POD_RANGE, NetworkGuard, NodeUnavailable, run
 
-__all__ = ["NODE_NAME", "Node", "NodeUnavailable", "build_pause_image", "node_prerequisites"]
+__all__ = ["NODE_NAME", "Node", "NodeUnavailable", "build_pause_image", "node_prerequisites", "registry_hosts_toml"]
 
 NODE_NAME = "lk-node"
 PAUSE_IMAGE = "localhost/license-keeper-pause:1"
@@ -136,8 +138,23 @@ state = "{workdir}/containerd/state"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{workdir}/cni/net.d"
+  # One hosts.toml per registry the node may pull from (Node.trust_registry): its address and CA.
   [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = ""
+    config_path = "{registry_hosts_dir(workdir)}"
+"""
+
+
+def registry_hosts_dir(workdir: Path) -> Path:
+    return workdir / "containerd" / "certs.d"
+
+
+def registry_hosts_toml(address: str, ca_file: Path) -> str:
+    """containerd's hosts.toml for a registry at ``address`` (host:port) served over TLS from ``ca_file``."""
+    return f"""server = "https://{address}"
+
+[host."https://{address}"]
+  capabilities = ["pull", "resolve"]
+  ca = "{ca_file}"
 """
 
 
@@ -362,6 +379,14 @@ class Node:
     # containerd and images
     def ctr(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return run("ctr", "-a", str(self.socket), "-n", "k8s.io", *args, check=check, timeout=timeout)
+
+    def trust_registry(self, address: str, ca_file: Path) -> None:
+        """Let containerd pull from the registry at ``address`` (host:port), its TLS verified against ``ca_file``
+        alone (copied here); containerd reads the file at each pull, so this works while it runs."""
+        directory = registry_hosts_dir(self.workdir) / address
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ca_file, directory / "ca.pem")
+        (directory / "hosts.toml").write_text(registry_hosts_toml(address, directory / "ca.pem"))
 
     def import_images(self, names: Sequence[str]) -> None:
         """Copy locally built images (podman's store) into the node's containerd."""

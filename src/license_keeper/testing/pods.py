@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ __all__ = [
     "KEEPER",
     "KEEPER_IMAGE",
     "LEASE",
+    "LOCAL_KEEPER_IMAGE",
     "RELEASE",
     "SECRET",
     "Cluster",
@@ -68,6 +69,13 @@ ADMIN_PORT = 8001
 WRITE_VERBS = ("create", "update", "patch", "delete")
 
 
+# The keeper's image as the chart names it: built locally and imported into the node (pullPolicy Never), unless
+# a Cluster is given the values of an image the node pulls from a registry (the node tests: a release's digest).
+LOCAL_KEEPER_IMAGE: dict[str, Any] = {
+    "repository": KEEPER_IMAGE.rsplit(":", 1)[0], "tag": __version__, "pullPolicy": "Never",
+}  # fmt: skip
+
+
 class ImageBuildError(RuntimeError):
     """An image could not be built."""
 
@@ -92,6 +100,8 @@ class Cluster:
     node: Node
     namespace: str
     workdir: Path
+    # the chart's image values for the keeper (image.registry, repository, tag, digest, pullPolicy)
+    keeper_image: dict[str, Any] = field(default_factory=lambda: dict(LOCAL_KEEPER_IMAGE))
 
     @property
     def cp(self) -> ControlPlane:
@@ -202,10 +212,11 @@ async def eventually(predicate: Callable[[], Any], timeout: float, interval: flo
 # --- the chart and the gateways as a Kong user installs them ----------------------------------------------
 
 
-def keeper_values(konnect: Any, **overrides: Any) -> dict[str, Any]:
-    """The chart's values for this node: the local image, the Konnect stand-in, short periods."""
+def keeper_values(konnect: Any, image: Mapping[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+    """The chart's values for this node: the keeper's image (``image``: the chart's image values; default the
+    local image), the Konnect stand-in, short periods. ``image={}`` leaves the chart's own image values."""
     values: dict[str, Any] = {
-        "image": {"repository": KEEPER_IMAGE.rsplit(":", 1)[0], "tag": __version__, "pullPolicy": "Never"},
+        "image": dict(LOCAL_KEEPER_IMAGE if image is None else image),
         "konnect": {
             "address": konnect.address,
             "controlPlaneId": konnect.control_plane_id,
@@ -235,7 +246,7 @@ def konnect_secrets(c: Cluster, konnect: Any) -> None:
 def install_keeper(c: Cluster, konnect: Any, *, wait: bool = True, **overrides: Any) -> str:
     """`helm install` with the Konnect client Secrets; ``wait``: until the keepers are Ready (a license held)."""
     konnect_secrets(c, konnect)
-    return c.install(keeper_values(konnect, **overrides), wait=wait)
+    return c.install(keeper_values(konnect, c.keeper_image, **overrides), wait=wait)
 
 
 RESTRICTED_CONTAINER = {
