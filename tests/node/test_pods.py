@@ -181,16 +181,19 @@ async def test_a_newer_license_rolls_the_gateways_and_one_licensed_pod_is_always
     konnect.rotate()
     started = time.monotonic()
     new_key: str | None = None
+    armed = False  # a `delivered` read before the keeper saw the new license is the old license's
     while time.monotonic() - started < 120:
+        if new_key is None and "license" in cluster.secret_data() and secret_key(cluster) != old_key:
+            new_key = secret_key(cluster)
         pods = await asyncio.to_thread(gateway_pods, cluster)
         keys = await asyncio.gather(*(asyncio.to_thread(_running, p) for p in pods))
         state = await asyncio.to_thread(delivery_state, cluster)
         ready_licensed = sum(1 for p, k in zip(pods, keys, strict=True) if pod_ready(p) and k)
         olds_left = any(p["metadata"]["uid"] in old_uids for p in pods)
-        samples.append((time.monotonic() - started, ready_licensed, len(pods), state.get("delivered") == 1.0))
-        if new_key is None and "license" in cluster.secret_data() and secret_key(cluster) != old_key:
-            new_key = secret_key(cluster)
-        if state.get("delivered") == 1.0 and new_key is not None:
+        delivered = state.get("delivered") == 1.0
+        samples.append((time.monotonic() - started, ready_licensed, len(pods), delivered))
+        armed = armed or (new_key is not None and not delivered)
+        if armed and delivered:
             assert not olds_left, "delivered was reported while an old gateway pod still ran"
         if new_key and not olds_left and all(k == new_key for k in keys) and len(pods) == 3:
             break
