@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_GRACE_SECONDS",
     "DELIVERY_STATES",
     "FINGERPRINT_ANNOTATION",
+    "AdminUrl",
     "DeliveryState",
     "ReportedLicense",
     "RestartPlan",
@@ -38,6 +39,7 @@ __all__ = [
     "konglicense_winner",
     "license_row_id",
     "newest_row",
+    "parse_admin_url",
     "parse_target",
     "plan_admin",
     "plan_konglicense",
@@ -121,14 +123,61 @@ def parse_target(text: str) -> TargetSpec:
     raise ValueError(f"unknown delivery target kind {kind!r} (admin-api, konglicense, restart)")
 
 
-def _admin_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ValueError(f"admin-api needs an http(s):// URL, got {value!r}")
+@dataclass(frozen=True)
+class AdminUrl:
+    """A Kong Admin API address, parsed once and normalised: the one thing that decides TLS (``tls``).
+
+    The scheme and host are lower-cased (``HTTPS://Kong`` is ``https://kong``), an IPv6 host keeps its
+    brackets in ``str()``, the port is explicit or the scheme's, the base path has no trailing slash.
+    """
+
+    scheme: str  # "https" | "http"
+    host: str  # lower case; an IPv6 address without brackets
+    port: int
+    path: str = ""  # a base path ("" or "/prefix"), for an Admin API behind a path-routing proxy
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+    @property
+    def netloc(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.netloc}{self.path}"
+
+    def join(self, path: str) -> str:
+        """The absolute URL of an Admin API ``path`` (which starts with ``/``)."""
+        return f"{self}{path}"
+
+
+ADMIN_SCHEMES = {"https": 443, "http": 80}
+
+
+def parse_admin_url(value: str) -> AdminUrl:
+    """``https://host:8444`` (any case) as an ``AdminUrl``; ValueError for anything that is not one."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"admin-api needs an http(s)://HOST[:PORT] URL, got {value!r}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ADMIN_SCHEMES or not parts.hostname:
+        raise ValueError(f"admin-api needs an http(s)://HOST[:PORT] URL, got {value!r}")
     if parts.username or parts.password or parts.query or parts.fragment:
         # credentials belong in --deliver-admin-token-file; a URL ends up in labels and logs
         raise ValueError("admin-api URL must not carry credentials, a query or a fragment")
-    return value.rstrip("/")
+    return AdminUrl(scheme, parts.hostname.lower(), port or ADMIN_SCHEMES[scheme], parts.path.rstrip("/"))
+
+
+def _admin_url(value: str) -> str:
+    """The normalised URL text: the target's label and value (so ``HTTPS://X`` and ``https://x`` are one)."""
+    url = parse_admin_url(value)
+    given_port = urlsplit(value.strip()).port
+    text = f"{url.scheme}://{f'[{url.host}]' if ':' in url.host else url.host}"
+    return text + (f":{given_port}" if given_port else "") + url.path
 
 
 # --- Kong Admin API /licenses ----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from .delivery import (
     konglicense_object,
     konglicense_winner,
     license_row_id,
+    parse_admin_url,
     plan_admin,
     plan_konglicense,
     plan_restart,
@@ -121,7 +122,7 @@ class AdminApiTarget(_TargetBase):
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.label = spec.label
-        self.url = spec.value
+        self.url = parse_admin_url(spec.value)  # the one parsed URL: it alone decides TLS
         self.row_id = row_id
         self.options = options or AdminApiOptions()
         self.clock = clock
@@ -165,14 +166,14 @@ class AdminApiTarget(_TargetBase):
         return aiohttp.ClientSession(
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=opts.timeout),
-            connector=aiohttp.TCPConnector(ssl=ctx if self.url.startswith("https:") else False),
+            connector=aiohttp.TCPConnector(ssl=ctx if self.url.tls else False),
             trust_env=False,
         )
 
     async def _call(self, session: aiohttp.ClientSession, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         what = f"{method} {path.split('?')[0]}"
         try:
-            async with session.request(method, self.url + path, json=body, allow_redirects=False) as resp:
+            async with session.request(method, self.url.join(path), json=body, allow_redirects=False) as resp:
                 raw = await _read_capped(resp)
                 status, ctype = resp.status, resp.headers.get("Content-Type", "")
         except TimeoutError:
