@@ -238,6 +238,7 @@ def deliverer_from_settings(
         client_key_file=settings.deliver_admin_client_key_file,
         ca_file=settings.deliver_admin_ca_file,
         timeout=settings.deliver_admin_timeout,
+        trusted_network=settings.deliver_admin_trusted_network,
     )
     targets = build_targets(
         settings.delivery_targets(),

@@ -104,6 +104,21 @@ class AdminApiOptions:
     ca_file: Path | None = None
     timeout: float = 10.0
     grace: float = DEFAULT_GRACE_SECONDS  # a write not shown by then is drift
+    trusted_network: bool = False  # the token / client certificate may go to a plain http:// Admin API
+
+    @property
+    def has_credentials(self) -> bool:
+        return self.token_file is not None or self.client_cert_file is not None
+
+
+IN_CLEAR = (
+    "refusing to send the Kong-Admin-Token or client certificate in clear to a plain http:// Admin API "
+    "(use https://, or --deliver-admin-trusted-network if the network to the gateways is trusted)"
+)
+
+
+def sends_in_clear(options: AdminApiOptions, tls: bool) -> bool:
+    return not tls and options.has_credentials and not options.trusted_network
 
 
 class AdminApiTarget(_TargetBase):
@@ -152,6 +167,8 @@ class AdminApiTarget(_TargetBase):
 
     def _session(self) -> aiohttp.ClientSession:
         opts = self.options
+        if sends_in_clear(opts, self.url.tls):
+            raise TargetFailure(DeliveryState.ERROR, IN_CLEAR)
         headers = {"Accept": "application/json", "User-Agent": "license-keeper"}
         try:
             if opts.token_file is not None:

@@ -255,7 +255,11 @@ def test_deliverer_from_settings(token_file: Path) -> None:
     assert isinstance(target, AdminApiTarget)
     assert target.row_id == OURS and target.options.token_file == token_file and target.options.timeout == 10.0
     assert target.options.grace == 120.0
-    short = load_settings(deliver=("admin-api=https://kong:8444",), delivery_period="5s")
+    short = load_settings(
+        deliver=("admin-api=https://kong:8444",),
+        delivery_period="5s",
+        environ={"LICENSE_KEEPER_ALLOW_SHORT_PERIODS": "1"},
+    )
     (fast,) = deliverer_from_settings(short, None, namespace="kong").targets
     assert isinstance(fast, AdminApiTarget) and fast.options.grace == 5.0
     assert deliverer_from_settings(load_settings(), None, namespace="kong").targets == []

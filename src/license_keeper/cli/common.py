@@ -144,8 +144,20 @@ def delivery_options(f: F) -> F:
             opt("deliver-admin-client-cert-file", "Client certificate (PEM) for admin-api targets."),
             opt("deliver-admin-client-key-file", "Key of that client certificate (PEM)."),
             opt("deliver-admin-ca-file", "CA bundle to verify admin-api targets, instead of the system trust store."),
-            opt("deliver-admin-timeout", "Timeout of one Admin API request.  [default: 10s]"),
-            opt("delivery-period", "Deliver to and check every target this often (repairs drift).  [default: 10m]"),
+            opt("deliver-admin-timeout", "Timeout of one Admin API request (at least 1s).  [default: 10s]"),
+            click.option(
+                "--deliver-admin-trusted-network/--no-deliver-admin-trusted-network",
+                default=None,
+                help=env_help(
+                    "deliver-admin-trusted-network",
+                    "Allow sending the token or client certificate to plain http:// Admin APIs (the network to "
+                    "the gateways is trusted); without it they are refused.  [default: off]",
+                ),
+            ),
+            opt(
+                "delivery-period",
+                "Deliver to and check every target this often (repairs drift; at least 30s).  [default: 10m]",
+            ),
         ]
     ):
         f = deco(f)
