@@ -47,6 +47,7 @@ __all__ = [
     "rollout_finished",
     "rollout_status",
     "secret_license",
+    "shown",
 ]
 
 # What a restart target last rolled a workload's pods for: on the pod template, because changing it is what
@@ -79,6 +80,20 @@ class TargetReport:
     reason: str
     wrote: bool = False  # this round changed something on the target
     at: float = 0.0  # wall clock of the report
+
+
+# --- text from elsewhere ---------------------------------------------------------------------------------
+
+SHOWN_CHARS = 64
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """A value another system sent (a row id, a date, a hostname, a reason) as it may appear in a reason, a
+    log line or an Event: text or a number, printable characters only, at most ``limit`` characters."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return ""
+    text = "".join(c if c.isprintable() else "?" for c in str(value)[: limit + 1])
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # --- target specs ---------------------------------------------------------------------------------------
@@ -225,6 +240,8 @@ class ReportedLicense:
 
     license_key: str
     expiration_date: str
+    deployment: str = ""  # deployment_info: traditional, hybrid, dbless; "" when the node does not say
+    hostname: str = ""  # system_info.hostname, bounded (shown)
 
     @property
     def unlicensed(self) -> bool:

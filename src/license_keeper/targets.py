@@ -12,20 +12,14 @@ exception; reasons carry no license text, key, signature or token.
 from __future__ import annotations
 
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import quote
 
-import aiohttp
-
+from .adminapi import IN_CLEAR, AdminApiOptions, AdminSession, TargetFailure, sends_in_clear
 from .delivery import (
     DEFAULT_GRACE_SECONDS,
     DeliveryState,
-    ReportedLicense,
     TargetReport,
     TargetSpec,
     diagnose_admin,
@@ -49,9 +43,6 @@ __all__ = ["AdminApiOptions", "AdminApiTarget", "KongLicenseTarget", "RestartTar
 
 log = logging.getLogger("license_keeper.deliver")  # one logger for delivery, as before the split
 
-MAX_BODY_BYTES = 8 * 1024 * 1024
-MAX_PAGES = 100
-
 
 class Target(Protocol):
     label: str
@@ -59,15 +50,6 @@ class Target(Protocol):
     async def deliver(self, lic: License) -> TargetReport: ...
     async def check(self, lic: License) -> TargetReport: ...
     async def close(self) -> None: ...
-
-
-class TargetFailure(Exception):
-    """A target could not be asked or written; ``reason`` is fit for logs (no body, no license text)."""
-
-    def __init__(self, state: DeliveryState, reason: str) -> None:
-        super().__init__(reason)
-        self.state = state
-        self.reason = reason
 
 
 class _TargetBase:
@@ -96,36 +78,12 @@ class _TargetBase:
 # --- Kong Admin API ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AdminApiOptions:
-    token_file: Path | None = None
-    client_cert_file: Path | None = None
-    client_key_file: Path | None = None
-    ca_file: Path | None = None
-    timeout: float = 10.0
-    grace: float = DEFAULT_GRACE_SECONDS  # a write not shown by then is drift
-    trusted_network: bool = False  # the token / client certificate may go to a plain http:// Admin API
-
-    @property
-    def has_credentials(self) -> bool:
-        return self.token_file is not None or self.client_cert_file is not None
-
-
-IN_CLEAR = (
-    "refusing to send the Kong-Admin-Token or client certificate in clear to a plain http:// Admin API "
-    "(use https://, or --deliver-admin-trusted-network if the network to the gateways is trusted)"
-)
-
-
-def sends_in_clear(options: AdminApiOptions, tls: bool) -> bool:
-    return not tls and options.has_credentials and not options.trusted_network
-
-
 class AdminApiTarget(_TargetBase):
     """``/licenses`` on one Kong Admin API (a traditional node or a hybrid control plane).
 
-    A fresh aiohttp session per round, so a rotated token, client certificate or CA file is read again;
-    a round is a few requests every few minutes. Every request runs under ``options.timeout``.
+    One session per round (adminapi.AdminSession); the token and TLS context come from the options' shared
+    credential cache (files re-read at most once a second, off the loop; one TLS context per configuration).
+    Every request runs under ``options.timeout``.
     """
 
     def __init__(
@@ -146,14 +104,17 @@ class AdminApiTarget(_TargetBase):
 
     async def _round(self, lic: License, *, write: bool) -> TargetReport:
         try:
-            async with self._session() as session:
-                rows = await self._rows(session)
+            if sends_in_clear(self.options, self.url.tls):
+                raise TargetFailure(DeliveryState.ERROR, IN_CLEAR)
+            credentials = await self.options.credentials.load(self.options, tls=self.url.tls)
+            async with AdminSession(self.options, credentials, connections=2) as session:
+                rows = await session.rows(self.url)
                 wrote = False
                 if write and plan_admin(rows, lic.document).put:
-                    await self._put(session, lic.document)
+                    await session.put(self.url, self.row_id, lic.document, self.label)
                     wrote, self.wrote_at = True, self.clock()
-                    rows = await self._rows(session)
-                report = await self._report(session)
+                    rows = await session.rows(self.url)
+                report = await session.report(self.url)
         except TargetFailure as failure:
             self.unsupported = failure.reason if failure.state is DeliveryState.UNSUPPORTED else self.unsupported
             return self._failed(failure)
@@ -164,123 +125,6 @@ class AdminApiTarget(_TargetBase):
             # a read-only check of a node that refused our write: say so, not "drift"
             state, reason = DeliveryState.UNSUPPORTED, self.unsupported
         return TargetReport(self.label, state, reason, wrote=wrote, at=self.clock())
-
-    def _session(self) -> aiohttp.ClientSession:
-        opts = self.options
-        if sends_in_clear(opts, self.url.tls):
-            raise TargetFailure(DeliveryState.ERROR, IN_CLEAR)
-        headers = {"Accept": "application/json", "User-Agent": "license-keeper"}
-        try:
-            if opts.token_file is not None:
-                headers["Kong-Admin-Token"] = opts.token_file.read_text().strip()
-            ctx = ssl.create_default_context(cafile=str(opts.ca_file) if opts.ca_file else None)
-            if opts.client_cert_file is not None:
-                ctx.load_cert_chain(opts.client_cert_file, opts.client_key_file)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise TargetFailure(
-                DeliveryState.ERROR, f"cannot load Admin API credentials: {type(exc).__name__}"
-            ) from None
-        return aiohttp.ClientSession(
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=opts.timeout),
-            connector=aiohttp.TCPConnector(ssl=ctx if self.url.tls else False),
-            trust_env=False,
-        )
-
-    async def _call(self, session: aiohttp.ClientSession, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        what = f"{method} {path.split('?')[0]}"
-        try:
-            async with session.request(method, self.url.join(path), json=body, allow_redirects=False) as resp:
-                raw = await _read_capped(resp)
-                status, ctype = resp.status, resp.headers.get("Content-Type", "")
-        except TimeoutError:
-            raise TargetFailure(DeliveryState.ERROR, f"{what}: timed out after {self.options.timeout:g} s") from None
-        except aiohttp.ClientConnectorCertificateError:
-            raise TargetFailure(DeliveryState.ERROR, f"{what}: TLS: server certificate not trusted") from None
-        except aiohttp.ClientSSLError:
-            raise TargetFailure(DeliveryState.ERROR, f"{what}: TLS handshake failed") from None
-        except aiohttp.ClientConnectorError:
-            raise TargetFailure(DeliveryState.ERROR, f"{what}: unreachable (cannot connect)") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise TargetFailure(DeliveryState.ERROR, f"{what}: transport error ({type(exc).__name__})") from None
-        return status, _check_answer(what, status, ctype, raw)
-
-    async def _rows(self, session: aiohttp.ClientSession) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        path: str | None = "/licenses?size=1000"
-        for _ in range(MAX_PAGES):
-            if path is None:
-                return rows
-            status, body = await self._call(session, "GET", path)
-            if status != 200 or not isinstance(body, dict) or not isinstance(body.get("data"), list):
-                raise TargetFailure(DeliveryState.ERROR, f"GET /licenses: unexpected answer (HTTP {status})")
-            rows += [r for r in body["data"] if isinstance(r, dict)]
-            nxt = body.get("next")
-            path = nxt if isinstance(nxt, str) and nxt.startswith("/licenses") else None
-        raise TargetFailure(DeliveryState.ERROR, f"GET /licenses: more than {MAX_PAGES} pages")
-
-    async def _put(self, session: aiohttp.ClientSession, document: str) -> None:
-        path = f"/licenses/{quote(self.row_id)}"
-        status, _ = await self._call(session, "PUT", path, {"payload": document})
-        if status in (200, 201):
-            log.info("delivered the license to %s (PUT /licenses/%s)", self.label, self.row_id)
-            return
-        if status == 405:
-            raise TargetFailure(
-                DeliveryState.UNSUPPORTED,
-                "Kong refuses /licenses writes (405: DB-less or data plane); deliver with konglicense or restart",
-            )
-        if status == 400:
-            raise TargetFailure(
-                DeliveryState.ERROR, "PUT /licenses: Kong refused the license (HTTP 400 schema violation)"
-            )
-        if status == 409:
-            raise TargetFailure(DeliveryState.PENDING, "PUT /licenses: another row took the license meanwhile (409)")
-        raise TargetFailure(DeliveryState.ERROR, f"PUT /licenses: unexpected HTTP {status}")
-
-    async def _report(self, session: aiohttp.ClientSession) -> ReportedLicense:
-        status, body = await self._call(session, "GET", "/license/report")
-        lic = body.get("license") if isinstance(body, dict) else None
-        if status != 200 or not isinstance(lic, dict):
-            raise TargetFailure(
-                DeliveryState.ERROR, f"GET /license/report: unexpected answer (HTTP {status}; Kong Enterprise?)"
-            )
-        return ReportedLicense(str(lic.get("license_key") or ""), str(lic.get("license_expiration_date") or ""))
-
-
-async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
-    """The body, but no more than MAX_BODY_BYTES + 1 bytes (a proxy could stream forever)."""
-    raw = bytearray()
-    while chunk := await resp.content.read(65536):
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            break
-    return bytes(raw)
-
-
-def _check_answer(what: str, status: int, ctype: str, raw: bytes) -> Any:
-    """The JSON body, or a failure for answers that are not Kong's (never quoting the body)."""
-    import json
-
-    if status in (401, 403):
-        raise TargetFailure(
-            DeliveryState.ERROR, f"{what}: HTTP {status} (check the Kong-Admin-Token and its RBAC role)"
-        )
-    if status >= 500 or status == 429:
-        raise TargetFailure(DeliveryState.ERROR, f"{what}: HTTP {status} from the Admin API")
-    if 300 <= status < 400:
-        raise TargetFailure(DeliveryState.ERROR, f"{what}: HTTP {status} redirect (not followed)")
-    if len(raw) > MAX_BODY_BYTES:
-        raise TargetFailure(DeliveryState.ERROR, f"{what}: answer larger than {MAX_BODY_BYTES} bytes")
-    if status == 204 or not raw:
-        return None
-    if "json" not in ctype.lower():
-        kind = ctype.split(";")[0].strip() or "no content type"
-        raise TargetFailure(DeliveryState.ERROR, f"{what}: HTTP {status} answer is not JSON ({kind})")
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise TargetFailure(DeliveryState.ERROR, f"{what}: HTTP {status} answer is not valid JSON") from None
 
 
 # --- Kubernetes targets -----------------------------------------------------------------------------------

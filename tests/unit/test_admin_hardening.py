@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import socket
+import ssl
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,3 +115,128 @@ def test_test_harnesses_may_shorten_the_delivery_period_but_not_below_a_floor() 
     assert load_settings(environ=short, delivery_period="2s").delivery_period == 2.0
     with pytest.raises(ConfigError, match="must be at least"):
         load_settings(environ=short, delivery_period="1ms")
+
+
+# --- 3. TLS contexts: built once per configuration, off the event loop -----------------------------------------
+
+
+def closed_ports(count: int) -> list[int]:
+    """Ports nothing listens on (bound, then closed): connections to them are refused at once."""
+    socks = [socket.socket() for _ in range(count)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class LoopStalls:
+    """The longest time the event loop did not run a 5 ms ticker (a stalled loop starves Leases and probes)."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.005)
+            self.longest = max(self.longest, loop.time() - before - 0.005)
+
+    async def __aenter__(self) -> LoopStalls:
+        self._task = asyncio.create_task(self._tick())
+        await asyncio.sleep(0.02)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def test_tls_contexts_are_built_once_per_configuration_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from license_keeper.deliver import Deliverer
+
+    built: list[bool] = []  # per context built: on the event loop's thread?
+    real = ssl.create_default_context
+
+    def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        built.append(threading.current_thread() is threading.main_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    options = AdminApiOptions(timeout=5.0)  # the system trust store, as most installations verify
+    targets = [
+        AdminApiTarget(parse_target(f"admin-api=https://127.0.0.1:{port}"), OURS, options) for port in closed_ports(100)
+    ]
+    deliverer = Deliverer(targets)
+    rec = make_record(updated_at=1)
+    async with LoopStalls() as stalls:
+        for _ in range(2):
+            reports = await deliverer.deliver(rec)
+            reasons = {r.reason.split(": ", 1)[1] for r in reports}
+            assert reasons == {"unreachable (cannot connect)"}, reasons
+    assert stalls.longest < 0.25, f"the event loop stalled for {stalls.longest:.2f} s"
+    assert len(built) <= 1, f"{len(built)} TLS contexts built for one configuration"
+    assert not any(built), "a TLS context was built on the event loop"
+
+
+# --- 4. what a hostile Admin API answers cannot grow the keeper's memory without bound --------------------------
+
+
+def peak_rss_reset() -> int:
+    """Reset the process' peak RSS (Linux clear_refs 5); returns the current RSS in bytes."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return rss_field("VmRSS")
+
+
+def rss_field(name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(name)
+
+
+async def test_hostile_license_pages_do_not_grow_memory_without_bound() -> None:
+    from aiohttp import web
+
+    # ~8 MiB of empty rows per page (just under the old per-answer cap), three pages
+    page = b'{"data":[' + b"{}," * (8 * 1024 * 1024 // 3 - 16) + b'{}],"next":"/licenses?offset=%d"}'
+    served: list[int] = []
+
+    async def licenses(request: web.Request) -> web.StreamResponse:
+        served.append(len(page))
+        body = page % len(served) if len(served) < 3 else page.replace(b'"/licenses?offset=%d"', b"null")
+        return web.Response(body=body, content_type="application/json")
+
+    rec = make_record(updated_at=1)
+    assert rec.license is not None
+
+    async def report(request: web.Request) -> web.StreamResponse:
+        lic = rec.license
+        assert lic is not None
+        body = {"license": {"license_key": "other", "license_expiration_date": lic.expiration_date.isoformat()}}
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_get("/licenses", licenses)
+    app.router.add_get("/license/report", report)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        target = AdminApiTarget(parse_target(f"admin-api=http://127.0.0.1:{port}"), OURS, AdminApiOptions(timeout=30))
+        gc.collect()
+        before = peak_rss_reset()
+        report_ = await target.check(rec.license)
+        grew = rss_field("VmHWM") - before
+    finally:
+        await runner.cleanup()
+    assert grew < 64 * 1024 * 1024, f"one round grew the peak RSS by {grew / 2**20:.0f} MiB"
+    assert report_.state is D.ERROR, report_.reason
