@@ -110,7 +110,10 @@ class Keeper:
             )
         # Delivery to running gateways: leader only, after the Secret (the source of truth); its
         # failures never touch the Secret or readiness.
-        self.deliverer = deliverer_from_settings(settings, kube, namespace=namespace, on_report=self._on_delivery)
+        # Its writes are fenced as the Secret's are: asked right before each one whether we still lead.
+        self.deliverer = deliverer_from_settings(
+            settings, kube, namespace=namespace, on_report=self._on_delivery, may_write=self.leading_now
+        )
         self.metrics.registry.register(DeliveryCollector(self.deliverer))
         self.ports = Ports()
         self.ready_event = asyncio.Event()

@@ -33,7 +33,16 @@ from prometheus_client.registry import Collector
 
 from .delivery import DEFAULT_GRACE_SECONDS, DELIVERY_STATES, DeliveryState, TargetReport
 from .license import License, LicenseRecord
-from .targets import AdminApiOptions, AdminApiTarget, KongLicenseTarget, RestartTarget, Target, build_targets
+from .targets import (
+    AdminApiOptions,
+    AdminApiTarget,
+    Fence,
+    KongLicenseTarget,
+    RestartTarget,
+    Target,
+    always,
+    build_targets,
+)
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -71,8 +80,10 @@ class Deliverer:
         clock: Callable[[], float] = time.time,
         round_timeout: float = ROUND_TIMEOUT_SECONDS,
         on_report: Callable[[TargetReport | None, TargetReport], None] | None = None,
+        may_write: Fence = always,
     ) -> None:
         self.targets = list(targets)
+        self.may_write = may_write  # asked right before every write (the agent: still holding the Lease)
         self.clock = clock
         self.round_timeout = round_timeout
         self.on_report = on_report  # (previous, current) after each target's round: Events, logs
@@ -110,7 +121,7 @@ class Deliverer:
     async def _one(self, target: Target, lic: License, write: bool) -> TargetReport:
         try:
             async with asyncio.timeout(self.round_timeout):
-                return await (target.deliver(lic) if write else target.check(lic))
+                return await (target.deliver(lic, self.may_write) if write else target.check(lic))
         except TimeoutError:
             reason = f"no answer within {self.round_timeout:g} s"
         except Exception as exc:  # a bug in one target must not stop the others or the agent
@@ -224,6 +235,7 @@ def deliverer_from_settings(
     *,
     namespace: str,
     on_report: Callable[[TargetReport | None, TargetReport], None] | None = None,
+    may_write: Fence = always,
 ) -> Deliverer:
     """The Deliverer for ``--deliver`` (no targets: a Deliverer with none, whose rounds do nothing).
 
@@ -248,4 +260,4 @@ def deliverer_from_settings(
         admin=admin,
         grace=grace,
     )
-    return Deliverer(targets, on_report=on_report)
+    return Deliverer(targets, on_report=on_report, may_write=may_write)

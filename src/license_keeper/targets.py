@@ -39,15 +39,40 @@ from .license import License
 if TYPE_CHECKING:
     from .kube import Kube
 
-__all__ = ["AdminApiOptions", "AdminApiTarget", "KongLicenseTarget", "RestartTarget", "Target", "build_targets"]
+__all__ = [
+    "AdminApiOptions",
+    "AdminApiTarget",
+    "Fence",
+    "KongLicenseTarget",
+    "RestartTarget",
+    "Target",
+    "TargetFailure",
+    "build_targets",
+]
 
 log = logging.getLogger("license_keeper.deliver")  # one logger for delivery, as before the split
+
+
+Fence = Callable[[], bool]  # True while this replica may write (it holds the Lease): asked before every write
+
+
+def always() -> bool:
+    return True
+
+
+NOT_LEADING = "not the leader any more: nothing written"
+
+
+def check_fence(may_write: Fence) -> None:
+    """Right before a write, as the Secret's writes are fenced: a replica that lost the Lease writes nothing."""
+    if not may_write():
+        raise TargetFailure(DeliveryState.PENDING, NOT_LEADING)
 
 
 class Target(Protocol):
     label: str
 
-    async def deliver(self, lic: License) -> TargetReport: ...
+    async def deliver(self, lic: License, may_write: Fence = always) -> TargetReport: ...
     async def check(self, lic: License) -> TargetReport: ...
     async def close(self) -> None: ...
 
@@ -62,13 +87,13 @@ class _TargetBase:
     async def close(self) -> None:
         return None
 
-    async def deliver(self, lic: License) -> TargetReport:
-        return await self._round(lic, write=True)
+    async def deliver(self, lic: License, may_write: Fence = always) -> TargetReport:
+        return await self._round(lic, write=True, fence=may_write)
 
     async def check(self, lic: License) -> TargetReport:
-        return await self._round(lic, write=False)
+        return await self._round(lic, write=False, fence=always)
 
-    async def _round(self, lic: License, *, write: bool) -> TargetReport:
+    async def _round(self, lic: License, *, write: bool, fence: Fence) -> TargetReport:
         raise NotImplementedError
 
     def _failed(self, failure: TargetFailure) -> TargetReport:
@@ -102,7 +127,7 @@ class AdminApiTarget(_TargetBase):
         self.wrote_at: float | None = None
         self.unsupported: str | None = None  # why the node refused our write (405), once seen
 
-    async def _round(self, lic: License, *, write: bool) -> TargetReport:
+    async def _round(self, lic: License, *, write: bool, fence: Fence) -> TargetReport:
         try:
             if sends_in_clear(self.options, self.url.tls):
                 raise TargetFailure(DeliveryState.ERROR, IN_CLEAR)
@@ -111,6 +136,7 @@ class AdminApiTarget(_TargetBase):
                 rows = await session.rows(self.url)
                 wrote = False
                 if write and plan_admin(rows, lic.document).put:
+                    check_fence(fence)
                     await session.put(self.url, self.row_id, lic.document, self.label)
                     wrote, self.wrote_at = True, self.clock()
                     rows = await session.rows(self.url)
@@ -170,13 +196,15 @@ class KongLicenseTarget(_TargetBase):
         self.clock = clock
         self.wrote_at: float | None = None
 
-    async def _round(self, lic: License, *, write: bool) -> TargetReport:
+    async def _round(self, lic: License, *, write: bool, fence: Fence) -> TargetReport:
         path = f"{KONGLICENSES}/{self.name}"
         what = f"KongLicense {self.name}"
         try:
             obj = await _kube(f"get {what}", self.kube.request("GET", path, what=f"get {what}"), missing_ok=True)
             plan = plan_konglicense(obj, lic.document) if write else None
             wrote = plan is not None
+            if plan is not None:
+                check_fence(fence)
             if plan is not None and plan.get("create"):
                 obj = await _kube(
                     f"create {what} (is the KongLicense CRD installed?)",
@@ -237,7 +265,7 @@ class RestartTarget(_TargetBase):
         self.secret = SecretStore(kube, namespace, secret_name)
         self.clock = clock
 
-    async def _round(self, lic: License, *, write: bool) -> TargetReport:
+    async def _round(self, lic: License, *, write: bool, fence: Fence) -> TargetReport:
         what = f"{self.kind} {self.name}"
         wrote = False
         in_secret: License | None = None
@@ -248,6 +276,7 @@ class RestartTarget(_TargetBase):
             fingerprint = in_secret.fingerprint if in_secret is not None else None
             plan = plan_restart(obj, fingerprint, self.secret.name) if write and obj is not None else None
             if plan is not None:
+                check_fence(fence)
                 obj = await _kube(
                     f"patch {what}",
                     self.kube.request("PATCH", self.path, plan.patch, what=f"patch {what}", content_type=MERGE_PATCH),

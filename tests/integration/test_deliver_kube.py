@@ -433,3 +433,35 @@ async def test_pods_that_do_not_read_the_secret_are_rolled_once(
     obj = controlplane.must("GET", path)
     assert obj["spec"]["template"]["metadata"]["annotations"][FINGERPRINT_ANNOTATION] == current.fingerprint
     assert ADOPTED_ANNOTATION not in (obj["metadata"].get("annotations") or {})
+
+
+# ------------------------------------------------------------------------------------------- fenced writes
+
+
+async def test_kube_targets_write_nothing_once_the_replica_no_longer_leads(
+    controlplane: ControlPlane, namespace: str, crd: None, kube_for: Any, secret: SecretStore
+) -> None:
+    from license_keeper.deliver import Deliverer
+
+    name, kl = "kong-gateway", f"kl-{uuid.uuid4().hex[:8]}"
+    path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
+    controlplane.must("POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", gateway_deployment(name))
+    kube = kube_for(controlplane.admin_kubeconfig)
+    targets = build_targets(
+        [parse_target(f"restart=deployment/{name}"), parse_target(f"konglicense={kl}")],
+        kube=kube,
+        namespace=namespace,
+        secret_name=SECRET,
+    )
+    rec = record()
+    await hold(secret, rec)
+    before = controlplane.must("GET", path)["metadata"]["resourceVersion"]
+
+    reports = await Deliverer(targets, may_write=lambda: False).deliver(rec)
+    assert [(r.state, r.wrote) for r in reports] == [(D.PENDING, False)] * 2, [r.reason for r in reports]
+    assert all("not the leader" in r.reason for r in reports)
+    assert controlplane.must("GET", path)["metadata"]["resourceVersion"] == before, "the Deployment was patched"
+    assert controlplane.request("GET", f"{KONGLICENSES}/{kl}").status == 404, "the KongLicense was created"
+
+    reports = await Deliverer(targets, may_write=lambda: True).deliver(rec)
+    assert [r.wrote for r in reports] == [True, True]

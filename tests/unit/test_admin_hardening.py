@@ -240,3 +240,22 @@ async def test_hostile_license_pages_do_not_grow_memory_without_bound() -> None:
         await runner.cleanup()
     assert grew < 64 * 1024 * 1024, f"one round grew the peak RSS by {grew / 2**20:.0f} MiB"
     assert report_.state is D.ERROR, report_.reason
+
+
+# --- delivery writes are fenced by "still leading", as the Secret's are ----------------------------------------
+
+
+async def test_a_replica_that_no_longer_leads_writes_nothing_to_the_admin_api(
+    tls_material: TLSMaterial, token_file: Path
+) -> None:
+    from license_keeper.deliver import Deliverer
+
+    rec = make_record(updated_at=1)
+    async with KongStandIn(tls=tls_material, token=TOKEN) as kong:
+        options = AdminApiOptions(token_file=token_file, ca_file=tls_material.ca_file, timeout=2.0)
+        target = AdminApiTarget(parse_target(f"admin-api={kong.address}"), OURS, options)
+        (report,) = await Deliverer([target], may_write=lambda: False).deliver(rec)
+        assert kong.writes() == [], "a replica that lost the Lease wrote to /licenses"
+        assert report.state is D.PENDING and "not the leader" in report.reason and not report.wrote
+        (report,) = await Deliverer([target], may_write=lambda: True).deliver(rec)
+        assert report.wrote and len(kong.writes()) == 1
