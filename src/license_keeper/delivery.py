@@ -304,27 +304,62 @@ def diagnose_admin(
 # --- KongLicense -----------------------------------------------------------------------------------------
 
 KONGLICENSE_API = "configuration.konghq.com/v1alpha1"
+# Which keeper installation a KongLicense belongs to: "<namespace>/<secret>" of the keeper that created it. The
+# name is cluster-wide, so two installations configured with the same name would otherwise overwrite each other.
+OWNER_ANNOTATION = "license-keeper.io/owner"
+KONGLICENSE_ADOPT_ANNOTATION = "license-keeper.io/adopt"  # as on the Secret: an explicit hand-over
+MANAGED_BY = ("app.kubernetes.io/managed-by", "license-keeper")
 
 
-def konglicense_object(name: str, document: str) -> dict[str, Any]:
+def konglicense_object(name: str, document: str, owner: str) -> dict[str, Any]:
     return {
         "apiVersion": KONGLICENSE_API,
         "kind": "KongLicense",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "license-keeper"}},
+        "metadata": {
+            "name": name,
+            "labels": {MANAGED_BY[0]: MANAGED_BY[1]},
+            "annotations": {OWNER_ANNOTATION: owner},
+        },
         "rawLicenseString": document,
         "enabled": True,
     }
 
 
-def plan_konglicense(obj: dict[str, Any] | None, document: str) -> dict[str, Any] | None:
-    """ "create", a merge patch, or None when the object already carries the license and is enabled."""
+def _labels(obj: dict[str, Any]) -> dict[str, Any]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def konglicense_owner(obj: dict[str, Any]) -> str | None:
+    value = _annotations(obj.get("metadata")).get(OWNER_ANNOTATION)
+    return value if isinstance(value, str) else None
+
+
+def konglicense_handed_over(obj: dict[str, Any]) -> bool:
+    return str(_annotations(obj.get("metadata")).get(KONGLICENSE_ADOPT_ANNOTATION, "")).lower() == "true"
+
+
+def konglicense_ours(obj: dict[str, Any], owner: str) -> bool:
+    """Created by this installation (our owner), explicitly handed over, or created by a keeper before owners
+    were recorded (our label, no owner yet: the first keeper to see it records itself)."""
+    recorded = konglicense_owner(obj)
+    if recorded is not None:
+        return recorded == owner or konglicense_handed_over(obj)
+    return konglicense_handed_over(obj) or _labels(obj).get(MANAGED_BY[0]) == MANAGED_BY[1]
+
+
+def plan_konglicense(obj: dict[str, Any] | None, document: str, owner: str) -> dict[str, Any] | None:
+    """ "create", a merge patch, or None: nothing to change, or the object is not ours (foreign: left alone)."""
     if obj is None:
         return {"create": True}
+    if not konglicense_ours(obj, owner):
+        return None
     patch: dict[str, Any] = {}
     if obj.get("rawLicenseString") != document:
         patch["rawLicenseString"] = document
     if obj.get("enabled", True) is not True:
         patch["enabled"] = True
+    if patch and konglicense_owner(obj) != owner:
+        patch["metadata"] = {"annotations": {OWNER_ANNOTATION: owner, KONGLICENSE_ADOPT_ANNOTATION: None}}
     return patch or None
 
 
@@ -363,10 +398,19 @@ def diagnose_konglicense(
     wrote_at: float | None,
     now: float,
     grace: float = DEFAULT_GRACE_SECONDS,
+    owner: str | None = None,
 ) -> tuple[DeliveryState, str]:
     if obj is None:
         return DeliveryState.PENDING, "KongLicense not created yet"
     name = _meta(obj, "name")
+    if owner is not None and not konglicense_ours(obj, owner):
+        recorded = konglicense_owner(obj)
+        return DeliveryState.DRIFT, (
+            f"KongLicense {name} exists and is not managed by this keeper ("
+            + (f"owner {shown(recorded)}" if recorded else "created by someone else")
+            + f"): left alone; annotate it {KONGLICENSE_ADOPT_ANNOTATION}=true to hand it over, or choose another "
+            "name"
+        )
     if obj.get("rawLicenseString") != document or obj.get("enabled", True) is not True:
         return DeliveryState.DRIFT, f"KongLicense {name} does not carry the held license (changed by someone else?)"
     if winner is not None and winner != name:

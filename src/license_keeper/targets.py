@@ -186,11 +186,13 @@ class KongLicenseTarget(_TargetBase):
         spec: TargetSpec,
         kube: Kube,
         *,
+        owner: str,
         clock: Callable[[], float] = time.time,
         grace: float = DEFAULT_GRACE_SECONDS,
     ) -> None:
         self.label = spec.label
         self.name = spec.value
+        self.owner = owner  # "<namespace>/<secret>": a KongLicense of this name another keeper owns is foreign
         self.grace = grace
         self.kube = kube
         self.clock = clock
@@ -201,7 +203,7 @@ class KongLicenseTarget(_TargetBase):
         what = f"KongLicense {self.name}"
         try:
             obj = await _kube(f"get {what}", self.kube.request("GET", path, what=f"get {what}"), missing_ok=True)
-            plan = plan_konglicense(obj, lic.document) if write else None
+            plan = plan_konglicense(obj, lic.document, self.owner) if write else None
             wrote = plan is not None
             if plan is not None:
                 check_fence(fence)
@@ -209,7 +211,10 @@ class KongLicenseTarget(_TargetBase):
                 obj = await _kube(
                     f"create {what} (is the KongLicense CRD installed?)",
                     self.kube.request(
-                        "POST", KONGLICENSES, konglicense_object(self.name, lic.document), what=f"create {what}"
+                        "POST",
+                        KONGLICENSES,
+                        konglicense_object(self.name, lic.document, self.owner),
+                        what=f"create {what}",
                     ),
                 )
             elif plan is not None:
@@ -228,7 +233,7 @@ class KongLicenseTarget(_TargetBase):
         except TargetFailure as failure:
             return self._failed(failure)
         state, reason = diagnose_konglicense(
-            obj, lic.document, winner, wrote_at=self.wrote_at, now=self.clock(), grace=self.grace
+            obj, lic.document, winner, wrote_at=self.wrote_at, now=self.clock(), grace=self.grace, owner=self.owner
         )
         return TargetReport(self.label, state, reason, wrote=wrote, at=self.clock())
 
@@ -326,7 +331,7 @@ def build_targets(
         elif kube is None:
             raise ValueError(f"{spec.label} needs a Kubernetes client")
         elif spec.kind == "konglicense":
-            out.append(KongLicenseTarget(spec, kube, grace=grace))
+            out.append(KongLicenseTarget(spec, kube, owner=f"{namespace}/{secret_name}", grace=grace))
         else:
             out.append(RestartTarget(spec, kube, namespace, secret_name))
     return out
