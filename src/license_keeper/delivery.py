@@ -294,11 +294,11 @@ def diagnose_admin(
     if newest is not None and document_matches_report(newest.get("payload"), report):
         if newest.get("id") != our_id and not row_holds_payload([newest], held.document):
             return DeliveryState.DRIFT, (
-                f"a newer /licenses row not written by the keeper wins (id {newest.get('id')}, "
-                f"gateway license expires {report.expiration_date})"
+                f"a newer /licenses row not written by the keeper wins (id {shown(newest.get('id'))}, "
+                f"gateway license expires {shown(report.expiration_date)})"
             )
         return DeliveryState.DRIFT, "the gateway runs an older /licenses row"
-    return DeliveryState.DRIFT, f"{HIDDEN_BY_ENV} (gateway license expires {report.expiration_date})"
+    return DeliveryState.DRIFT, f"{HIDDEN_BY_ENV} (gateway license expires {shown(report.expiration_date)})"
 
 
 # --- KongLicense -----------------------------------------------------------------------------------------
@@ -425,7 +425,7 @@ def diagnose_konglicense(
         return DeliveryState.DELIVERED, f"KongLicense {name} is Programmed"
     refused = [c for c in current if c.get("status") == "False"]
     if refused:
-        why = str(refused[0].get("reason") or "NotProgrammed")
+        why = shown(refused[0].get("reason")) or "NotProgrammed"
         return DeliveryState.DRIFT, f"KongLicense {name} is not Programmed (reason {why})"
     if wrote_at is not None and now - wrote_at < grace:
         return DeliveryState.PENDING, f"KongLicense {name}: no controller has reported Programmed yet"

@@ -259,3 +259,27 @@ async def test_a_replica_that_no_longer_leads_writes_nothing_to_the_admin_api(
         assert report.state is D.PENDING and "not the leader" in report.reason and not report.wrote
         (report,) = await Deliverer([target], may_write=lambda: True).deliver(rec)
         assert report.wrote and len(kong.writes()) == 1
+
+
+# --- strings from an Admin API (row ids, dates) are bounded and printable in reasons, logs and Events -----------
+
+
+def test_admin_api_strings_are_bounded_in_reasons() -> None:
+    from license_keeper.delivery import ReportedLicense, diagnose_admin, diagnose_konglicense
+
+    rec = make_record(updated_at=1)
+    assert rec.license is not None
+    other = make_record(updated_at=2)
+    assert other.license is not None
+    hostile = "x" * 100_000 + "\nFAKE LOG LINE level=error"
+    rows = [{"id": hostile, "payload": other.document, "created_at": 1, "updated_at": 9}]
+    runs_other = ReportedLicense(other.license.license_key, other.license.expiration_date.isoformat())
+    reasons = [
+        diagnose_admin(rec.license, rows, runs_other, OURS, wrote_at=None, now=1e9)[1],
+        diagnose_admin(rec.license, [], ReportedLicense("k", hostile), OURS, wrote_at=None, now=1e9)[1],
+    ]
+    status = {"controllers": [{"conditions": [{"type": "Programmed", "status": "False", "reason": hostile}]}]}
+    obj = {"metadata": {"name": "k", "generation": 1}, "rawLicenseString": rec.document, "status": status}
+    reasons.append(diagnose_konglicense(obj, rec.document, "k", wrote_at=None, now=1e9)[1])
+    for reason in reasons:
+        assert len(reason) < 600 and "\n" not in reason and "FAKE" not in reason, reason[:200]
