@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from .config import Settings
-from .deliver import DeliveryCollector, deliverer_from_settings, delivery_event
+from .deliver import DeliveryCollector, deliverer_from_settings, delivery_events
 from .delivery import TargetReport
 from .election import LeaderElector, default_identity
 from .konnect import KonnectClient, KonnectFailure, KonnectResult, LicenseFetched, NoLicense
@@ -458,9 +458,7 @@ class Keeper:
             self.events.emit(reason, f"Secret written ({outcome.wrote}): {describe(self.state.held)}", warning=warning)
 
     def _on_delivery(self, previous: TargetReport | None, report: TargetReport) -> None:
-        event = delivery_event(previous, report)
-        if event is not None:
-            reason, message, warning = event
+        for reason, message, warning in delivery_events(previous, report, self.deliverer.grace):
             self.events.emit(reason, message, warning=warning)
 
     def _hold(self, record: LicenseRecord | None) -> None:

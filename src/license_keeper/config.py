@@ -131,6 +131,9 @@ class Settings:
     # A Kong-Admin-Token or client certificate goes to a plain http:// Admin API only when this says the
     # network between the keeper and the gateways is trusted (otherwise: refused at start, and per pod).
     deliver_admin_trusted_network: bool = False
+    # admin-svc: the name a gateway pod's certificate is verified against (it is reached at its address);
+    # empty: the admin Service's DNS name, <service>.<namespace>.svc.
+    deliver_admin_tls_server_name: str = ""
 
     leader_elect: bool = True
     lease_name: str = ""
