@@ -87,8 +87,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "license-keeper.deliverTargets" -}}
 {{- $targets := list -}}
 {{- range .Values.delivery.adminApi.urls }}{{ $targets = append $targets (printf "admin-api=%s" .) }}{{ end -}}
+{{- range .Values.delivery.adminService.services }}{{ $targets = append $targets (printf "admin-svc=%s" (include "license-keeper.adminService" (list $ .))) }}{{ end -}}
 {{- with .Values.delivery.kongLicense.name }}{{ $targets = append $targets (printf "konglicense=%s" .) }}{{ end -}}
 {{- range .Values.delivery.restart.deployments }}{{ $targets = append $targets (printf "restart=deployment/%s" .) }}{{ end -}}
 {{- range .Values.delivery.restart.statefulSets }}{{ $targets = append $targets (printf "restart=statefulset/%s" .) }}{{ end -}}
 {{- join "," $targets -}}
+{{- end }}
+
+{{/* An adminService entry as <namespace>/<service>[:port]: the release namespace when it names none. */}}
+{{- define "license-keeper.adminService" -}}
+{{- $root := index . 0 -}}{{- $entry := index . 1 -}}
+{{- if contains "/" $entry }}{{ $entry }}{{ else }}{{ printf "%s/%s" $root.Release.Namespace $entry }}{{ end -}}
+{{- end }}
+
+{{/* The namespaces of the adminService entries, each once (a Role for EndpointSlices in each). */}}
+{{- define "license-keeper.adminServiceNamespaces" -}}
+{{- $namespaces := list -}}
+{{- range .Values.delivery.adminService.services -}}
+{{- $namespaces = append $namespaces (include "license-keeper.adminService" (list $ .) | splitList "/" | first) -}}
+{{- end -}}
+{{- $namespaces | uniq | join "," -}}
 {{- end }}
