@@ -369,3 +369,36 @@ async def test_a_token_never_goes_to_a_plain_http_pod_unless_the_network_is_trus
         assert gw.requests == 0
         trusted = target(keeper_kube, namespace, token_file=token, trusted_network=True)
         assert (await trusted.check(held_license(held))).state is D.DELIVERED
+
+
+# --- license-keeper status lists the pods ---------------------------------------------------------------------
+
+
+async def test_status_lists_every_gateway_pod(
+    controlplane: ControlPlane, namespace: str, slices: Slices, addresses: Addresses, admin_kube: Kube
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from license_keeper.store import SecretStore
+
+    held, other = record(), record(expiration_date="2027-03-01")
+    await SecretStore(admin_kube, namespace, SECRET).sync(held)
+    async with AsyncExitStack() as stack:
+        gws = await gateways(stack, addresses, [held.document, other.document])
+        for i, gw in enumerate(gws):
+            await asyncio.to_thread(slices.add, f"gw-{i}", at(gw))
+        args = [sys.executable, "-m", "license_keeper", "status", f"--kubeconfig={controlplane.admin_kubeconfig}",
+                f"--namespace={namespace}", f"--deliver=admin-svc={namespace}/{SVC}:admin"]  # fmt: skip
+        env = {"PATH": "/usr/bin:/bin"}
+        done = await asyncio.to_thread(
+            subprocess.run, [*args, "-o", "json"], capture_output=True, text=True, timeout=60, env=env
+        )
+        (delivery,) = json.loads(done.stdout)["delivery"]
+        assert delivery["state"] == "drift" and delivery["reason"].startswith("1 of 2 gateway pods")
+        assert [(p["pod"], p["state"]) for p in delivery["pods"]] == [("gw-0", "delivered"), ("gw-1", "drift")]
+        assert [p["address"] for p in delivery["pods"]] == ["{}:{}".format(*at(gw)) for gw in gws]
+        text = await asyncio.to_thread(subprocess.run, args, capture_output=True, text=True, timeout=60, env=env)
+        assert "gw-1" in text.stdout and "runs one from KONG_LICENSE_DATA" in text.stdout, text.stdout
+        assert held.document not in done.stdout + text.stdout + done.stderr + text.stderr
