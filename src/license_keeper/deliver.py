@@ -136,11 +136,12 @@ class Deliverer:
             return reports
 
     async def _one(self, target: Target, lic: License, write: bool) -> TargetReport:
+        limit = max(self.round_timeout, getattr(target, "round_timeout", 0.0))
         try:
-            async with asyncio.timeout(self.round_timeout):
+            async with asyncio.timeout(limit):
                 return await (target.deliver(lic, self.may_write) if write else target.check(lic))
         except TimeoutError:
-            reason = f"no answer within {self.round_timeout:g} s"
+            reason = f"no answer within {limit:g} s"
         except Exception as exc:  # a bug in one target must not stop the others or the agent
             log.exception("delivery to %s failed unexpectedly", target.label)
             reason = f"internal error ({type(exc).__name__})"

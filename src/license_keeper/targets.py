@@ -172,7 +172,10 @@ class AdminApiTarget(_TargetBase):
 
 
 ENDPOINTSLICES = "/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
-MAX_CONCURRENT_PODS = 32  # pods asked at once: bounds the answers in memory and the load on the network
+ROUND_SECONDS = 120.0  # the Deliverer's round timeout for one target; an admin Service's grows with its pods
+# Pods asked at once: bounds the answers and TLS connections in memory (asyncio keeps a 256 KiB buffer per TLS
+# connection; 32 at once grew the keeper by 12 MiB with 300 pods, 16 by 7) and the load on the network.
+MAX_CONCURRENT_PODS = 16
 
 
 class ServiceEndpoints:
@@ -304,6 +307,12 @@ class AdminServiceTarget(_TargetBase):
     async def run_background(self, stop: asyncio.Event, on_change: Callable[[], None]) -> None:
         await self.endpoints.run(stop, on_change)
 
+    @property
+    def round_timeout(self) -> float:
+        """Long enough for every pod to time out, 16 at a time, and the write after them."""
+        batches = -(-len(self.endpoints.pods()) // MAX_CONCURRENT_PODS)
+        return ROUND_SECONDS + (batches + 4) * self.options.timeout
+
     def _held_since(self, lic: License, now: float, write: bool) -> float:
         """Since when ``lic`` is the license to deliver, as the delivery loop saw it; a read-only check
         without that history (``status``) gives no grace."""
@@ -322,7 +331,9 @@ class AdminServiceTarget(_TargetBase):
         except TargetFailure as failure:
             return self._failed(failure)
         wrote, problem, rows = False, None, None
-        async with AdminSession(self.options, credentials, connections=MAX_CONCURRENT_PODS) as session:
+        async with AdminSession(
+            self.options, credentials, connections=MAX_CONCURRENT_PODS, keep_alive=False
+        ) as session:
             answers = await self._ask_all(session, pods)
             await self._learn_configurations(session, pods, answers)
             writer = self._writer(pods, answers)
