@@ -926,6 +926,11 @@ def diagnose_pod(
         return PodState.DELIVERED, f"runs the held license (expires {expires})"
     if now - held_since < grace:
         return PodState.PENDING, f"runs another license; the held one is {_age(now, held_since)} new"
+    if report.deployment == "hybrid" and rows is None:
+        return PodState.DRIFT, (
+            f"runs another license (expires {shown(report.expiration_date)}), not the held one (expires {expires}): "
+            "a data plane runs what its control plane sends; is the control plane's target delivered?"
+        )
     if report.deployment == "dbless" or rows is None:
         if report.unlicensed:
             return PodState.DRIFT, "runs no license (KONG_LICENSE_DATA empty or not set)"

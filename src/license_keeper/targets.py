@@ -380,11 +380,14 @@ class AdminServiceTarget(_TargetBase):
         self.configuration = {k: v for k, v in self.configuration.items() if k in live}
         self.refused &= live
         unknown = [p for p in pods if p.name not in self.configuration and _undecided(answers[p.name])]
-        for pod in unknown[:MAX_CONCURRENT_PODS]:  # the rest next round: at most one batch per round
+
+        async def learn(pod: GatewayPod) -> None:
             try:
                 self.configuration[pod.name] = await session.role(pod.url, server_hostname=self.server_name)
             except TargetFailure as failure:
                 log.debug("GET / of gateway pod %s: %s", pod.name, failure.reason)
+
+        await asyncio.gather(*(learn(p) for p in unknown[:MAX_CONCURRENT_PODS]))  # the rest next round
 
     def _takes_writes(self, pod: GatewayPod, answer: Answer) -> bool:
         if not isinstance(answer, ReportedLicense):
@@ -426,6 +429,8 @@ class AdminServiceTarget(_TargetBase):
             reports.append(next_pod_report(self.pods.get(pod.name), pod, pod_state, why, now))
         self.pods = {r.pod: r for r in reports}
         state, reason = summarize_pods(reports, self.service)
+        if self.endpoints.failure is not None:
+            reason += f"; watching its EndpointSlices fails ({self.endpoints.failure}): pods as last seen"
         if problem is not None:
             reason += f"; writing /licenses failed: {problem.reason}"
             if state is DeliveryState.DELIVERED:

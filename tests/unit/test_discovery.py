@@ -149,6 +149,12 @@ def test_diagnose_a_dbless_pod() -> None:
     assert diagnose(ReportedLicense("UNLICENSED", "UNLICENSED", deployment="dbless"))[0] is P.DRIFT
 
 
+def test_diagnose_a_data_plane_points_at_its_control_plane() -> None:
+    report = ReportedLicense(OTHER.license_key, "2029-01-01", deployment="hybrid")
+    state, reason = diagnose_pod(HELD, report, rows=None, our_id="x", wrote_at=None, held_since=0.0, now=1000.0)
+    assert state is P.DRIFT and "control plane" in reason and "KONG_LICENSE_DATA" not in reason
+
+
 def test_diagnose_a_db_backed_pod_from_its_database_rows() -> None:
     report = ReportedLicense(OTHER.license_key, "2029-01-01", deployment="traditional")
     rows = [{"id": "theirs", "payload": OTHER.document, "created_at": 1, "updated_at": 9}]
