@@ -198,7 +198,7 @@ class ServiceEndpoints:
 
     async def run(self, stop: asyncio.Event, on_change: Callable[[], None]) -> None:
         """Keep ``slices`` current until ``stop``; ``on_change`` when the set of ready pods changed."""
-        self.watching = True
+        self.watching, self.synced = True, False
         try:
             async for event in self.kube.watch_list(
                 self.collection,
