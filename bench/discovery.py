@@ -167,7 +167,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> list[tuple[str, st
         deliverer = deliverer_from_settings(settings, kube, namespace=namespace)
         (target,) = deliverer.targets
         stop = asyncio.Event()
-        watch = asyncio.create_task(target.run_background(stop, deliverer.kick))  # type: ignore[attr-defined]
+        watch = asyncio.create_task(target.run_background(stop, deliverer.kick_soon))  # type: ignore[attr-defined]
         while not target.endpoints.synced:  # type: ignore[attr-defined]  # noqa: ASYNC110 - polled, as a user would
             await asyncio.sleep(0.05)
 

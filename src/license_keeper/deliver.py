@@ -74,7 +74,7 @@ __all__ = [
 log = logging.getLogger("license_keeper.deliver")
 
 ROUND_TIMEOUT_SECONDS = 120.0
-MIN_ROUND_GAP_SECONDS = 1.0  # kicks (Secret writes, pods found or gone) never start rounds closer than this
+MIN_ROUND_GAP_SECONDS = 1.0  # pods found or gone never start rounds closer than this (Secret writes do not wait)
 
 
 # --- the round, the loop, metrics ----------------------------------------------------------------------------
@@ -108,6 +108,7 @@ class Deliverer:
         self.last_success: dict[str, float] = {}
         self._lock = asyncio.Lock()
         self._kick = asyncio.Event()
+        self._soon = asyncio.Event()
 
     def reports(self) -> list[TargetReport]:
         return [self.last[t.label] for t in self.targets if t.label in self.last]
@@ -115,6 +116,11 @@ class Deliverer:
     def kick(self) -> None:
         """Deliver at once in ``run_periodic`` (call after each Secret write)."""
         self._kick.set()
+
+    def kick_soon(self) -> None:
+        """A round soon, but at most one per MIN_ROUND_GAP_SECONDS (gateway pods found or gone: a rollout of
+        many pods changes the EndpointSlices many times a second)."""
+        self._soon.set()
 
     async def deliver(self, record: LicenseRecord | None) -> list[TargetReport]:
         return await self._round(record, write=True)
@@ -177,6 +183,7 @@ class Deliverer:
         try:
             while not stop.is_set():
                 self._kick.clear()
+                self._soon.clear()
                 started = time.monotonic()
                 reports = await self.deliver(current())
                 failed = any(
@@ -186,12 +193,13 @@ class Deliverer:
                 delay = (
                     period if not failures else min(period, retry_base * 2 ** (failures - 1)) * rng.uniform(0.5, 1.0)
                 )
-                await _wait_any(stop, self._kick, delay)
+                await _wait_any(stop, [self._kick, self._soon], delay)
                 _raise_if_died(background)
-                # a kick (a Secret write, a pod found) waits at least MIN_ROUND_GAP after the last round began
+                # pods found or gone start a round no sooner than MIN_ROUND_GAP after the last one began; a
+                # Secret write (kick) never waits
                 gap = MIN_ROUND_GAP_SECONDS - (time.monotonic() - started)
-                if gap > 0 and not stop.is_set():
-                    await _wait_any(stop, asyncio.Event(), gap)
+                if gap > 0 and not self._kick.is_set() and not stop.is_set():
+                    await _wait_any(stop, [self._kick], gap)
         finally:
             for task in background:
                 task.cancel()
@@ -203,7 +211,7 @@ class Deliverer:
         for target in self.targets:
             run = getattr(target, "run_background", None)
             if run is not None:
-                tasks.append(asyncio.create_task(run(stop, self.kick), name=f"discover {target.label}"))
+                tasks.append(asyncio.create_task(run(stop, self.kick_soon), name=f"discover {target.label}"))
         return tasks
 
     async def close(self) -> None:
@@ -220,8 +228,8 @@ def _raise_if_died(tasks: list[asyncio.Task[None]]) -> None:
             raise RuntimeError(f"{task.get_name()} ended unexpectedly") from error
 
 
-async def _wait_any(stop: asyncio.Event, kick: asyncio.Event, delay: float) -> None:
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(kick.wait())]
+async def _wait_any(stop: asyncio.Event, kicks: list[asyncio.Event], delay: float) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in (stop, *kicks)]
     try:
         await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
     finally:

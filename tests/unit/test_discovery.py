@@ -217,3 +217,46 @@ def test_a_pod_that_stays_in_drift_is_told_once_per_episode() -> None:
     assert pods_staying_in_drift(r3, r4, stay=10.0) == [], "told already"
     r5 = at(200.0, pod("a", P.DRIFT, since=150.0))  # left drift and came back: a new episode
     assert [p.pod for p in pods_staying_in_drift(r4, r5, stay=10.0)] == ["a"]
+
+
+async def test_pods_found_start_rounds_at_most_once_a_second_and_a_secret_write_at_once() -> None:
+    import asyncio
+    import time
+
+    from license_keeper.deliver import MIN_ROUND_GAP_SECONDS, Deliverer
+    from license_keeper.testing.licenses import make_record
+
+    class Counting:
+        label = "admin-svc=kong/kong-admin"
+
+        def __init__(self) -> None:
+            self.rounds: list[float] = []
+
+        async def deliver(self, lic: Any, may_write: Any = None) -> TargetReport:
+            self.rounds.append(time.monotonic())
+            return TargetReport(self.label, D.DELIVERED, "ok", at=time.time())
+
+        async def check(self, lic: Any) -> TargetReport:
+            return await self.deliver(lic)
+
+        async def close(self) -> None:
+            return None
+
+    target = Counting()
+    deliverer = Deliverer([target])
+    held = make_record(updated_at=1)
+    stop = asyncio.Event()
+    loop = asyncio.create_task(deliverer.run_periodic(lambda: held, stop, period=600.0))
+    await asyncio.sleep(0.1)
+    for _ in range(20):  # a rollout: the EndpointSlices change many times a second
+        deliverer.kick_soon()
+        await asyncio.sleep(0.05)
+    assert len(target.rounds) == 2, target.rounds  # the first, then one at most a second after it
+    assert target.rounds[1] - target.rounds[0] >= MIN_ROUND_GAP_SECONDS
+    await asyncio.sleep(0.1)
+    before = len(target.rounds)
+    deliverer.kick()  # a Secret write: at once, however recent the last round
+    await asyncio.sleep(0.1)
+    assert len(target.rounds) == before + 1
+    stop.set()
+    await asyncio.wait_for(loop, 5)
