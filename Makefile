@@ -66,10 +66,12 @@ node: dev controlplane
 
 ## bench: the keeper's figures in one table (start to ready, failover, API calls per poll, memory; ~15 min),
 ## measured on the keeper installed as the image installs it (bench/runtime.sh); then the same on real pods
-## (bench/node.py, ~2 min: gateway pods restarted licensed during an outage, rotation rolled out, node restart)
+## (bench/node.py, ~2 min: gateway pods restarted licensed during an outage, rotation rolled out, node restart),
+## then admin-svc with 300 gateway pods (bench/discovery.py, ~30 s: round time, loop stall, RSS, requests per pod)
 bench: dev controlplane
 	py="$$(UV=$(UV) bench/runtime.sh)" && $(PY) bench/keeper.py --python "$$py" $(BENCH_ARGS)
 	$(PY) bench/node.py $(BENCH_NODE_ARGS)
+	$(PY) bench/discovery.py $(BENCH_DISCOVERY_ARGS)
 
 ## lock: pin every install with hashes from pyproject.toml: requirements.lock (the runtime: the image,
 ## the bench runtime), requirements-dev.lock (make dev: the runtime pins plus the test tools) and

@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from .config import Settings
-from .deliver import DeliveryCollector, deliverer_from_settings, delivery_event
+from .deliver import DeliveryCollector, deliverer_from_settings, delivery_events
 from .delivery import TargetReport
 from .election import LeaderElector, default_identity
 from .konnect import KonnectClient, KonnectFailure, KonnectResult, LicenseFetched, NoLicense
@@ -112,7 +112,10 @@ class Keeper:
             )
         # Delivery to running gateways: leader only, after the Secret (the source of truth); its
         # failures never touch the Secret or readiness.
-        self.deliverer = deliverer_from_settings(settings, kube, namespace=namespace, on_report=self._on_delivery)
+        # Its writes are fenced as the Secret's are: asked right before each one whether we still lead.
+        self.deliverer = deliverer_from_settings(
+            settings, kube, namespace=namespace, on_report=self._on_delivery, may_write=self.leading_now
+        )
         self.metrics.registry.register(DeliveryCollector(self.deliverer))
         self.ports = Ports()
         self.ready_event = asyncio.Event()
@@ -457,9 +460,7 @@ class Keeper:
             self.events.emit(reason, f"Secret written ({outcome.wrote}): {describe(self.state.held)}", warning=warning)
 
     def _on_delivery(self, previous: TargetReport | None, report: TargetReport) -> None:
-        event = delivery_event(previous, report)
-        if event is not None:
-            reason, message, warning = event
+        for reason, message, warning in delivery_events(previous, report, self.deliverer.grace):
             self.events.emit(reason, message, warning=warning)
 
     def _hold(self, record: LicenseRecord | None) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .delivery import TargetSpec, parse_target
+from .delivery import TargetSpec, parse_admin_url, parse_target
 
 __all__ = [
     "DEFAULT_KONNECT_ADDRESS",
@@ -55,12 +55,15 @@ DURATION_RANGES: dict[str, tuple[float, float]] = {
     "resync_period": (5.0, HOUR),
     # A delivery round gives each target 2 minutes: room for four Admin API requests at the longest.
     "deliver_admin_timeout": (1.0, 30.0),
-    "delivery_period": (10.0, DAY),
+    # A round asks every gateway (every pod of an admin Service): more often only loads them and the keeper.
+    "delivery_period": (30.0, DAY),
     "leader_elect_lease_duration": (2.0, 10 * MINUTE),
     "leader_elect_renew_deadline": (1.0, 5 * MINUTE),
     "leader_elect_retry_period": (0.5, MINUTE),
 }
-_SHORT_PERIODS_ALLOWED_FOR = frozenset({"polling_period", "initial_polling_period", "delivery_period"})
+# What LICENSE_KEEPER_ALLOW_SHORT_PERIODS lowers, and to what (0: no bound). Never below a floor for the
+# delivery period: "1ms" would be hundreds of rounds a second.
+_SHORT_PERIOD_FLOORS: dict[str, float] = {"polling_period": 0.0, "initial_polling_period": 0.0, "delivery_period": 1.0}
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -95,8 +98,8 @@ def format_duration(seconds: float) -> str:
 def duration_problem(name: str, seconds: float, *, allow_short: bool = False) -> str | None:
     """Why ``seconds`` is out of the range of the duration ``name`` (a Settings field), or None."""
     least, most = DURATION_RANGES[name]
-    if allow_short and name in _SHORT_PERIODS_ALLOWED_FOR:
-        least = 0.0
+    if allow_short and name in _SHORT_PERIOD_FLOORS:
+        least = _SHORT_PERIOD_FLOORS[name]
     if not seconds >= least:  # written so that NaN fails too
         return f"must be at least {format_duration(least)}, got {format_duration(seconds)}"
     if not seconds <= most:
@@ -162,6 +165,12 @@ class Settings:
     deliver_admin_ca_file: Path | None = None
     deliver_admin_timeout: float = 10.0
     delivery_period: float = 600.0
+    # A Kong-Admin-Token or client certificate goes to a plain http:// Admin API only when this says the
+    # network between the keeper and the gateways is trusted (otherwise: refused at start, and per pod).
+    deliver_admin_trusted_network: bool = False
+    # admin-svc: the name a gateway pod's certificate is verified against (it is reached at its address);
+    # empty: the admin Service's DNS name, <service>.<namespace>.svc.
+    deliver_admin_tls_server_name: str = ""
 
     leader_elect: bool = True
     lease_name: str = ""
@@ -169,7 +178,8 @@ class Settings:
     leader_elect_renew_deadline: float = 10.0
     leader_elect_retry_period: float = 2.0
 
-    # For test harnesses only (env LICENSE_KEEPER_ALLOW_SHORT_PERIODS): lifts the lower bounds of the periods.
+    # For test harnesses only (env LICENSE_KEEPER_ALLOW_SHORT_PERIODS): lifts the polling lower bounds and
+    # lowers the delivery period's to 1 s.
     allow_short_periods: bool = False
 
     def delivery_targets(self) -> list[TargetSpec]:
@@ -307,7 +317,28 @@ def _cross_checks(s: Settings) -> list[str]:
         )
     if bool(s.deliver_admin_client_cert_file) != bool(s.deliver_admin_client_key_file):
         problems.append("--deliver-admin-client-cert-file and --deliver-admin-client-key-file go together")
+    plain = [label for label in s.deliver if sends_credentials_in_clear(s, label)]
+    if plain:
+        problems.append(
+            f"{', '.join(plain)}: the Admin API token or client certificate would be sent in clear (plain http://); "
+            "use https://, or --deliver-admin-trusted-network if the network to the gateways is trusted"
+        )
     return problems
+
+
+def has_admin_credentials(s: Settings) -> bool:
+    return s.deliver_admin_token_file is not None or s.deliver_admin_client_cert_file is not None
+
+
+def sends_credentials_in_clear(s: Settings, label: str) -> bool:
+    """An admin-api target on plain http:// that would get the token or client certificate, untrusted."""
+    spec = parse_target(label)
+    return (
+        spec.kind == "admin-api"
+        and not parse_admin_url(spec.value).tls
+        and has_admin_credentials(s)
+        and not s.deliver_admin_trusted_network
+    )
 
 
 def _flag(name: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,25 +26,41 @@ __all__ = [
     "DEFAULT_GRACE_SECONDS",
     "DELIVERY_STATES",
     "FINGERPRINT_ANNOTATION",
+    "POD_STATES",
+    "AdminUrl",
     "DeliveryState",
+    "GatewayPod",
+    "PodReport",
+    "PodState",
     "ReportedLicense",
     "RestartPlan",
     "TargetReport",
     "TargetSpec",
     "diagnose_admin",
     "diagnose_konglicense",
+    "diagnose_pod",
     "diagnose_rollout",
     "konglicense_object",
     "konglicense_winner",
     "license_row_id",
     "newest_row",
+    "next_pod_report",
+    "oldest_behind",
+    "parse_admin_url",
     "parse_target",
     "plan_admin",
     "plan_konglicense",
     "plan_restart",
+    "pod_counts",
+    "pod_takes_writes",
+    "pods_staying_in_drift",
     "rollout_finished",
     "rollout_status",
     "secret_license",
+    "service_dns_name",
+    "service_pods",
+    "shown",
+    "summarize_pods",
 ]
 
 # What a restart target last rolled a workload's pods for: on the pod template, because changing it is what
@@ -77,6 +93,21 @@ class TargetReport:
     reason: str
     wrote: bool = False  # this round changed something on the target
     at: float = 0.0  # wall clock of the report
+    pods: tuple[PodReport, ...] = ()  # admin-svc: one per gateway pod found, by name
+
+
+# --- text from elsewhere ---------------------------------------------------------------------------------
+
+SHOWN_CHARS = 64
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """A value another system sent (a row id, a date, a hostname, a reason) as it may appear in a reason, a
+    log line or an Event: text or a number, printable characters only, at most ``limit`` characters."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return ""
+    text = "".join(c if c.isprintable() else "?" for c in str(value)[: limit + 1])
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # --- target specs ---------------------------------------------------------------------------------------
@@ -87,8 +118,8 @@ RESTART_KINDS = ("deployment", "statefulset")
 
 @dataclass(frozen=True)
 class TargetSpec:
-    kind: str  # "admin-api" | "konglicense" | "restart"
-    value: str  # the URL, the KongLicense name, or "deployment/<name>"
+    kind: str  # "admin-api" | "admin-svc" | "konglicense" | "restart"
+    value: str  # the URL, "<namespace>/<service>[:port-name]", the KongLicense name, or "deployment/<name>"
 
     @property
     def label(self) -> str:
@@ -100,15 +131,42 @@ class TargetSpec:
         kind, _, name = self.value.partition("/")
         return kind, name
 
+    @property
+    def service(self) -> tuple[str, str, str | None]:
+        """admin-svc: (namespace, service, port name or None)."""
+        namespace, _, rest = self.value.partition("/")
+        name, _, port = rest.partition(":")
+        return namespace, name, port or None
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")  # IANA_SVC_NAME, as Service ports are named
+
+
+def _admin_service(value: str) -> str:
+    namespace, slash, rest = value.partition("/")
+    name, colon, port = rest.partition(":")
+    if not slash or not _DNS_LABEL.match(namespace) or not _DNS_LABEL.match(name):
+        raise ValueError(f"admin-svc needs <namespace>/<service>[:port-name], got {value!r}")
+    if colon and not _PORT_NAME.match(port):
+        raise ValueError(f"admin-svc port must be the Service port's name (e.g. admin-tls), got {port!r}")
+    return value
+
 
 def parse_target(text: str) -> TargetSpec:
-    """``admin-api=https://host:8444``, ``konglicense=<name>``, ``restart=deployment/<name>``; ValueError else."""
+    """``admin-api=https://host:8444``, ``admin-svc=<namespace>/<service>[:port-name]``, ``konglicense=<name>``,
+    ``restart=deployment/<name>``; ValueError else."""
     kind, sep, value = text.strip().partition("=")
     kind, value = kind.strip().lower(), value.strip()
     if not sep or not value:
-        raise ValueError(f"not a delivery target: {text!r} (use admin-api=URL, konglicense=NAME or restart=KIND/NAME)")
+        raise ValueError(
+            f"not a delivery target: {text!r} "
+            "(use admin-api=URL, admin-svc=NAMESPACE/SERVICE[:PORT], konglicense=NAME or restart=KIND/NAME)"
+        )
     if kind == "admin-api":
         return TargetSpec(kind, _admin_url(value))
+    if kind == "admin-svc":
+        return TargetSpec(kind, _admin_service(value))
     if kind == "konglicense":
         if not _DNS_NAME.match(value):
             raise ValueError(f"konglicense name must be a lowercase DNS name, got {value!r}")
@@ -118,17 +176,64 @@ def parse_target(text: str) -> TargetSpec:
         if wkind.lower() not in RESTART_KINDS or not _DNS_NAME.match(name):
             raise ValueError(f"restart target must be deployment/<name> or statefulset/<name>, got {value!r}")
         return TargetSpec(kind, f"{wkind.lower()}/{name}")
-    raise ValueError(f"unknown delivery target kind {kind!r} (admin-api, konglicense, restart)")
+    raise ValueError(f"unknown delivery target kind {kind!r} (admin-api, admin-svc, konglicense, restart)")
 
 
-def _admin_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ValueError(f"admin-api needs an http(s):// URL, got {value!r}")
+@dataclass(frozen=True)
+class AdminUrl:
+    """A Kong Admin API address, parsed once and normalised: the one thing that decides TLS (``tls``).
+
+    The scheme and host are lower-cased (``HTTPS://Kong`` is ``https://kong``), an IPv6 host keeps its
+    brackets in ``str()``, the port is explicit or the scheme's, the base path has no trailing slash.
+    """
+
+    scheme: str  # "https" | "http"
+    host: str  # lower case; an IPv6 address without brackets
+    port: int
+    path: str = ""  # a base path ("" or "/prefix"), for an Admin API behind a path-routing proxy
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+    @property
+    def netloc(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.netloc}{self.path}"
+
+    def join(self, path: str) -> str:
+        """The absolute URL of an Admin API ``path`` (which starts with ``/``)."""
+        return f"{self}{path}"
+
+
+ADMIN_SCHEMES = {"https": 443, "http": 80}
+
+
+def parse_admin_url(value: str) -> AdminUrl:
+    """``https://host:8444`` (any case) as an ``AdminUrl``; ValueError for anything that is not one."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"admin-api needs an http(s)://HOST[:PORT] URL, got {value!r}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ADMIN_SCHEMES or not parts.hostname:
+        raise ValueError(f"admin-api needs an http(s)://HOST[:PORT] URL, got {value!r}")
     if parts.username or parts.password or parts.query or parts.fragment:
         # credentials belong in --deliver-admin-token-file; a URL ends up in labels and logs
         raise ValueError("admin-api URL must not carry credentials, a query or a fragment")
-    return value.rstrip("/")
+    return AdminUrl(scheme, parts.hostname.lower(), port or ADMIN_SCHEMES[scheme], parts.path.rstrip("/"))
+
+
+def _admin_url(value: str) -> str:
+    """The normalised URL text: the target's label and value (so ``HTTPS://X`` and ``https://x`` are one)."""
+    url = parse_admin_url(value)
+    given_port = urlsplit(value.strip()).port
+    text = f"{url.scheme}://{f'[{url.host}]' if ':' in url.host else url.host}"
+    return text + (f":{given_port}" if given_port else "") + url.path
 
 
 # --- Kong Admin API /licenses ----------------------------------------------------------------------------
@@ -176,6 +281,8 @@ class ReportedLicense:
 
     license_key: str
     expiration_date: str
+    deployment: str = ""  # deployment_info: traditional, hybrid, dbless; "" when the node does not say
+    hostname: str = ""  # system_info.hostname, bounded (shown)
 
     @property
     def unlicensed(self) -> bool:
@@ -228,37 +335,72 @@ def diagnose_admin(
     if newest is not None and document_matches_report(newest.get("payload"), report):
         if newest.get("id") != our_id and not row_holds_payload([newest], held.document):
             return DeliveryState.DRIFT, (
-                f"a newer /licenses row not written by the keeper wins (id {newest.get('id')}, "
-                f"gateway license expires {report.expiration_date})"
+                f"a newer /licenses row not written by the keeper wins (id {shown(newest.get('id'))}, "
+                f"gateway license expires {shown(report.expiration_date)})"
             )
         return DeliveryState.DRIFT, "the gateway runs an older /licenses row"
-    return DeliveryState.DRIFT, f"{HIDDEN_BY_ENV} (gateway license expires {report.expiration_date})"
+    return DeliveryState.DRIFT, f"{HIDDEN_BY_ENV} (gateway license expires {shown(report.expiration_date)})"
 
 
 # --- KongLicense -----------------------------------------------------------------------------------------
 
 KONGLICENSE_API = "configuration.konghq.com/v1alpha1"
+# Which keeper installation a KongLicense belongs to: "<namespace>/<secret>" of the keeper that created it. The
+# name is cluster-wide, so two installations configured with the same name would otherwise overwrite each other.
+OWNER_ANNOTATION = "license-keeper.io/owner"
+KONGLICENSE_ADOPT_ANNOTATION = "license-keeper.io/adopt"  # as on the Secret: an explicit hand-over
+MANAGED_BY = ("app.kubernetes.io/managed-by", "license-keeper")
 
 
-def konglicense_object(name: str, document: str) -> dict[str, Any]:
+def konglicense_object(name: str, document: str, owner: str) -> dict[str, Any]:
     return {
         "apiVersion": KONGLICENSE_API,
         "kind": "KongLicense",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "license-keeper"}},
+        "metadata": {
+            "name": name,
+            "labels": {MANAGED_BY[0]: MANAGED_BY[1]},
+            "annotations": {OWNER_ANNOTATION: owner},
+        },
         "rawLicenseString": document,
         "enabled": True,
     }
 
 
-def plan_konglicense(obj: dict[str, Any] | None, document: str) -> dict[str, Any] | None:
-    """ "create", a merge patch, or None when the object already carries the license and is enabled."""
+def _labels(obj: dict[str, Any]) -> dict[str, Any]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def konglicense_owner(obj: dict[str, Any]) -> str | None:
+    value = _annotations(obj.get("metadata")).get(OWNER_ANNOTATION)
+    return value if isinstance(value, str) else None
+
+
+def konglicense_handed_over(obj: dict[str, Any]) -> bool:
+    return str(_annotations(obj.get("metadata")).get(KONGLICENSE_ADOPT_ANNOTATION, "")).lower() == "true"
+
+
+def konglicense_ours(obj: dict[str, Any], owner: str) -> bool:
+    """Created by this installation (our owner), explicitly handed over, or created by a keeper before owners
+    were recorded (our label, no owner yet: the first keeper to see it records itself)."""
+    recorded = konglicense_owner(obj)
+    if recorded is not None:
+        return recorded == owner or konglicense_handed_over(obj)
+    return konglicense_handed_over(obj) or _labels(obj).get(MANAGED_BY[0]) == MANAGED_BY[1]
+
+
+def plan_konglicense(obj: dict[str, Any] | None, document: str, owner: str) -> dict[str, Any] | None:
+    """ "create", a merge patch, or None: nothing to change, or the object is not ours (foreign: left alone)."""
     if obj is None:
         return {"create": True}
+    if not konglicense_ours(obj, owner):
+        return None
     patch: dict[str, Any] = {}
     if obj.get("rawLicenseString") != document:
         patch["rawLicenseString"] = document
     if obj.get("enabled", True) is not True:
         patch["enabled"] = True
+    if patch and konglicense_owner(obj) != owner:
+        patch["metadata"] = {"annotations": {OWNER_ANNOTATION: owner, KONGLICENSE_ADOPT_ANNOTATION: None}}
     return patch or None
 
 
@@ -297,10 +439,19 @@ def diagnose_konglicense(
     wrote_at: float | None,
     now: float,
     grace: float = DEFAULT_GRACE_SECONDS,
+    owner: str | None = None,
 ) -> tuple[DeliveryState, str]:
     if obj is None:
         return DeliveryState.PENDING, "KongLicense not created yet"
     name = _meta(obj, "name")
+    if owner is not None and not konglicense_ours(obj, owner):
+        recorded = konglicense_owner(obj)
+        return DeliveryState.DRIFT, (
+            f"KongLicense {name} exists and is not managed by this keeper ("
+            + (f"owner {shown(recorded)}" if recorded else "created by someone else")
+            + f"): left alone; annotate it {KONGLICENSE_ADOPT_ANNOTATION}=true to hand it over, or choose another "
+            "name"
+        )
     if obj.get("rawLicenseString") != document or obj.get("enabled", True) is not True:
         return DeliveryState.DRIFT, f"KongLicense {name} does not carry the held license (changed by someone else?)"
     if winner is not None and winner != name:
@@ -315,7 +466,7 @@ def diagnose_konglicense(
         return DeliveryState.DELIVERED, f"KongLicense {name} is Programmed"
     refused = [c for c in current if c.get("status") == "False"]
     if refused:
-        why = str(refused[0].get("reason") or "NotProgrammed")
+        why = shown(refused[0].get("reason")) or "NotProgrammed"
         return DeliveryState.DRIFT, f"KongLicense {name} is not Programmed (reason {why})"
     if wrote_at is not None and now - wrote_at < grace:
         return DeliveryState.PENDING, f"KongLicense {name}: no controller has reported Programmed yet"
@@ -599,3 +750,247 @@ def diagnose_rollout(
     return DeliveryState.DELIVERED, (
         f"{label} runs pods started with the held {_license_words(held)}, which Secret {secret} holds ({how})"
     )
+
+
+# --- admin Service discovery: every gateway pod, and what each runs -----------------------------------------
+#
+# ``admin-svc=<namespace>/<service>[:port-name]`` names the gateways by their admin Service: one entry per ready
+# endpoint (pod) of its EndpointSlices (discovery.k8s.io/v1), as Kong Ingress Controller finds them with
+# --kong-admin-svc. Reads go to every pod; a /licenses write goes to one pod per database (any DB-backed pod, a
+# hybrid control plane), never to a DB-less pod or a data plane.
+
+# KIC's default --kong-admin-svc-port-names, then the Kong chart's plain admin port names.
+DEFAULT_ADMIN_PORT_NAMES = ("admin-tls", "kong-admin-tls", "admin", "kong-admin")
+_TLS_APP_PROTOCOLS = ("https", "kubernetes.io/https", "kubernetes.io/wss", "wss")
+_PLAIN_APP_PROTOCOLS = ("http", "kubernetes.io/http", "kubernetes.io/h2c", "ws", "kubernetes.io/ws")
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+@dataclass(frozen=True)
+class GatewayPod:
+    """One ready endpoint of the admin Service: a gateway pod's Admin API."""
+
+    name: str  # the pod's name (targetRef), else its address and port
+    address: str  # an IPv4 or IPv6 address
+    port: int
+    tls: bool  # from the port's appProtocol, else its name
+
+    @property
+    def url(self) -> AdminUrl:
+        return AdminUrl("https" if self.tls else "http", self.address.lower(), self.port)
+
+
+def slice_port(endpoint_slice: dict[str, Any], port_name: str | None) -> dict[str, Any] | None:
+    """The slice's port for the Admin API: the named one; unnamed, the only one, else a usual admin name."""
+    ports = [p for p in endpoint_slice.get("ports") or [] if isinstance(p, dict) and _int(p.get("port"))]
+    if port_name is not None:
+        return next((p for p in ports if p.get("name") == port_name), None)
+    if len(ports) == 1:
+        return ports[0]
+    by_name = {p.get("name"): p for p in ports}
+    return next((by_name[n] for n in DEFAULT_ADMIN_PORT_NAMES if n in by_name), None)
+
+
+def port_is_tls(port: dict[str, Any]) -> bool:
+    """https by appProtocol when the Service sets one, else by name: admin-tls, kong-admin-tls, *https*."""
+    protocol = str(port.get("appProtocol") or "").lower()
+    if protocol in _TLS_APP_PROTOCOLS:
+        return True
+    if protocol in _PLAIN_APP_PROTOCOLS:
+        return False
+    name = str(port.get("name") or "").lower()
+    return "tls" in name or "https" in name
+
+
+def endpoint_ready(endpoint: dict[str, Any]) -> bool:
+    """Ready as EndpointSlice consumers must read it: an unset ``ready`` counts as ready, and a terminating
+    pod is not ready (the endpoint controller sets ready false for it)."""
+    conditions = endpoint.get("conditions") or {}
+    return conditions.get("ready") is not False and conditions.get("terminating") is not True
+
+
+def _pod_name(endpoint: dict[str, Any], address: str, port: int) -> str:
+    ref = endpoint.get("targetRef") or {}
+    if ref.get("kind") == "Pod" and isinstance(ref.get("name"), str) and ref["name"]:
+        return shown(ref["name"], 253)
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def service_pods(slices: Iterable[dict[str, Any]], port_name: str | None) -> list[GatewayPod]:
+    """Every ready endpoint of the Service's EndpointSlices, once each (a pod may be listed in two slices
+    while they are rewritten), sorted by name."""
+    found: dict[tuple[str, int], GatewayPod] = {}
+    for endpoint_slice in slices:
+        if endpoint_slice.get("addressType") not in ("IPv4", "IPv6"):
+            continue
+        port = slice_port(endpoint_slice, port_name)
+        if port is None:
+            continue
+        number, tls = _int(port.get("port")), port_is_tls(port)
+        for endpoint in endpoint_slice.get("endpoints") or []:
+            addresses = endpoint.get("addresses") if isinstance(endpoint, dict) else None
+            if not addresses or not isinstance(addresses[0], str) or not endpoint_ready(endpoint):
+                continue
+            address = addresses[0]  # consumers use the first (the API allows only one today)
+            found.setdefault((address, number), GatewayPod(_pod_name(endpoint, address, number), address, number, tls))
+    return sorted(found.values(), key=lambda p: (p.name, p.address, p.port))
+
+
+def service_dns_name(namespace: str, service: str) -> str:
+    """The name a pod's certificate is verified against when the pod is reached at its address (KIC: the
+    admin Service's DNS name, as a certificate issued for the Service holds it)."""
+    return f"{service}.{namespace}.svc"
+
+
+class PodState(enum.StrEnum):
+    DELIVERED = "delivered"  # the pod reports the held license
+    PENDING = "pending"  # not yet: a write or a new held license within the grace period
+    DRIFT = "drift"  # it runs something else, and the reason says why
+    UNREACHABLE = "unreachable"  # its Admin API did not answer as Kong (transport, TLS, auth, bad answer)
+
+
+POD_STATES = tuple(s.value for s in PodState)
+# Worst first when a target sums its pods up: what is known to be wrong outranks what cannot be told.
+_POD_SEVERITY = {PodState.DELIVERED: 0, PodState.PENDING: 1, PodState.UNREACHABLE: 2, PodState.DRIFT: 3}
+_AS_TARGET_STATE = {
+    PodState.DELIVERED: DeliveryState.DELIVERED,
+    PodState.PENDING: DeliveryState.PENDING,
+    PodState.DRIFT: DeliveryState.DRIFT,
+    PodState.UNREACHABLE: DeliveryState.ERROR,
+}
+
+
+@dataclass(frozen=True)
+class PodReport:
+    pod: str
+    address: str  # host:port
+    state: PodState
+    reason: str
+    since: float  # wall clock: when the pod entered this state
+    rounds: int = 1  # consecutive rounds in this state
+    behind_since: float | None = None  # wall clock: since when it has not run the held license (None: it does)
+
+
+def next_pod_report(previous: PodReport | None, pod: GatewayPod, state: PodState, reason: str, now: float) -> PodReport:
+    """This round's report of ``pod``, carrying over since when it has been in its state and behind."""
+    same = previous is not None and previous.state is state
+    behind: float | None = None
+    if state is not PodState.DELIVERED:
+        kept = previous.behind_since if previous is not None else None
+        behind = kept if kept is not None else now
+    return PodReport(
+        pod=pod.name,
+        address=pod.url.netloc,
+        state=state,
+        reason=reason,
+        since=previous.since if same and previous is not None else now,
+        rounds=previous.rounds + 1 if same and previous is not None else 1,
+        behind_since=behind,
+    )
+
+
+def pod_takes_writes(report: ReportedLicense, configuration: tuple[str, str] | None) -> bool | None:
+    """Whether a /licenses write on this pod reaches its gateways: a DB-backed node (traditional) or a hybrid
+    control plane. False for DB-less pods and data planes (never written); None: ask ``GET /`` (its
+    ``configuration``: (database, role)) first."""
+    if report.deployment == "traditional":
+        return True
+    if report.deployment == "dbless":
+        return False
+    if configuration is None:
+        return None
+    database, role = configuration
+    return database not in ("off", "") and role != "data_plane"
+
+
+def _age(now: float, since: float) -> str:
+    return f"{max(0.0, now - since):.0f} s"
+
+
+def diagnose_pod(
+    held: License,
+    report: ReportedLicense,
+    *,
+    rows: list[dict[str, Any]] | None,
+    our_id: str,
+    wrote_at: float | None,
+    held_since: float,
+    now: float,
+    grace: float = DEFAULT_GRACE_SECONDS,
+) -> tuple[PodState, str]:
+    """What one pod runs, against the held license. ``rows`` are the /licenses rows of its database (None for
+    DB-less pods and data planes, which have none to read); ``held_since`` is when the held license became
+    the one to deliver, so a pod a restart target has not rolled yet is pending, not drift, for ``grace``."""
+    expires = held.expiration_date.isoformat()
+    if runs_license(report, held):
+        return PodState.DELIVERED, f"runs the held license (expires {expires})"
+    if now - held_since < grace:
+        return PodState.PENDING, f"runs another license; the held one is {_age(now, held_since)} new"
+    if report.deployment == "hybrid" and rows is None:
+        return PodState.DRIFT, (
+            f"runs another license (expires {shown(report.expiration_date)}), not the held one (expires {expires}): "
+            "a data plane runs what its control plane sends; is the control plane's target delivered?"
+        )
+    if report.deployment == "dbless" or rows is None:
+        if report.unlicensed:
+            return PodState.DRIFT, "runs no license (KONG_LICENSE_DATA empty or not set)"
+        return PodState.DRIFT, (
+            f"runs one from KONG_LICENSE_DATA (expires {shown(report.expiration_date)}), not the held one "
+            f"(expires {expires}): a DB-less pod reads the Secret at start only; restart it (a restart target "
+            "rolls them)"
+        )
+    state, reason = diagnose_admin(held, rows, report, our_id, wrote_at=wrote_at, now=now, grace=grace)
+    return (PodState.PENDING if state is DeliveryState.PENDING else PodState.DRIFT), reason
+
+
+def worst_pod_state(pods: Iterable[PodReport]) -> PodState:
+    return max((p.state for p in pods), key=lambda s: _POD_SEVERITY[s], default=PodState.DELIVERED)
+
+
+def pod_counts(pods: Iterable[PodReport]) -> dict[str, int]:
+    counts = dict.fromkeys(POD_STATES, 0)
+    for pod in pods:
+        counts[pod.state.value] += 1
+    return counts
+
+
+POD_REASONS_SHOWN = 3
+
+
+def summarize_pods(pods: list[PodReport], service: str) -> tuple[DeliveryState, str]:
+    """The target's state (the worst pod's) and one line with counts and the pods that are behind."""
+    if not pods:
+        return DeliveryState.PENDING, f"no ready gateway pods behind Service {service}"
+    running = sum(1 for p in pods if p.state is PodState.DELIVERED)
+    head = f"{running} of {len(pods)} gateway pods run the held license"
+    behind = sorted((p for p in pods if p.state is not PodState.DELIVERED), key=lambda p: -_POD_SEVERITY[p.state])
+    parts = [head, *(f"{p.pod}: {p.state.value}: {p.reason}" for p in behind[:POD_REASONS_SHOWN])]
+    if len(behind) > POD_REASONS_SHOWN:
+        parts.append(f"and {len(behind) - POD_REASONS_SHOWN} more")
+    return _AS_TARGET_STATE[worst_pod_state(pods)], "; ".join(parts)
+
+
+def oldest_behind(pods: Iterable[PodReport], now: float) -> float:
+    """Seconds the pod longest off the held license has been so (0 when every pod runs it)."""
+    return max((now - p.behind_since for p in pods if p.behind_since is not None), default=0.0)
+
+
+def pods_staying_in_drift(previous: TargetReport | None, report: TargetReport, stay: float) -> list[PodReport]:
+    """Pods that have now been in drift for ``stay`` seconds, and were not yet at the previous report: one
+    Event each, once per episode (a pod that leaves drift and comes back is a new episode)."""
+    before = {p.pod: p for p in previous.pods} if previous is not None else {}
+    out = []
+    for pod in report.pods:
+        if pod.state is not PodState.DRIFT or report.at - pod.since < stay:
+            continue
+        prev = before.get(pod.pod)
+        told = (
+            previous is not None
+            and prev is not None
+            and prev.state is PodState.DRIFT
+            and prev.since == pod.since
+            and previous.at - prev.since >= stay
+        )
+        if not told:
+            out.append(pod)
+    return out

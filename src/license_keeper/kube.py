@@ -220,7 +220,8 @@ class Backoff:
 
 @dataclass(frozen=True)
 class WatchEvent:
-    """``SYNC`` (the object as listed, after every (re)list), ``ADDED``, ``MODIFIED``, ``DELETED``.
+    """``SYNC`` (the object as listed, after every (re)list), ``ADDED``, ``MODIFIED``, ``DELETED``; for a
+    collection (``watch_list``) ``LIST`` after every (re)list, with ``{"items": [...]}``.
 
     ``obj`` is the raw JSON object, None for a SYNC of an object that does not exist.
     """
@@ -341,20 +342,57 @@ class Kube:
     ) -> AsyncIterator[WatchEvent]:
         """Events for the one object ``name`` in ``collection`` (an API path), until ``stop`` is set.
 
-        Lists first (yielding SYNC), then watches from the list's resourceVersion; reconnects forever.
+        Lists first (yielding SYNC with the object, or None), then watches from the list's resourceVersion;
+        reconnects forever.
         """
+        async for event in self._watch_loop(
+            collection, {"fieldSelector": f"metadata.name={name}"}, stop, what, on_failure, rng, single=True
+        ):
+            yield event
+
+    async def watch_list(
+        self,
+        collection: str,
+        *,
+        label_selector: str,
+        stop: asyncio.Event,
+        what: str,
+        on_failure: Callable[[KubeError, float], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> AsyncIterator[WatchEvent]:
+        """Events for every object in ``collection`` that ``label_selector`` selects, until ``stop`` is set.
+
+        After every (re)list: LIST with ``{"items": [...]}`` (the whole set, replacing what was known); then
+        ADDED / MODIFIED / DELETED of one object each. Reconnects forever, as ``watch``.
+        """
+        async for event in self._watch_loop(
+            collection, {"labelSelector": label_selector}, stop, what, on_failure, rng, single=False
+        ):
+            yield event
+
+    async def _watch_loop(
+        self,
+        collection: str,
+        selector: dict[str, str],
+        stop: asyncio.Event,
+        what: str,
+        on_failure: Callable[[KubeError, float], None] | None,
+        rng: random.Random | None,
+        *,
+        single: bool,
+    ) -> AsyncIterator[WatchEvent]:
         backoff = Backoff(rng=rng)
         version: str | None = None
-        selector = f"metadata.name={name}"
         while not stop.is_set():
             try:
                 if version is None:
-                    listing = await self.request(
-                        "GET", collection, what=f"list {what}", params={"fieldSelector": selector}
-                    )
+                    listing = await self.request("GET", collection, what=f"list {what}", params=dict(selector))
                     version = str((listing.get("metadata") or {}).get("resourceVersion") or "") or None
-                    items = listing.get("items") or []
-                    yield WatchEvent("SYNC", items[0] if items else None)
+                    items = [i for i in listing.get("items") or [] if isinstance(i, dict)]
+                    if single:
+                        yield WatchEvent("SYNC", items[0] if items else None)
+                    else:
+                        yield WatchEvent("LIST", {"items": items})
                 delivered = False
                 opened = asyncio.get_running_loop().time()
                 async for event in self._watch_once(collection, selector, version, what):
@@ -386,11 +424,11 @@ class Kube:
                     pass
 
     async def _watch_once(
-        self, collection: str, selector: str, version: str | None, what: str
+        self, collection: str, selector: dict[str, str], version: str | None, what: str
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         params = {
             "watch": "true",
-            "fieldSelector": selector,
+            **selector,
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(WATCH_SERVER_TIMEOUT_SECONDS),
         }

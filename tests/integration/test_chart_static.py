@@ -772,6 +772,10 @@ DELIVERY_ALL: dict[str, Any] = {
     "delivery.adminApi.tokenSecretName": "kong-admin-token",
     "delivery.adminApi.clientCertSecretName": "kong-admin-client",
     "delivery.adminApi.caSecretName": "kong-admin-ca",
+    "delivery.adminApi.trustedNetwork": True,
+    "delivery.adminApi.tlsServerName": "kong-admin.kong.svc",
+    "delivery.adminService.services[0]": "kong-admin:admin-tls",
+    "delivery.adminService.services[1]": "edge/kong-dp-admin",
     "delivery.kongLicense.name": "kong-license",
     "delivery.restart.deployments[0]": "kong-gateway",
     "delivery.restart.statefulSets[0]": "kong-db",
@@ -789,10 +793,14 @@ def _delivery_rbac(objs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], li
     return cluster, restart
 
 
+def _discovery_rbac(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] in ("Role", "RoleBinding") and o["metadata"]["name"].endswith("-discovery")]
+
+
 def test_delivery_is_off_by_default() -> None:
     objs = render()
     assert not [k for k in _env(objs) if k.startswith(("LICENSE_KEEPER_DELIVER", "LICENSE_KEEPER_DELIVERY"))]
-    assert _delivery_rbac(objs) == ([], [])
+    assert _delivery_rbac(objs) == ([], []) and _discovery_rbac(objs) == []
 
 
 def test_delivery_targets_render_settings_mounts_and_rbac(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -802,8 +810,11 @@ def test_delivery_targets_render_settings_mounts_and_rbac(monkeypatch: pytest.Mo
     env = _env(objs)
     assert env["LICENSE_KEEPER_DELIVER"] == (
         "admin-api=https://kong-cp-admin.kong:8444,admin-api=https://kong-cp-admin.edge:8444,"
+        f"admin-svc={NAMESPACE}/kong-admin:admin-tls,admin-svc=edge/kong-dp-admin,"
         "konglicense=kong-license,restart=deployment/kong-gateway,restart=statefulset/kong-db"
     )
+    assert env["LICENSE_KEEPER_DELIVER_ADMIN_TRUSTED_NETWORK"] == "true"
+    assert env["LICENSE_KEEPER_DELIVER_ADMIN_TLS_SERVER_NAME"] == "kong-admin.kong.svc"
     assert env["LICENSE_KEEPER_DELIVERY_PERIOD"] == "5m"
     dep, c = _container(objs)
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
@@ -830,6 +841,8 @@ def test_delivery_targets_render_settings_mounts_and_rbac(monkeypatch: pytest.Mo
     assert [t.kind for t in settings.delivery_targets()] == [
         "admin-api",
         "admin-api",
+        "admin-svc",
+        "admin-svc",
         "konglicense",
         "restart",
         "restart",
@@ -867,6 +880,20 @@ def test_delivery_targets_render_settings_mounts_and_rbac(monkeypatch: pytest.Mo
         for rule in obj.get("rules", []):
             assert set(rule["verbs"]) <= {"get", "patch", "create", "list"}, "never delete, update or watch"
 
+    # admin Services: a Role in each Service's namespace, list/watch on EndpointSlices and nothing else
+    discovery = _discovery_rbac(objs)
+    roles = {o["metadata"]["namespace"]: o for o in discovery if o["kind"] == "Role"}
+    bindings = {o["metadata"]["namespace"]: o for o in discovery if o["kind"] == "RoleBinding"}
+    assert set(roles) == set(bindings) == {NAMESPACE, "edge"}
+    for ns, role in roles.items():
+        assert role["rules"] == [
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}
+        ]
+        assert bindings[ns]["roleRef"]["name"] == role["metadata"]["name"]
+        assert bindings[ns]["subjects"] == [
+            {"kind": "ServiceAccount", "name": only(objs, "ServiceAccount")["metadata"]["name"], "namespace": NAMESPACE}
+        ]
+
 
 @pytest.mark.parametrize(
     ("values", "cluster_role", "restart_role"),
@@ -875,11 +902,22 @@ def test_delivery_targets_render_settings_mounts_and_rbac(monkeypatch: pytest.Mo
         ({"delivery.kongLicense.name": "kl"}, True, False),
         ({"delivery.restart.deployments[0]": "gw"}, False, True),
         ({"delivery.kongLicense.name": "kl", "rbac.create": False}, False, False),
+        ({"delivery.adminService.services[0]": "kong-admin"}, False, False),
     ],
 )
 def test_each_targets_rbac_only_when_enabled(values: dict[str, Any], cluster_role: bool, restart_role: bool) -> None:
-    cluster, restart = _delivery_rbac(render(values))
+    objs = render(values)
+    cluster, restart = _delivery_rbac(objs)
     assert bool(cluster) is cluster_role and bool(restart) is restart_role
+    discovery = _discovery_rbac(objs)
+    assert bool(discovery) is ("delivery.adminService.services[0]" in values), discovery
+
+
+def test_admin_service_credentials_mounted_without_admin_api_urls() -> None:
+    env = _env(render({"delivery.adminService.services[0]": "kong-admin", "delivery.adminApi.caSecretName": "ca"}))
+    assert env["LICENSE_KEEPER_DELIVER"] == f"admin-svc={NAMESPACE}/kong-admin"
+    assert env["LICENSE_KEEPER_DELIVER_ADMIN_CA_FILE"].endswith("/ca.crt")
+    assert "LICENSE_KEEPER_DELIVER_ADMIN_TRUSTED_NETWORK" not in env
 
 
 def test_konglicense_without_detect_competing_has_no_list() -> None:
@@ -897,6 +935,10 @@ def test_konglicense_without_detect_competing_has_no_list() -> None:
         {"delivery.adminApi.urls[0]": "https://user:pw@kong:8444"},
         {"delivery.kongLicense.name": "Bad_Name"},
         {"delivery.restart.deployments[0]": "Bad_Name"},
+        {"delivery.adminService.services[0]": "Kong/Admin"},
+        {"delivery.adminService.services[0]": "kong/admin:"},
+        {"delivery.adminService.services[0]": "a/b/c"},
+        {"delivery.adminApi.trustedNetwork": "yes"},
         {"delivery.period": "ten minutes"},
         {"delivery.nonsense": "x"},
     ],
@@ -962,3 +1004,28 @@ def test_rendered_delivery_rbac_on_a_real_api_server(controlplane: Any, namespac
     assert call("GET", f"/api/v1/namespaces/{namespace}/secrets/kong-license") == 200
     assert call("GET", f"/apis/apps/v1/namespaces/{namespace}/statefulsets/kong-gateway") == 403
     assert call("DELETE", f"{deployments}/kong-gateway") == 403
+
+
+def test_rendered_discovery_rbac_on_a_real_api_server(controlplane: Any, namespace: str) -> None:
+    other = controlplane.create_namespace(f"{namespace}-gw")
+    values = {"delivery.adminService.services[0]": "kong-admin", "delivery.adminService.services[1]": f"{other}/dp"}
+    objs = _render_in(namespace, values)
+    for o in objs:
+        ns = o["metadata"].get("namespace", namespace)
+        if o["kind"] in _PATHS:
+            resp = controlplane.request("POST", _PATHS[o["kind"]].format(ns=ns), o)
+            assert resp.status == 201, f"{o['kind']}/{o['metadata']['name']}: {resp.status} {resp.body.get('message')}"
+    token = controlplane.request_token(namespace, only(objs, "ServiceAccount")["metadata"]["name"])
+
+    def call(method: str, path: str) -> int:
+        return int(controlplane.request(method, path, None, token=token).status)
+
+    for ns in (namespace, other):
+        slices = f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
+        assert call("GET", f"{slices}?labelSelector=kubernetes.io/service-name%3Dkong-admin") == 200
+        assert call("GET", f"{slices}?watch=true&timeoutSeconds=1") == 200
+        assert call("GET", f"{slices}/some-slice") == 403, "get is not needed"
+        assert call("DELETE", f"{slices}/some-slice") == 403
+        assert call("GET", f"/api/v1/namespaces/{ns}/pods") == 403
+    third = controlplane.create_namespace(f"{namespace}-x")
+    assert call("GET", f"/apis/discovery.k8s.io/v1/namespaces/{third}/endpointslices") == 403

@@ -112,7 +112,7 @@ async def test_konglicense_delivered_programmed_and_rotated(
 ) -> None:
     name = f"kl-{uuid.uuid4().hex[:8]}"
     kube = kube_for(await asyncio.to_thread(cluster_access, controlplane, namespace, konglicense_rules(name)))
-    target = KongLicenseTarget(parse_target(f"konglicense={name}"), kube)
+    target = KongLicenseTarget(parse_target(f"konglicense={name}"), kube, owner=f"{namespace}/{SECRET}")
     kic = KongLicenseController(controlplane)
     first = lic()
 
@@ -157,7 +157,7 @@ async def test_a_newer_enabled_konglicense_wins_and_is_reported(
         kube = kube_for(
             await asyncio.to_thread(cluster_access, controlplane, namespace, konglicense_rules(name, can_list=can_list))
         )
-        target = KongLicenseTarget(parse_target(f"konglicense={name}"), kube)
+        target = KongLicenseTarget(parse_target(f"konglicense={name}"), kube, owner=f"{namespace}/{SECRET}")
         assert (await target.deliver(held)).wrote is (can_list is True)
         await asyncio.sleep(1.1)  # creationTimestamp has one-second resolution
         controlplane.must(
@@ -188,7 +188,9 @@ async def test_konglicense_without_rbac_is_a_clear_error(
     name = f"kl-{uuid.uuid4().hex[:8]}"
     kube = kube_for(await asyncio.to_thread(cluster_access, controlplane, namespace, konglicense_rules("other-name")))
     held = lic()
-    report = await KongLicenseTarget(parse_target(f"konglicense={name}"), kube).deliver(held)
+    report = await KongLicenseTarget(parse_target(f"konglicense={name}"), kube, owner=f"{namespace}/{SECRET}").deliver(
+        held
+    )
     assert report.state is D.ERROR and "forbidden" in report.reason
     assert held.document not in report.reason and held.license_key not in report.reason
 
@@ -433,3 +435,83 @@ async def test_pods_that_do_not_read_the_secret_are_rolled_once(
     obj = controlplane.must("GET", path)
     assert obj["spec"]["template"]["metadata"]["annotations"][FINGERPRINT_ANNOTATION] == current.fingerprint
     assert ADOPTED_ANNOTATION not in (obj["metadata"].get("annotations") or {})
+
+
+# ------------------------------------------------------------------------------------------- fenced writes
+
+
+async def test_kube_targets_write_nothing_once_the_replica_no_longer_leads(
+    controlplane: ControlPlane, namespace: str, crd: None, kube_for: Any, secret: SecretStore
+) -> None:
+    from license_keeper.deliver import Deliverer
+
+    name, kl = "kong-gateway", f"kl-{uuid.uuid4().hex[:8]}"
+    path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
+    controlplane.must("POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", gateway_deployment(name))
+    kube = kube_for(controlplane.admin_kubeconfig)
+    targets = build_targets(
+        [parse_target(f"restart=deployment/{name}"), parse_target(f"konglicense={kl}")],
+        kube=kube,
+        namespace=namespace,
+        secret_name=SECRET,
+    )
+    rec = record()
+    await hold(secret, rec)
+    before = controlplane.must("GET", path)["metadata"]["resourceVersion"]
+
+    reports = await Deliverer(targets, may_write=lambda: False).deliver(rec)
+    assert [(r.state, r.wrote) for r in reports] == [(D.PENDING, False)] * 2, [r.reason for r in reports]
+    assert all("not the leader" in r.reason for r in reports)
+    assert controlplane.must("GET", path)["metadata"]["resourceVersion"] == before, "the Deployment was patched"
+    assert controlplane.request("GET", f"{KONGLICENSES}/{kl}").status == 404, "the KongLicense was created"
+
+    reports = await Deliverer(targets, may_write=lambda: True).deliver(rec)
+    assert [r.wrote for r in reports] == [True, True]
+
+
+# ------------------------------------------------------------------------------------------- a foreign KongLicense
+
+
+async def test_a_konglicense_of_that_name_owned_by_another_installation_is_foreign(
+    controlplane: ControlPlane, namespace: str, crd: None, kube_for: Any
+) -> None:
+    name = f"kl-{uuid.uuid4().hex[:8]}"
+    theirs = make_document()
+    kube = kube_for(controlplane.admin_kubeconfig)
+    (target,) = build_targets([parse_target(f"konglicense={name}")], kube=kube, namespace=namespace, secret_name=SECRET)
+    held = lic()
+    other_keeper = {"app.kubernetes.io/managed-by": "license-keeper"}
+    for labels, notes in (({}, {}), (other_keeper, {"license-keeper.io/owner": f"other-{namespace}/{SECRET}"})):
+        controlplane.must(
+            "POST",
+            KONGLICENSES,
+            {
+                "apiVersion": "configuration.konghq.com/v1alpha1",
+                "kind": "KongLicense",
+                "metadata": {"name": name, "labels": labels, "annotations": notes},
+                "rawLicenseString": theirs,
+            },
+        )
+        report = await target.deliver(held)
+        obj = controlplane.must("GET", f"{KONGLICENSES}/{name}")
+        assert obj["rawLicenseString"] == theirs, "another installation's KongLicense was taken over"
+        assert (report.state, report.wrote) == (D.DRIFT, False) and "not managed by" in report.reason, report.reason
+        assert held.document not in report.reason
+        controlplane.must("DELETE", f"{KONGLICENSES}/{name}")
+
+    # handed over explicitly: then it is ours, and it carries our owner from then on
+    controlplane.must(
+        "POST",
+        KONGLICENSES,
+        {
+            "apiVersion": "configuration.konghq.com/v1alpha1",
+            "kind": "KongLicense",
+            "metadata": {"name": name, "annotations": {"license-keeper.io/adopt": "true"}},
+            "rawLicenseString": theirs,
+        },
+    )
+    assert (await target.deliver(held)).wrote is True
+    obj = controlplane.must("GET", f"{KONGLICENSES}/{name}")
+    assert obj["rawLicenseString"] == held.document
+    assert obj["metadata"]["annotations"]["license-keeper.io/owner"] == f"{namespace}/{SECRET}"
+    controlplane.must("DELETE", f"{KONGLICENSES}/{name}")

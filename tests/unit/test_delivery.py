@@ -217,7 +217,52 @@ def test_winner_is_newest_enabled(entries: list[tuple[str, int, bool]]) -> None:
     ],
 )
 def test_plan_konglicense(obj: dict[str, Any] | None, plan: dict[str, Any] | None) -> None:
-    assert plan_konglicense(obj, HELD) == plan
+    if obj is not None:
+        obj["metadata"]["annotations"] = {"license-keeper.io/owner": "kong/kong-license"}
+    assert plan_konglicense(obj, HELD, "kong/kong-license") == plan
+
+
+OWNER = "kong/kong-license"
+
+
+@pytest.mark.parametrize(
+    ("labels", "annotations", "plan"),
+    [
+        ({}, {}, None),  # someone else's
+        ({}, {"license-keeper.io/owner": "other/kong-license"}, None),  # another keeper installation's
+        (
+            {"app.kubernetes.io/managed-by": "license-keeper"},
+            {"license-keeper.io/owner": "other/kong-license"},
+            None,
+        ),
+        (  # a keeper's from before owners were recorded: ours, and the owner is recorded
+            {"app.kubernetes.io/managed-by": "license-keeper"},
+            {},
+            {
+                "rawLicenseString": HELD,
+                "metadata": {"annotations": {"license-keeper.io/owner": OWNER, "license-keeper.io/adopt": None}},
+            },
+        ),
+        (  # handed over
+            {},
+            {"license-keeper.io/owner": "other/x", "license-keeper.io/adopt": "true"},
+            {
+                "rawLicenseString": HELD,
+                "metadata": {"annotations": {"license-keeper.io/owner": OWNER, "license-keeper.io/adopt": None}},
+            },
+        ),
+        ({}, {"license-keeper.io/owner": OWNER}, {"rawLicenseString": HELD}),
+    ],
+)
+def test_a_konglicense_another_installation_owns_is_never_written(
+    labels: dict[str, str], annotations: dict[str, str], plan: dict[str, Any] | None
+) -> None:
+    obj = kl("k", "t", raw=OTHER)
+    obj["metadata"].update(labels=labels, annotations=annotations)
+    assert plan_konglicense(obj, HELD, OWNER) == plan
+    state, reason = diagnose_konglicense(obj, HELD, "k", wrote_at=None, now=100.0, owner=OWNER)
+    if plan is None:
+        assert state is D.DRIFT and "not managed by this keeper" in reason, reason
 
 
 def programmed(status: str, reason: str, generation: int = 1) -> dict[str, Any]:

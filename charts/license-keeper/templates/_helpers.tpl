@@ -91,6 +91,7 @@ alone decides what runs), else [registry/]repository:tag, the tag defaulting to 
 {{- define "license-keeper.deliverTargets" -}}
 {{- $targets := list -}}
 {{- range .Values.delivery.adminApi.urls }}{{ $targets = append $targets (printf "admin-api=%s" .) }}{{ end -}}
+{{- range .Values.delivery.adminService.services }}{{ $targets = append $targets (printf "admin-svc=%s" (include "license-keeper.adminService" (list $ .))) }}{{ end -}}
 {{- with .Values.delivery.kongLicense.name }}{{ $targets = append $targets (printf "konglicense=%s" .) }}{{ end -}}
 {{- range .Values.delivery.restart.deployments }}{{ $targets = append $targets (printf "restart=deployment/%s" .) }}{{ end -}}
 {{- range .Values.delivery.restart.statefulSets }}{{ $targets = append $targets (printf "restart=statefulset/%s" .) }}{{ end -}}
@@ -140,4 +141,19 @@ alert fire within seconds; the shipped default (1) leaves the rules untouched.
 {{- $lines = append $lines $line }}
 {{- end }}
 {{- join "\n" $lines }}
+{{- end }}
+
+{{/* An adminService entry as <namespace>/<service>[:port]: the release namespace when it names none. */}}
+{{- define "license-keeper.adminService" -}}
+{{- $root := index . 0 -}}{{- $entry := index . 1 -}}
+{{- if contains "/" $entry }}{{ $entry }}{{ else }}{{ printf "%s/%s" $root.Release.Namespace $entry }}{{ end -}}
+{{- end }}
+
+{{/* The namespaces of the adminService entries, each once (a Role for EndpointSlices in each). */}}
+{{- define "license-keeper.adminServiceNamespaces" -}}
+{{- $namespaces := list -}}
+{{- range .Values.delivery.adminService.services -}}
+{{- $namespaces = append $namespaces (include "license-keeper.adminService" (list $ .) | splitList "/" | first) -}}
+{{- end -}}
+{{- $namespaces | uniq | join "," -}}
 {{- end }}

@@ -147,15 +147,30 @@ def delivery_options(f: F) -> F:
                 callback=_no_empty,
                 help=env_help(
                     "deliver",
-                    "Deliver the license to a gateway: admin-api=https://HOST:8444, konglicense=NAME or "
-                    "restart=deployment/NAME (or statefulset/NAME). Repeatable; the env value is comma-separated.",
+                    "Deliver the license to gateways: admin-api=https://HOST:8444, admin-svc=NAMESPACE/SERVICE[:PORT] "
+                    "(every ready pod behind that admin Service), konglicense=NAME or restart=deployment/NAME (or "
+                    "statefulset/NAME). Repeatable; the env value is comma-separated.",
                 ),
             ),
             opt("deliver-admin-token-file", "File holding the Kong-Admin-Token for admin-api targets."),
             opt("deliver-admin-client-cert-file", "Client certificate (PEM) for admin-api targets."),
             opt("deliver-admin-client-key-file", "Key of that client certificate (PEM)."),
             opt("deliver-admin-ca-file", "CA bundle to verify admin-api targets, instead of the system trust store."),
+            opt(
+                "deliver-admin-tls-server-name",
+                "admin-svc: the name gateway pods' certificates are verified against (a pod is reached at its "
+                "address).  [default: <service>.<namespace>.svc]",
+            ),
             duration_opt("deliver-admin-timeout", "Timeout of one Admin API request."),
+            click.option(
+                "--deliver-admin-trusted-network/--no-deliver-admin-trusted-network",
+                default=None,
+                help=env_help(
+                    "deliver-admin-trusted-network",
+                    "Allow sending the token or client certificate to plain http:// Admin APIs (the network to "
+                    "the gateways is trusted); without it they are refused.  [default: off]",
+                ),
+            ),
             duration_opt("delivery-period", "Deliver to and check every target this often (repairs drift)."),
         ]
     ):

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from ..config import ConfigError, Settings, duration_problem, parse_duration
+from ..delivery import TargetReport
 from ..license import (
     KONG_ERROR_NOTICE_DAYS,
     KONG_GRACE_PERIOD_DAYS,
@@ -136,7 +137,7 @@ def status(output: str, **flags: Any) -> None:
         finally:
             await api.close()
         report = status_report(snapshot, settings, namespace, holder, now)
-        report["delivery"] = [{"target": d.target, "state": d.state.value, "reason": d.reason} for d in deliveries]
+        report["delivery"] = [delivery_summary(d) for d in deliveries]
         if output == "json":
             click.echo(json.dumps(report, indent=2))
         else:
@@ -146,6 +147,16 @@ def status(output: str, **flags: Any) -> None:
         return exit_code_for(report["state"])
 
     sys.exit(run_async(go()))
+
+
+def delivery_summary(report: TargetReport) -> dict[str, Any]:
+    """One target in `status -o json`; an admin-svc target lists its gateway pods."""
+    out: dict[str, Any] = {"target": report.target, "state": report.state.value, "reason": report.reason}
+    if report.pods:
+        out["pods"] = [
+            {"pod": p.pod, "address": p.address, "state": p.state.value, "reason": p.reason} for p in report.pods
+        ]
+    return out
 
 
 def status_report(

@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import sys
 import time
 import uuid
@@ -188,15 +189,19 @@ class Gateway:
 
     # --- serving -----------------------------------------------------------------------------------------
 
-    async def start(self, host: str, port: int, access_log: logging.Logger | None = None) -> str:
+    async def start(
+        self, host: str, port: int, access_log: logging.Logger | None = None, ssl_context: ssl.SSLContext | None = None
+    ) -> str:
+        """Listen on host:port (plain HTTP, as Kong's chart serves the admin port in the pod network; with
+        ``ssl_context``, HTTPS, as a benchmark of many pods behind an admin-tls port needs)."""
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, shutdown_timeout=0.2, access_log=access_log, access_log_format=ACCESS_FORMAT)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        await web.TCPSite(self._runner, host, port, ssl_context=ssl_context).start()
         bound = self._runner.addresses[0]
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-        self.address = f"http://{shown}:{bound[1]}"
+        self.address = f"{'https' if ssl_context else 'http'}://{shown}:{bound[1]}"
         return self.address
 
     async def stop(self) -> None:

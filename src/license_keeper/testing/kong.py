@@ -70,9 +70,12 @@ class KongStandIn:
         mode: str = "normal",
         slow_seconds: float = 2.0,
         clock: Callable[[], float] = time.time,
+        address_in_cert: bool = True,
     ) -> None:
         self.host = host
-        self.tls = TLSMaterial.given(tls, tls_dir, "KongStandIn", host)
+        # address_in_cert=False: a gateway pod's certificate names its Service, not the pod's address (the
+        # client verifies it against that name), so material that does not cover ``host`` is fine then.
+        self.tls = TLSMaterial.given(tls, tls_dir, "KongStandIn", host if address_in_cert else "127.0.0.1")
         self.token = token
         self.require_client_cert = require_client_cert
         self.node = KongNode(role=role, database=database)
