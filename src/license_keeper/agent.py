@@ -165,6 +165,8 @@ class Keeper:
         self._poll_now.set()
 
     async def serve(self) -> int:
+        for note in self.settings.kic_notes():
+            log.info("%s", note)
         await self._start_http()
         self._spawn("watch", self._watch_secret())
         self._spawn("resync", self._resync())

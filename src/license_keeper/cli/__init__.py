@@ -105,11 +105,8 @@ def run(**flags: Any) -> None:
     settings = settings_from(**flags)
     try:
         konnect = konnect_client(settings)
-        assert settings.konnect_tls_client_cert_file and settings.konnect_tls_client_key_file
         # Fail at start, in one line, rather than on the first poll.
-        check_client_files(
-            settings.konnect_tls_client_cert_file, settings.konnect_tls_client_key_file, settings.konnect_ca_file
-        )
+        check_client_files(konnect.cert_file, konnect.key_file, settings.konnect_ca_file)
         kube = api_client(settings)
         namespace = resolve_namespace(settings, kube)
     except (ConfigError, KonnectConfigError) as e:
