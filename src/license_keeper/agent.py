@@ -39,6 +39,7 @@ from .policy import (
     SecretSnapshot,
     SecretState,
     choose,
+    foreign_advice,
     is_better,
     record_from_secret,
     restore_downgrade,
@@ -470,8 +471,7 @@ class Keeper:
             if outcome.refused.value not in self._announced:
                 self._announced.add(outcome.refused.value)
                 msg = (
-                    "Secret exists but is not managed by license-keeper; leaving it alone "
-                    "(label it app.kubernetes.io/managed-by=license-keeper or annotate license-keeper.io/adopt=true)"
+                    foreign_advice(outcome.snapshot, self.store.name)
                     if outcome.refused == SecretState.FOREIGN
                     else "Secret is immutable; cannot store the license in it"
                 )

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .delivery import TargetSpec, parse_target
+from .policy import KIC_SECRET_PREFIX
 
 __all__ = [
     "DEFAULT_KONNECT_ADDRESS",
@@ -302,6 +303,16 @@ class Settings:
                 f"missing required setting(s): {', '.join(missing)} (each also LICENSE_KEEPER_<NAME> or KIC's "
                 "CONTROLLER_KONNECT_<NAME>; the certificate and key may be PEM text in "
                 "CONTROLLER_KONNECT_TLS_CLIENT_CERT / _KEY, as KIC's manifests set them)"
+            )
+
+    def require_own_secret(self) -> None:
+        """`run`, `sync --once` and `restore` write the Secret: never KIC's (or Kong Operator's) own."""
+        name = self.effective_secret_name
+        if name.startswith(KIC_SECRET_PREFIX):
+            raise ConfigError(
+                f"--secret-name {name}: that is Kong Ingress Controller's (and Kong Operator's) own license Secret "
+                f"({KIC_SECRET_PREFIX}<control-plane-id>), rewritten after every Konnect fetch; the keeper never "
+                "writes it: use the keeper's own Secret (default kong-license); status and export may read this one"
             )
 
     def kic_notes(self) -> list[str]:

@@ -50,6 +50,8 @@ __all__ = [
     "ADOPT_ANNOTATION",
     "EXPIRATION_ANNOTATION",
     "FINGERPRINT_ANNOTATION",
+    "KIC_MANAGED_BY_LABEL",
+    "KIC_SECRET_PREFIX",
     "LICENSE_KEYS",
     "MANAGED_BY_LABEL",
     "MANAGED_BY_VALUE",
@@ -67,7 +69,9 @@ __all__ = [
     "data_matches",
     "deciding_rule",
     "desired_secret",
+    "foreign_advice",
     "is_better",
+    "kic_owned",
     "labels_to_impose",
     "license_state",
     "manageable",
@@ -254,6 +258,10 @@ FINGERPRINT_ANNOTATION = "license-keeper.io/fingerprint"
 RESTORED_AT_ANNOTATION = "license-keeper.io/restored-at"
 RESTORED_BY_ANNOTATION = "license-keeper.io/restored-by"
 _RESTORE_ANNOTATIONS = (RESTORED_AT_ANNOTATION, RESTORED_BY_ANNOTATION)
+# Kong Ingress Controller's and Kong Operator's own license store: `konnect-license-<control-plane-id>`,
+# written after every Konnect fetch. Never the keeper's to write, adopt annotation or not.
+KIC_SECRET_PREFIX = "konnect-license-"
+KIC_MANAGED_BY_LABEL = "konghq.com/managed-by"
 # KIC 3.5's keys, plus `license`: the key Kong's chart passes to the gateway as KONG_LICENSE_DATA.
 LICENSE_KEYS = ("payload", "id", "updated_at", "license")
 
@@ -322,9 +330,34 @@ def adoption_requested(s: SecretSnapshot) -> bool:
     return s.annotations.get(ADOPT_ANNOTATION, "").strip().lower() == "true"
 
 
+def kic_owned(s: SecretSnapshot, name: str = "") -> bool:
+    """KIC's (or Kong Operator's) license store, by its label or its name."""
+    return name.startswith(KIC_SECRET_PREFIX) or bool(s.labels.get(KIC_MANAGED_BY_LABEL))
+
+
 def manageable(s: SecretSnapshot) -> bool:
-    """Ours, empty (pre-created by a chart), or explicitly handed over; anything else is foreign."""
+    """Ours, empty (pre-created by a chart), or explicitly handed over; anything else is foreign.
+
+    A Secret another Kong controller labels as its own is foreign even with the adopt annotation: it
+    rewrites the Secret after every fetch, and adopting it would only make two writers.
+    """
+    if s.exists and s.labels.get(KIC_MANAGED_BY_LABEL):
+        return False
     return not s.exists or is_ours(s) or is_empty(s) or adoption_requested(s)
+
+
+def foreign_advice(s: SecretSnapshot, name: str) -> str:
+    """The one explanation of a foreign Secret (Events, logs, CLI errors): why it is left alone, what to do."""
+    if kic_owned(s, name):
+        return (
+            f"Secret {name} is Kong Ingress Controller's (or Kong Operator's) own license store, rewritten after "
+            "every Konnect fetch; the keeper never writes it: use the keeper's own Secret (--secret-name, default "
+            "kong-license) and read this one only with status or export"
+        )
+    return (
+        f"Secret {name} exists but is not managed by license-keeper; leaving it alone. If nothing else writes "
+        f"it, hand it over with the annotation {ADOPT_ANNOTATION}=true; otherwise use another --secret-name"
+    )
 
 
 def _decode_text(raw: bytes | None) -> str | None:

@@ -418,3 +418,38 @@ def test_run_help_lists_delivery_options() -> None:
     for flag in ("--deliver ", "--deliver-admin-token-file", "--deliver-admin-ca-file", "--delivery-period"):
         assert flag in result.output
     assert "LICENSE_KEEPER_DELIVER]" in result.output
+
+
+# --- issue 21 item 2: one story for --secret-name and KIC's Secret ------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["run", "restore", "sync"])
+def test_writing_commands_refuse_kics_secret_in_one_line(tmp_path: Path, command: str) -> None:
+    """KIC (and Kong Operator) rewrite konnect-license-<cp-id> after every Konnect fetch: a keeper writing it
+    would be a second writer, and adopting it would not change that. Reading it (status, export) is fine."""
+    f = tmp_path / "license.json"
+    f.write_text(document(200))
+    extra = {"run": [], "restore": ["-f", str(f)], "sync": ["--once"]}[command]
+    konnect = [
+        "--konnect-control-plane-id=cp",
+        f"--konnect-tls-client-cert-file={f}",
+        f"--konnect-tls-client-key-file={f}",
+    ]
+    args = [
+        command,
+        *extra,
+        "--namespace=kong",
+        "--secret-name=konnect-license-0a1b",
+        *(konnect if command != "restore" else []),
+    ]
+    line = assert_one_line_error(invoke(*args), "konnect-license-0a1b")
+    assert "adopt" not in line
+    assert "kong-license" in line  # what to use instead
+
+
+def test_secret_name_help_tells_one_story() -> None:
+    for command in ("run", "restore", "status", "export"):
+        text = flat(invoke(command, "--help").output)
+        help_line = text[text.index("--secret-name") :][:400]
+        assert "konnect-license-" in help_line, command
+        assert "never" in help_line  # the keeper never writes KIC's Secret

@@ -507,3 +507,14 @@ def test_kics_settings_that_do_not_apply_are_named_at_start(monkeypatch: pytest.
     monkeypatch.setenv("CONTROLLER_KONNECT_UPLOAD_CONFIG_PERIOD", "30s")
     notes = " ".join(load_settings().kic_notes())
     assert "CONTROLLER_KONNECT_SYNC_ENABLED" in notes and "CONTROLLER_KONNECT_UPLOAD_CONFIG_PERIOD" in notes
+
+
+# --- issue 21 item 2: the keeper never writes KIC's Secret ------------------------------------------------
+
+
+def test_run_refuses_kics_secret_name() -> None:
+    with pytest.raises(ConfigError, match="konnect-license-") as info:
+        load_settings(secret_name="konnect-license-0a1b").require_own_secret()
+    assert "adopt" not in str(info.value)
+    load_settings(secret_name="konnect-license-0a1b")  # reading it (status, export) is fine
+    load_settings(secret_name="kong-license").require_own_secret()

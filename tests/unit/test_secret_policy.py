@@ -678,3 +678,16 @@ def test_a_stale_marker_beside_the_held_license_is_removed() -> None:
     held = OTHER
     assert not content_matches(s, desired_secret(held))
     assert plan_write(s, held).action is WriteAction.UPDATE
+
+
+# --- issue 21 item 2: KIC's and Kong Operator's license Secret is never the keeper's -----------------------
+
+
+def test_kics_secret_is_foreign_even_with_the_adopt_annotation() -> None:
+    """KIC (and Kong Operator) rewrite it after every Konnect fetch: adopting it would make two writers."""
+    kic = snap(kic_data(OTHER), KIC_LABELS, {ADOPT_ANNOTATION: "true"})
+    assert not manageable(kic)
+    assert secret_state(kic) is SecretState.FOREIGN
+    assert plan_write(kic, HELD) == WritePlan(WriteAction.REFUSE, refusal=SecretState.FOREIGN)
+    operator = snap(kic_data(OTHER), {**KIC_LABELS, "konghq.com/secret": "true"}, {ADOPT_ANNOTATION: "true"})
+    assert not manageable(operator)

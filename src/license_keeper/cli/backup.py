@@ -214,11 +214,12 @@ def restore(file: Path, force: bool, **flags: Any) -> None:
     Refuses a worse license than the Secret's (expired, or expiring earlier) unless --force.
     Works with or without a running keeper.
     """
-    from ..policy import SecretState, as_restored, manageable, restore_downgrade
+    from ..policy import SecretState, as_restored, foreign_advice, manageable, restore_downgrade
     from ..store import SecretStore, StoreError
 
     settings = settings_from(**flags)
     try:
+        settings.require_own_secret()
         record = read_license_file(file)
     except ConfigError as e:
         fail(str(e))
@@ -234,7 +235,7 @@ def restore(file: Path, force: bool, **flags: Any) -> None:
             now = datetime.now(UTC)
             in_secret = record_from_secret(current, now=now)
             if current.exists and not manageable(current):
-                fail(f"{what} is not managed by license-keeper; left untouched")
+                fail(foreign_advice(current, name))
             if in_secret is not None and in_secret.valid and in_secret.document == record.document:
                 click.echo(f"{what}: already holds this license ({describe(in_secret)})")
                 return 0
@@ -260,7 +261,7 @@ def restore(file: Path, force: bool, **flags: Any) -> None:
         if outcome.refused is SecretState.IMMUTABLE:
             fail(f"{what} is immutable; cannot restore into it")
         if outcome.refused is SecretState.FOREIGN:
-            fail(f"{what} is not managed by license-keeper; left untouched")
+            fail(foreign_advice(outcome.snapshot, name))
         verb = "restored by force" if worse_by is not None else "restored"
         click.echo(
             f"{what}: {verb} ({describe(record)}) at {format_restored_at(restored.restored_at)}; "

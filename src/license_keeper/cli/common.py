@@ -82,7 +82,8 @@ def secret_options(f: F) -> F:
             opt("controller-name", "Controller name; the Secret is <controller-name>-license.  [default: kong]"),
             opt(
                 "secret-name",
-                "Secret name, overriding <controller-name>-license (e.g. konnect-license-<cp-id> of KIC 3.5).",
+                "Secret name, overriding <controller-name>-license. status and export may read KIC's "
+                "konnect-license-<cp-id>; the keeper never writes it (run, sync and restore refuse it).",
             ),
         ]
     ):
