@@ -33,9 +33,18 @@ from .delivery import TargetReport
 from .election import LeaderElector, default_identity
 from .konnect import KonnectClient, KonnectFailure, KonnectResult, LicenseFetched, NoLicense
 from .kube import Kube, KubeError
-from .license import LicenseRecord, describe
+from .license import LicenseRecord, describe, format_restored_at
 from .observe import EventRecorder, KeeperState, Metrics, metrics_app, poll_loop_stall_bound, probe_app, start_site
-from .policy import SecretSnapshot, SecretState, choose, is_better, record_from_secret, secret_state
+from .policy import (
+    SecretSnapshot,
+    SecretState,
+    choose,
+    foreign_advice,
+    is_better,
+    record_from_secret,
+    restore_downgrade,
+    secret_state,
+)
 from .schedule import ScheduleConfig, next_delay, poll_wait
 from .store import SecretStore, StoreError, SyncOutcome
 
@@ -136,6 +145,7 @@ class Keeper:
         self._died: tuple[str, str] | None = None  # (task, what ended it)
         self._lost_leadership = False
         self._watch_error: tuple[str, float] | None = None  # last logged watch failure, when
+        self._write_note = ""  # said with the next write's Event (a restore a newer license replaces)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -161,6 +171,8 @@ class Keeper:
         self._poll_now.set()
 
     async def serve(self) -> int:
+        for note in self.settings.kic_notes():
+            log.info("%s", note)
         await self._start_http()
         self._spawn("watch", self._watch_secret())
         self._spawn("resync", self._resync())
@@ -341,6 +353,8 @@ class Keeper:
                     self.events.emit(
                         "LicenseLoadedFromSecret", f"Loaded {describe(in_secret)} from the Secret at start"
                     )
+                elif in_secret.restored_at:
+                    self._took_restore(before, in_secret)
                 else:
                     log.info("the Secret holds a better license, taking it: %s", describe(in_secret))
                 self.deliverer.kick()  # it is in the Secret already: gateways may have it now
@@ -405,9 +419,27 @@ class Keeper:
             chosen = choose(self.state.held, [result.record], self._now())
             if chosen is not self.state.held:
                 log.info("Konnect served a better license: %s", describe(chosen))
+                replaced = self.state.held
+                if replaced is not None and replaced.restored_at:
+                    self._write_note = (
+                        f"; it replaces {describe(replaced)}, an operator's restore: Konnect's license is newer "
+                        "than the restore"
+                        if chosen is not None and chosen.updated_at > replaced.restored_at
+                        else f"; it replaces {describe(replaced)}, an operator's restore, which has expired"
+                    )
+                    log.info(
+                        "the license restored at %s gives way%s",
+                        format_restored_at(replaced.restored_at),
+                        self._write_note,
+                    )
                 self._hold(chosen)
             elif result.record != self.state.held:
-                log.info("Konnect served %s; keeping the better %s", describe(result.record), describe(self.state.held))
+                kept = (
+                    "the operator's restore"
+                    if self.state.held is not None and self.state.held.restored_at
+                    else ("the better")
+                )
+                log.info("Konnect served %s; keeping %s %s", describe(result.record), kept, describe(self.state.held))
             await self._persist()
 
     async def _persist(self, snapshot: SecretSnapshot | None = None) -> None:
@@ -433,15 +465,18 @@ class Keeper:
     async def _after_sync(self, outcome: SyncOutcome) -> None:
         self._note_secret(outcome.snapshot)
         if outcome.took_secret and outcome.held is not None:
-            log.info("the Secret held a better license, taking it: %s", describe(outcome.held))
+            before = self.state.held
             self._hold(outcome.held)
+            if outcome.held.restored_at:
+                self._took_restore(before, outcome.held)
+            else:
+                log.info("the Secret held a better license, taking it: %s", describe(outcome.held))
         if outcome.refused is not None:
             self.state.secret_state = outcome.refused
             if outcome.refused.value not in self._announced:
                 self._announced.add(outcome.refused.value)
                 msg = (
-                    "Secret exists but is not managed by license-keeper; leaving it alone "
-                    "(label it app.kubernetes.io/managed-by=license-keeper or annotate license-keeper.io/adopt=true)"
+                    foreign_advice(outcome.snapshot, self.store.name)
                     if outcome.refused == SecretState.FOREIGN
                     else "Secret is immutable; cannot store the license in it"
                 )
@@ -456,8 +491,25 @@ class Keeper:
             self.deliverer.kick()  # after the Secret, never before it
             self.metrics.secret_writes.labels(outcome.wrote).inc()
             reason, warning = _WRITE_EVENTS.get(outcome.wrote, ("LicenseStored", False))
-            log.info("wrote the Secret (%s): %s", outcome.wrote, describe(self.state.held))
-            self.events.emit(reason, f"Secret written ({outcome.wrote}): {describe(self.state.held)}", warning=warning)
+            note, self._write_note = self._write_note, ""
+            log.info("wrote the Secret (%s): %s%s", outcome.wrote, describe(self.state.held), note)
+            self.events.emit(
+                reason, f"Secret written ({outcome.wrote}): {describe(self.state.held)}{note}", warning=warning
+            )
+
+    def _took_restore(self, before: LicenseRecord | None, restored: LicenseRecord) -> None:
+        """An operator restored a license into the Secret and this replica now holds it: say so (the leader
+        in an Event, Warning when it is worse than the license it replaces, i.e. forced)."""
+        when = format_restored_at(restored.restored_at)
+        by = "".join(c for c in restored.restored_by if c.isprintable())[:120] or "an unknown operator"
+        forced = before is not None and restore_downgrade(before, restored, self._now()) is not None
+        message = (
+            f"Operator restore by {by} at {when}: holding {describe(restored)}; it stays until Konnect serves a "
+            f"license updated after {when}" + (f" (forced over the better {describe(before)})" if forced else "")
+        )
+        log.log(logging.WARNING if forced else logging.INFO, "%s", message)
+        if self.leading_now():
+            self.events.emit("LicenseRestored", message, warning=forced)
 
     def _on_delivery(self, previous: TargetReport | None, report: TargetReport) -> None:
         for reason, message, warning in delivery_events(previous, report, self.deliverer.grace):

@@ -2,7 +2,9 @@
 
 Precedence: a flag on the command line, then ``LICENSE_KEEPER_<FLAG>``, then KIC's
 ``CONTROLLER_KONNECT_*`` name (so a keeper can be dropped next to an existing KIC configuration),
-then the default.
+then the default. Every Konnect setting KIC reads is known here (``KIC_KONNECT_SETTINGS``) and read with
+KIC's meaning and KIC's spelling of values (Go durations, Go booleans, the certificate and key inline or
+as files); the ones the keeper has no use for are accepted and named at start.
 
 Pure: ``load_settings`` takes the environment as an argument (``os.environ`` by default) and turns
 every value into a typed field with one check per field, then a few checks across fields. Where the
@@ -24,17 +26,22 @@ from pathlib import Path
 from typing import Any
 
 from .delivery import TargetSpec, parse_admin_url, parse_target
+from .policy import KIC_SECRET_PREFIX
 
 __all__ = [
     "DEFAULT_KONNECT_ADDRESS",
     "DURATION_RANGES",
+    "KIC_KONNECT_SETTINGS",
     "ConfigError",
+    "KicSetting",
     "Settings",
     "duration_problem",
     "format_duration",
     "load_settings",
     "parse_addr",
     "parse_duration",
+    "parse_go_bool",
+    "parse_go_duration",
 ]
 
 DEFAULT_KONNECT_ADDRESS = "https://us.kic.api.konghq.com"
@@ -49,7 +56,7 @@ MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
 # test harnesses with LICENSE_KEEPER_ALLOW_SHORT_PERIODS=true (not a flag on purpose).
 DURATION_RANGES: dict[str, tuple[float, float]] = {
     "konnect_timeout": (1.0, 5 * MINUTE),
-    "initial_polling_period": (1.0, HOUR),
+    "initial_polling_period": (1.0, DAY),
     "polling_period": (10.0, 7 * DAY),
     "renew_before": (HOUR, 730 * DAY),
     "resync_period": (5.0, HOUR),
@@ -116,14 +123,131 @@ def parse_addr(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+# KIC's durations are Go's: a sequence of decimal numbers, each with a unit (ns us µs ms s m h), e.g. 1m0s,
+# 1h30m, 1.5h; "0" alone; no days, no bare numbers. Its booleans are Go's strconv.ParseBool.
+_GO_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_GO_TRUE, _GO_FALSE = {"1", "t", "T", "TRUE", "true", "True"}, {"0", "f", "F", "FALSE", "false", "False"}
+
+
+def parse_go_duration(value: str) -> float:
+    """A Go duration (time.ParseDuration), as KIC reads its polling periods -> seconds (must be positive)."""
+    text = str(value)
+    body = text[1:] if text[:1] in "+-" else text
+    if body == "0":
+        raise ValueError(f"duration must be positive, got {value!r}")
+    seconds, pos = 0.0, 0
+    while pos < len(body):
+        m = _GO_DURATION_PART.match(body, pos)
+        if not m:
+            break
+        seconds += float(m.group(1)) * _GO_UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    if not body or pos != len(body):
+        raise ValueError(f"not a Go duration: {value!r} (KIC's form, e.g. 90s, 1m0s, 12h, 1h30m)")
+    if text.startswith("-") or seconds <= 0:
+        raise ValueError(f"duration must be positive, got {value!r}")
+    return seconds
+
+
+def parse_go_bool(value: str) -> bool:
+    """A Go boolean (strconv.ParseBool), as KIC reads its switches."""
+    if value in _GO_TRUE | _GO_FALSE:
+        return value in _GO_TRUE
+    raise ValueError(f"not a Go boolean: {value!r} (KIC takes 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False)")
+
+
 ENV_PREFIX = "LICENSE_KEEPER_"
-# KIC's names for the Konnect settings, read after ours, so a keeper can run next to KIC's configuration.
-KIC_ENV = {
-    "konnect_address": "CONTROLLER_KONNECT_ADDRESS",
-    "konnect_control_plane_id": "CONTROLLER_KONNECT_CONTROL_PLANE_ID",
-    "konnect_tls_client_cert_file": "CONTROLLER_KONNECT_TLS_CLIENT_CERT_FILE",
-    "konnect_tls_client_key_file": "CONTROLLER_KONNECT_TLS_CLIENT_KEY_FILE",
+
+
+@dataclass(frozen=True)
+class KicSetting:
+    """One Konnect setting of Kong Ingress Controller, as KIC reads it, and what the keeper does with it."""
+
+    kind: str  # KIC's Go type: string, bool, duration, int
+    meaning: str  # KIC's meaning (its flag's help)
+    keeper: str = ""  # the keeper's setting that takes the value; "" when the keeper does not use it
+    why_not: str = ""  # when not used: why, in the words of the line logged at start
+
+
+_KIC_SYNC = "KIC's configuration sync to Konnect, which the keeper does not do"
+
+# Every CONTROLLER_KONNECT_* variable KIC reads (its --konnect-* flags; Kong/kubernetes-ingress-controller
+# internal/cmd/rootcmd/config/cli.go). docs/interfaces.md lists the same, and a test keeps them in step.
+KIC_KONNECT_SETTINGS: dict[str, KicSetting] = {
+    "CONTROLLER_KONNECT_ADDRESS": KicSetting("string", "Base address of Konnect API", "--konnect-address"),
+    "CONTROLLER_KONNECT_CONTROL_PLANE_ID": KicSetting(
+        "string", "ID of the Konnect control plane", "--konnect-control-plane-id"
+    ),
+    "CONTROLLER_KONNECT_RUNTIME_GROUP_ID": KicSetting(
+        "string", "the deprecated name of the control plane ID", "--konnect-control-plane-id"
+    ),
+    "CONTROLLER_KONNECT_TLS_CLIENT_CERT": KicSetting(
+        "string", "Konnect TLS client certificate (PEM, inline)", "LICENSE_KEEPER_KONNECT_TLS_CLIENT_CERT"
+    ),
+    "CONTROLLER_KONNECT_TLS_CLIENT_CERT_FILE": KicSetting(
+        "string", "Konnect TLS client certificate file path", "--konnect-tls-client-cert-file"
+    ),
+    "CONTROLLER_KONNECT_TLS_CLIENT_KEY": KicSetting(
+        "string", "Konnect TLS client key (PEM, inline)", "LICENSE_KEEPER_KONNECT_TLS_CLIENT_KEY"
+    ),
+    "CONTROLLER_KONNECT_TLS_CLIENT_KEY_FILE": KicSetting(
+        "string", "Konnect TLS client key file path", "--konnect-tls-client-key-file"
+    ),
+    "CONTROLLER_KONNECT_INITIAL_LICENSE_POLLING_PERIOD": KicSetting(
+        "duration", "Polling period before the first license is retrieved", "--initial-polling-period"
+    ),
+    "CONTROLLER_KONNECT_LICENSE_POLLING_PERIOD": KicSetting(
+        "duration", "Polling period after the first license is retrieved", "--polling-period"
+    ),
+    "CONTROLLER_KONNECT_LICENSING_ENABLED": KicSetting(
+        "bool",
+        "KIC retrieves licenses from Konnect and pushes them to its gateways, overriding licenses provided "
+        "via the environment",
+        why_not="the keeper always fetches from Konnect; when true, KIC's gateways run KIC's license over "
+        "KONG_LICENSE_DATA once KIC has synced (docs/operations.md, Which license a gateway runs)",
+    ),
+    "CONTROLLER_KONNECT_LICENSE_STORAGE_ENABLED": KicSetting(
+        "bool",
+        "KIC stores the fetched license in its own Secret konnect-license-<control-plane-id>",
+        why_not="that Secret is KIC's; the keeper writes only its own (--secret-name) and never KIC's",
+    ),
+    "CONTROLLER_KONNECT_SYNC_ENABLED": KicSetting(
+        "bool", "synchronize data plane configuration with a Konnect control plane", why_not=_KIC_SYNC
+    ),
+    "CONTROLLER_KONNECT_UPLOAD_CONFIG_PERIOD": KicSetting(
+        "duration", "period of uploading Kong configuration", why_not=_KIC_SYNC
+    ),
+    "CONTROLLER_KONNECT_CONFIG_SYNC_CONCURRENCY": KicSetting(
+        "int", "concurrent requests to Konnect when syncing configuration", why_not=_KIC_SYNC
+    ),
+    "CONTROLLER_KONNECT_REFRESH_NODE_PERIOD": KicSetting(
+        "duration", "period of uploading the status of KIC and its gateways", why_not=_KIC_SYNC
+    ),
+    "CONTROLLER_KONNECT_DISABLE_CONSUMERS_SYNC": KicSetting(
+        "bool", "disable synchronization of consumers with Konnect", why_not=_KIC_SYNC
+    ),
 }
+
+# The keeper's settings KIC's names feed, in KIC's order of preference (the runtime group id is the
+# control plane id's deprecated name: both set to different ids is an error, not a silent pick).
+KIC_ENV: dict[str, tuple[str, ...]] = {
+    "konnect_address": ("CONTROLLER_KONNECT_ADDRESS",),
+    "konnect_control_plane_id": ("CONTROLLER_KONNECT_CONTROL_PLANE_ID", "CONTROLLER_KONNECT_RUNTIME_GROUP_ID"),
+    "konnect_tls_client_cert_file": ("CONTROLLER_KONNECT_TLS_CLIENT_CERT_FILE",),
+    "konnect_tls_client_key_file": ("CONTROLLER_KONNECT_TLS_CLIENT_KEY_FILE",),
+    "konnect_tls_client_cert": ("CONTROLLER_KONNECT_TLS_CLIENT_CERT",),
+    "konnect_tls_client_key": ("CONTROLLER_KONNECT_TLS_CLIENT_KEY",),
+    "initial_polling_period": ("CONTROLLER_KONNECT_INITIAL_LICENSE_POLLING_PERIOD",),
+    "polling_period": ("CONTROLLER_KONNECT_LICENSE_POLLING_PERIOD",),
+    "kic_licensing_enabled": ("CONTROLLER_KONNECT_LICENSING_ENABLED",),
+    "kic_license_storage_enabled": ("CONTROLLER_KONNECT_LICENSE_STORAGE_ENABLED",),
+}
+# The client certificate and key: a file or the PEM itself, never both from one source (as in KIC).
+_TLS_PAIRS = (
+    ("konnect_tls_client_cert_file", "konnect_tls_client_cert", "client certificate"),
+    ("konnect_tls_client_key_file", "konnect_tls_client_key", "client key"),
+)
 _DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
@@ -136,6 +260,11 @@ class Settings:
     konnect_control_plane_id: str = ""
     konnect_tls_client_cert_file: Path | None = None
     konnect_tls_client_key_file: Path | None = None
+    # The same as PEM text, from the environment only (LICENSE_KEEPER_KONNECT_TLS_CLIENT_CERT or KIC's
+    # CONTROLLER_KONNECT_TLS_CLIENT_CERT, as KIC's manifests set them from a Secret): never a flag, so key
+    # material is never on a command line. Never logged.
+    konnect_tls_client_cert: str = field(default="", repr=False)
+    konnect_tls_client_key: str = field(default="", repr=False)
     konnect_ca_file: Path | None = None
     konnect_timeout: float = 30.0
 
@@ -182,6 +311,12 @@ class Settings:
     # lowers the delivery period's to 1 s.
     allow_short_periods: bool = False
 
+    # What KIC's configuration next to the keeper says (its CONTROLLER_KONNECT_* only; None: not set), and
+    # which of KIC's Konnect settings were set at all: for the lines logged at start (kic_notes).
+    kic_licensing_enabled: bool | None = field(default=None, metadata={"kic_only": True})
+    kic_license_storage_enabled: bool | None = field(default=None, metadata={"kic_only": True})
+    kic_settings_present: tuple[str, ...] = field(default=(), metadata={"kic_only": True})
+
     def delivery_targets(self) -> list[TargetSpec]:
         return [parse_target(label) for label in self.deliver]
 
@@ -200,13 +335,42 @@ class Settings:
             flag
             for flag, value in (
                 ("--konnect-control-plane-id", self.konnect_control_plane_id),
-                ("--konnect-tls-client-cert-file", self.konnect_tls_client_cert_file),
-                ("--konnect-tls-client-key-file", self.konnect_tls_client_key_file),
+                ("--konnect-tls-client-cert-file", self.konnect_tls_client_cert_file or self.konnect_tls_client_cert),
+                ("--konnect-tls-client-key-file", self.konnect_tls_client_key_file or self.konnect_tls_client_key),
             )
             if not value
         ]
         if missing:
-            raise ConfigError(f"missing required setting(s): {', '.join(missing)}")
+            raise ConfigError(
+                f"missing required setting(s): {', '.join(missing)} (each also LICENSE_KEEPER_<NAME> or KIC's "
+                "CONTROLLER_KONNECT_<NAME>; the certificate and key may be PEM text in "
+                "CONTROLLER_KONNECT_TLS_CLIENT_CERT / _KEY, as KIC's manifests set them)"
+            )
+
+    def require_own_secret(self) -> None:
+        """`run`, `sync --once` and `restore` write the Secret: never KIC's (or Kong Operator's) own."""
+        name = self.effective_secret_name
+        if name.startswith(KIC_SECRET_PREFIX):
+            raise ConfigError(
+                f"--secret-name {name}: that is Kong Ingress Controller's (and Kong Operator's) own license Secret "
+                f"({KIC_SECRET_PREFIX}<control-plane-id>), rewritten after every Konnect fetch; the keeper never "
+                "writes it: use the keeper's own Secret (default kong-license); status and export may read this one"
+            )
+
+    def kic_notes(self) -> list[str]:
+        """One line per KIC setting the keeper was given and does not use, and what KIC's licensing switch
+        means for the gateways; names and switches only, never a value."""
+        notes = []
+        for name in self.kic_settings_present:
+            setting = KIC_KONNECT_SETTINGS[name]
+            if not setting.keeper:
+                notes.append(f"{name} (KIC: {setting.meaning}) is not used by the keeper: {setting.why_not}")
+        if self.kic_licensing_enabled and any(t.kind == "konglicense" for t in self.delivery_targets()):
+            notes.append(
+                "CONTROLLER_KONNECT_LICENSING_ENABLED is true: KIC turns its KongLicense controller off, so a "
+                "konglicense delivery target reaches no gateway of that KIC"
+            )
+        return notes
 
 
 # --- one parser per kind of value ------------------------------------------------------------------------
@@ -287,19 +451,81 @@ def _parser(name: str, default: Any) -> Callable[[Any], Any]:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_TLS_FIELDS = frozenset(name for pair in _TLS_PAIRS for name in pair[:2])
 
 
 # --- from flags and environment ---------------------------------------------------------------------------
 
 
-def _raw_value(name: str, given: Mapping[str, Any], environ: Mapping[str, str]) -> Any:
-    """A flag, then LICENSE_KEEPER_<NAME>, then KIC's name; empty variables count as unset (a chart
-    value left blank must not hide a set CONTROLLER_KONNECT_X). None: take the default."""
+def _env(environ: Mapping[str, str], name: str) -> str | None:
+    # Empty variables count as unset: a chart value left blank must not hide a set CONTROLLER_KONNECT_X.
+    value = environ.get(name, "")
+    return value if value.strip() else None
+
+
+def _raw_value(name: str, given: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[Any, str]:
+    """A flag, then LICENSE_KEEPER_<NAME>, then KIC's name(s): (raw value, where from: "" for a flag or the
+    variable's name). (None, ""): take the default. Settings only KIC sets are read from KIC's names only."""
     if given.get(name) is not None:
-        return given[name]
-    for env in (ENV_PREFIX + name.upper(), KIC_ENV.get(name)):
-        if env and environ.get(env, "").strip():
-            return environ[env]
+        return given[name], ""
+    names = KIC_ENV.get(name, ())
+    if not _FIELDS[name].metadata.get("kic_only"):
+        names = (ENV_PREFIX + name.upper(), *names)
+    for env in names:
+        value = _env(environ, env)
+        if value is not None:
+            return value, env
+    return None, ""
+
+
+def _kic_parser(name: str, default: Any) -> Callable[[Any], Any]:
+    """KIC's reading of a value that came from one of KIC's names (Go's spellings), before our checks."""
+    if isinstance(default, float):
+        return parse_go_duration
+    if name.startswith("kic_") and name.endswith("_enabled"):
+        return parse_go_bool
+    return _text
+
+
+def _tls_pairs(given: Mapping[str, Any], environ: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
+    """The client certificate and key, each from the first source (flag, ours, KIC's) that sets it as a
+    file or inline; one source setting both is refused, as KIC refuses it."""
+    chosen: dict[str, Any] = {}
+    for file_name, inline_name, what in _TLS_PAIRS:
+        layers = [
+            ("flags", given.get(file_name), given.get(inline_name)),
+            (
+                ENV_PREFIX + "*",
+                _env(environ, ENV_PREFIX + file_name.upper()),
+                _env(environ, ENV_PREFIX + inline_name.upper()),
+            ),
+            ("CONTROLLER_*", _env(environ, KIC_ENV[file_name][0]), _env(environ, KIC_ENV[inline_name][0])),
+        ]
+        for source, file_value, inline_value in layers:
+            if file_value is None and inline_value is None:
+                continue
+            if file_value is not None and inline_value is not None:
+                problems.append(
+                    f"{_flag(file_name)}: both {what} and {what} file specified ({source}), only one allowed"
+                )
+            elif file_value is not None:
+                chosen[file_name] = _path(file_value)
+            else:
+                chosen[inline_name] = str(inline_value)
+            break
+    return chosen
+
+
+def _control_plane_conflict(given: Mapping[str, Any], environ: Mapping[str, str]) -> str | None:
+    """KIC's two names for the control plane id, both set and different, while no setting of ours wins."""
+    if given.get("konnect_control_plane_id") is not None or _env(environ, ENV_PREFIX + "KONNECT_CONTROL_PLANE_ID"):
+        return None
+    current, deprecated = (_env(environ, n) for n in KIC_ENV["konnect_control_plane_id"])
+    if current is not None and deprecated is not None and current.strip() != deprecated.strip():
+        return (
+            "--konnect-control-plane-id: CONTROLLER_KONNECT_CONTROL_PLANE_ID and CONTROLLER_KONNECT_RUNTIME_GROUP_ID "
+            "(its deprecated name) name different control planes; set one"
+        )
     return None
 
 
@@ -351,17 +577,33 @@ def load_settings(*, environ: Mapping[str, str] | None = None, **given: Any) -> 
     Every problem is reported at once, in one line that names the flag.
     """
     environ = os.environ if environ is None else environ
-    problems = [f"{_flag(name)}: unknown setting" for name in given if name not in _FIELDS]
-    values: dict[str, Any] = {}
+    problems = [
+        f"{_flag(name)}: unknown setting"
+        for name in given
+        if name not in _FIELDS or _FIELDS[name].metadata.get("kic_only")
+    ]
+    values: dict[str, Any] = _tls_pairs(given, environ, problems)
+    conflict = _control_plane_conflict(given, environ)
+    if conflict:
+        problems.append(conflict)
     for name, spec in _FIELDS.items():
-        raw = _raw_value(name, given, environ)
+        if name in _TLS_FIELDS or name == "kic_settings_present":
+            continue
+        raw, source = _raw_value(name, given, environ)
         if raw is None:
             continue
         default = spec.default if spec.default is not dataclasses.MISSING else None
         try:
-            values[name] = _parser(name, default)(raw)
+            # A value from KIC's name is first read as KIC reads it (a Go duration, a Go boolean), then
+            # checked as ours; the settings only KIC has are KIC's reading alone.
+            if source.startswith("CONTROLLER_"):
+                raw = _kic_parser(name, default)(raw)
+            values[name] = raw if spec.metadata.get("kic_only") else _parser(name, default)(raw)
         except ValueError as e:
-            problems.append(f"{_flag(name)}: {e}")
+            label = source if spec.metadata.get("kic_only") else _flag(name)
+            origin = f" (from {source})" if source.startswith("CONTROLLER_") and label != source else ""
+            problems.append(f"{label}: {e}{origin}")
+    values["kic_settings_present"] = tuple(n for n in KIC_KONNECT_SETTINGS if _env(environ, n) is not None)
     if not problems:
         settings = Settings(**values)
         problems = _cross_checks(settings)

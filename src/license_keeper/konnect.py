@@ -11,10 +11,14 @@ so a rotated certificate is used without a restart.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import datetime
 import hashlib
 import json
+import os
 import ssl
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,6 +53,7 @@ __all__ = [
     "licenses_path",
     "load_client_ssl_context",
     "parse_licenses_body",
+    "pem_file",
 ]
 
 
@@ -194,6 +199,34 @@ def _client_context(cert_file: Path, key_file: Path, ca_file: Path | None, *, sy
     return ctx
 
 
+_INLINE_FILES: list[int] = []  # descriptors of inline PEM kept open for the life of the process
+
+
+def pem_file(text: str, what: str) -> Path:
+    """A path that reads as ``text``: for a certificate or key given inline (KIC's
+    CONTROLLER_KONNECT_TLS_CLIENT_CERT / _KEY), since TLS loads them from files.
+
+    In memory where Linux offers it (memfd, read back through /proc/self/fd: nothing on disk, fine on a
+    read-only root filesystem); elsewhere a private temporary file (0600) removed at exit.
+    """
+    data = text.encode("utf-8")
+    if hasattr(os, "memfd_create") and Path("/proc/self/fd").is_dir():
+        fd = os.memfd_create(f"license-keeper-{what}", os.MFD_CLOEXEC)
+        os.write(fd, data)
+        _INLINE_FILES.append(fd)
+        return Path(f"/proc/self/fd/{fd}")
+    fd, name = tempfile.mkstemp(prefix=f"license-keeper-{what}-", suffix=".pem")  # mode 0600
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    atexit.register(_remove_quietly, name)
+    return Path(name)
+
+
+def _remove_quietly(name: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(name)
+
+
 def _files_digest(paths: list[Path]) -> str:
     h = hashlib.sha256()
     for p in paths:
@@ -261,6 +294,14 @@ class KonnectClient:
         self._lock = asyncio.Lock()
         self._closed = False
         self.reloads = 0  # how often the certificate files were (re)loaded; for tests and logs
+
+    @property
+    def cert_file(self) -> Path:
+        return self._cert_file
+
+    @property
+    def key_file(self) -> Path:
+        return self._key_file
 
     async def __aenter__(self) -> KonnectClient:
         return self

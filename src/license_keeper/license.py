@@ -25,8 +25,10 @@ __all__ = [
     "LicenseRecord",
     "UpdatedAtError",
     "describe",
+    "format_restored_at",
     "has_lone_surrogate",
     "parse_license",
+    "parse_restored_at",
     "parse_updated_at",
 ]
 
@@ -239,13 +241,17 @@ def parse_license(document: str | bytes) -> License:
 class LicenseRecord:
     """A license document plus the metadata Konnect and the Secret attach to it.
 
-    Equality and hashing use (document, id, updated_at); `source` is informational only.
+    ``restored_at`` / ``restored_by``: an operator's restore (Unix seconds, who), 0 / "" otherwise; the
+    Secret carries them as annotations beside the document they were written with, and the policy ranks
+    the license from that moment on. Equality and hashing use everything but ``source`` (informational).
     """
 
     document: str = field(repr=False)
     id: str
     updated_at: int
     source: str = field(default="konnect", compare=False)
+    restored_at: int = 0
+    restored_by: str = ""
 
     @property
     def license(self) -> License | None:
@@ -267,6 +273,8 @@ def _parse_cached(record: LicenseRecord) -> tuple[License | None, str | None]:
             if has_lone_surrogate(record.id):
                 # the id is written to the Secret as UTF-8 too
                 raise LicenseError("id", "is not valid Unicode (lone surrogate escape)")
+            if has_lone_surrogate(record.restored_by):
+                raise LicenseError("restored-by", "is not valid Unicode (lone surrogate escape)")
             cached = (parse_license(record.document), None)
         except LicenseError as exc:
             cached = (None, str(exc))
@@ -285,7 +293,32 @@ def describe(record: LicenseRecord | None) -> str:
     lic = record.license
     if lic is None:
         return "an invalid license"
-    return f"license {lic.fingerprint} (expires {lic.expiration_date.isoformat()}, updated_at {record.updated_at})"
+    restored = f", restored {format_restored_at(record.restored_at)}" if record.restored_at else ""
+    return (
+        f"license {lic.fingerprint} (expires {lic.expiration_date.isoformat()}, updated_at {record.updated_at}"
+        f"{restored})"
+    )
+
+
+def format_restored_at(seconds: int) -> str:
+    """The one rendering of a restore's time: RFC 3339 in UTC to the second, as the annotation holds it."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_restored_at(raw: str, now: datetime.datetime | None) -> int:
+    """The restore time an annotation holds (``format_restored_at``'s form only), as Unix seconds.
+
+    Raises UpdatedAtError, as for ``updated_at`` and with the same bounds: no later than ``now`` plus a day
+    (a restore from the future would outrank every Konnect license to come), not beyond the year 3000.
+    """
+    text = raw.strip()
+    if len(text) != 20 or not text.endswith("Z") or text[10] != "T":
+        raise UpdatedAtError("restored-at is not a time like 2026-12-01T09:30:00Z")
+    try:
+        moment = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    except ValueError:
+        raise UpdatedAtError("restored-at is not a valid time") from None
+    return parse_updated_at(int(moment.timestamp()), now)
 
 
 # --- updated_at ---------------------------------------------------------------------------------------

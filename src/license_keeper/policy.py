@@ -7,44 +7,71 @@ two licenses apart decides, like cert-manager's issuing policy chain):
 
 1. ``valid``             a structurally valid document beats None or an invalid one
 2. ``unexpired``         an unexpired license beats an expired one
-3. ``newer_updated_at``  then the newer Konnect ``updated_at``
+3. ``newer_updated_at``  then the newer of Konnect's ``updated_at`` and an operator's restore
+                         (``restored_at``): a restored license ranks from the moment of the restore
 4. ``later_expiration``  then the later expiration date
 
 When no rule tells two valid licenses apart, their content decides (sha256 of the document, then the
-id): the order is total, so two replicas holding different but equally ranked licenses converge on the
-same one instead of writing the Secret back and forth. Only an equal record (same document, id and
-``updated_at``) ties, and then the held one stays (no churn). Invalid records never win: ``choose``
-returns the best valid license, else the held one unchanged.
+id, ``updated_at``, the restore's time and who restored it): the order is total, so two replicas holding
+different but equally ranked licenses converge on the same one instead of writing the Secret back and
+forth. Only an equal record ties, and then the held one stays (no churn). Invalid records never win:
+``choose`` returns the best valid license, else the held one unchanged.
+
+An operator's restore
+---------------------
+``restore`` writes the license with the time of the restore (annotation ``restored-at``, beside
+``restored-by``), so rule 3 keeps it until Konnect serves a license updated after the restore, and every
+replica reads the same mark from the Secret: no replica puts its own license back. What counts as a
+*downgrade* for a restore is the license itself (``restore_downgrade``: valid, unexpired, later
+expiration; Konnect's ``updated_at`` only between two licenses that both have one and expire the same day),
+since an operator's file has no Konnect metadata: a worse license needs ``--force``, and once written it
+stays like any restore. An expired license never outranks an
+unexpired one (rule 2), so not even ``--force`` writes one over an unexpired license.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import enum
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from license_keeper.license import LicenseRecord, UpdatedAtError, parse_updated_at
+from license_keeper.license import (
+    LicenseRecord,
+    UpdatedAtError,
+    format_restored_at,
+    parse_restored_at,
+    parse_updated_at,
+)
 
 __all__ = [
     "ADOPT_ANNOTATION",
     "EXPIRATION_ANNOTATION",
     "FINGERPRINT_ANNOTATION",
+    "KIC_MANAGED_BY_LABEL",
+    "KIC_SECRET_PREFIX",
     "LICENSE_KEYS",
     "MANAGED_BY_LABEL",
     "MANAGED_BY_VALUE",
+    "RESTORED_AT_ANNOTATION",
+    "RESTORED_BY_ANNOTATION",
+    "RULES",
     "DesiredSecret",
     "SecretSnapshot",
     "SecretState",
     "WriteAction",
     "WritePlan",
+    "as_restored",
     "choose",
     "content_matches",
     "data_matches",
     "deciding_rule",
     "desired_secret",
+    "foreign_advice",
     "is_better",
+    "kic_owned",
     "labels_to_impose",
     "license_state",
     "manageable",
@@ -53,6 +80,7 @@ __all__ = [
     "plan_write",
     "rank",
     "record_from_secret",
+    "restore_downgrade",
     "secret_state",
 ]
 
@@ -76,7 +104,8 @@ def _unexpired(record: LicenseRecord, now: datetime.datetime) -> int:
 
 
 def _newer_updated_at(record: LicenseRecord, now: datetime.datetime) -> int:
-    return record.updated_at
+    # An operator's restore counts from its own moment: the license stays until Konnect's is newer.
+    return max(record.updated_at, record.restored_at)
 
 
 def _later_expiration(record: LicenseRecord, now: datetime.datetime) -> int:
@@ -107,16 +136,26 @@ def rank(record: LicenseRecord | None, now: datetime.datetime) -> tuple[int, ...
     return tuple(rule.key(record, now) for rule in RULES)
 
 
-def _tie_break(record: LicenseRecord | None) -> tuple[str, str]:
+TieBreak = tuple[str, str, int, int, str]
+
+
+def _tie_break(record: LicenseRecord | None) -> TieBreak:
     # Content-derived, so the winner among equally ranked licenses does not depend on who holds which.
+    # Every compared field of the record is in it: only equal records tie.
     if record is None or not _usable(record):
-        return ("", "")
-    return (hashlib.sha256(record.document.encode("utf-8", "surrogatepass")).hexdigest(), record.id)
+        return ("", "", 0, 0, "")
+    return (
+        hashlib.sha256(record.document.encode("utf-8", "surrogatepass")).hexdigest(),
+        record.id,
+        record.updated_at,
+        record.restored_at,
+        record.restored_by,
+    )
 
 
-def order_key(record: LicenseRecord | None, now: datetime.datetime) -> tuple[tuple[int, ...], tuple[str, str]]:
+def order_key(record: LicenseRecord | None, now: datetime.datetime) -> tuple[tuple[int, ...], TieBreak]:
     """The total order of licenses: the rules' rank, then content. Equal keys mean equal records
-    (same document, id and updated_at) or two worthless ones."""
+    (same document, id, updated_at and restore) or two worthless ones."""
     return (rank(record, now), _tie_break(record))
 
 
@@ -156,6 +195,42 @@ def choose(
     return held
 
 
+# --- an operator's restore -------------------------------------------------------------------------------
+
+# The rules that judge a license by itself, without Konnect's metadata (which an operator's file lacks).
+_MERIT_RULES = frozenset({"valid", "unexpired", "later_expiration"})
+
+
+def as_restored(record: LicenseRecord, *, at: int, by: str) -> LicenseRecord:
+    """``record`` as an operator restores it at ``at`` (Unix seconds) as ``by``: it ranks from then on."""
+    return dataclasses.replace(record, restored_at=at, restored_by=by, source="restore")
+
+
+def restore_downgrade(
+    incumbent: LicenseRecord | None, candidate: LicenseRecord | None, now: datetime.datetime
+) -> str | None:
+    """The rule by which an operator's ``candidate`` is a worse license than ``incumbent`` (the Secret's),
+    or None when it is not worse.
+
+    Judged on the licenses themselves (valid, unexpired, later expiration), since a license file has no
+    Konnect ``updated_at`` and the restore's own time will rank it. Only between two licenses that expire
+    the same day and both carry Konnect's ``updated_at`` (a backup against Konnect's license) does the older
+    one count as worse (``newer_updated_at``): it may be the license before an upgrade of seats or plan.
+    """
+    for rule, a, b in zip(RULES, rank(incumbent, now), rank(candidate, now), strict=True):
+        if rule.name in _MERIT_RULES and a != b:
+            return rule.name if a > b else None
+    if (
+        incumbent is not None
+        and candidate is not None
+        and _usable(incumbent)
+        and _usable(candidate)
+        and 0 < candidate.updated_at < incumbent.updated_at
+    ):
+        return "newer_updated_at"
+    return None
+
+
 def license_state(record: LicenseRecord | None, now: datetime.datetime, renew_before: float) -> str:
     """missing, invalid, expired, expiring (within ``renew_before`` seconds) or valid."""
     if record is None:
@@ -178,6 +253,15 @@ MANAGED_BY_VALUE = "license-keeper"
 ADOPT_ANNOTATION = "license-keeper.io/adopt"
 EXPIRATION_ANNOTATION = "license-keeper.io/expiration-date"
 FINGERPRINT_ANNOTATION = "license-keeper.io/fingerprint"
+# An operator's restore: when (RFC 3339, UTC) and who. They count only beside the document whose
+# fingerprint the fingerprint annotation names, and the keeper removes them with the next other license.
+RESTORED_AT_ANNOTATION = "license-keeper.io/restored-at"
+RESTORED_BY_ANNOTATION = "license-keeper.io/restored-by"
+_RESTORE_ANNOTATIONS = (RESTORED_AT_ANNOTATION, RESTORED_BY_ANNOTATION)
+# Kong Ingress Controller's and Kong Operator's own license store: `konnect-license-<control-plane-id>`,
+# written after every Konnect fetch. Never the keeper's to write, adopt annotation or not.
+KIC_SECRET_PREFIX = "konnect-license-"
+KIC_MANAGED_BY_LABEL = "konghq.com/managed-by"
 # KIC 3.5's keys, plus `license`: the key Kong's chart passes to the gateway as KONG_LICENSE_DATA.
 LICENSE_KEYS = ("payload", "id", "updated_at", "license")
 
@@ -201,11 +285,15 @@ class SecretSnapshot:
 
 @dataclass(frozen=True)
 class DesiredSecret:
-    """Our part of the Secret for one license; other keys, labels and annotations are left alone."""
+    """Our part of the Secret for one license; other keys, labels and annotations are left alone.
+
+    ``absent_annotations``: ours that must not be there (a restore's mark once another license is held).
+    """
 
     data: dict[str, bytes]
     labels: dict[str, str]
     annotations: dict[str, str]
+    absent_annotations: tuple[str, ...] = ()
 
 
 class SecretState(enum.StrEnum):
@@ -242,9 +330,34 @@ def adoption_requested(s: SecretSnapshot) -> bool:
     return s.annotations.get(ADOPT_ANNOTATION, "").strip().lower() == "true"
 
 
+def kic_owned(s: SecretSnapshot, name: str = "") -> bool:
+    """KIC's (or Kong Operator's) license store, by its label or its name."""
+    return name.startswith(KIC_SECRET_PREFIX) or bool(s.labels.get(KIC_MANAGED_BY_LABEL))
+
+
 def manageable(s: SecretSnapshot) -> bool:
-    """Ours, empty (pre-created by a chart), or explicitly handed over; anything else is foreign."""
+    """Ours, empty (pre-created by a chart), or explicitly handed over; anything else is foreign.
+
+    A Secret another Kong controller labels as its own is foreign even with the adopt annotation: it
+    rewrites the Secret after every fetch, and adopting it would only make two writers.
+    """
+    if s.exists and s.labels.get(KIC_MANAGED_BY_LABEL):
+        return False
     return not s.exists or is_ours(s) or is_empty(s) or adoption_requested(s)
+
+
+def foreign_advice(s: SecretSnapshot, name: str) -> str:
+    """The one explanation of a foreign Secret (Events, logs, CLI errors): why it is left alone, what to do."""
+    if kic_owned(s, name):
+        return (
+            f"Secret {name} is Kong Ingress Controller's (or Kong Operator's) own license store, rewritten after "
+            "every Konnect fetch; the keeper never writes it: use the keeper's own Secret (--secret-name, default "
+            "kong-license) and read this one only with status or export"
+        )
+    return (
+        f"Secret {name} exists but is not managed by license-keeper; leaving it alone. If nothing else writes "
+        f"it, hand it over with the annotation {ADOPT_ANNOTATION}=true; otherwise use another --secret-name"
+    )
 
 
 def _decode_text(raw: bytes | None) -> str | None:
@@ -294,10 +407,29 @@ def record_from_secret(
     updated_at = _decode_updated_at(s.data.get("updated_at"), now)
     payload = _record_from_key(s, "payload", id, updated_at, source)
     license = _record_from_key(s, "license", id, updated_at, source)
-    valid = [r for r in (payload, license) if r is not None and r.valid]
+    valid = [_with_restore_mark(s, r, now) for r in (payload, license) if r is not None and r.valid]
     if not valid:
         return payload or license
     return max(valid, key=lambda r: (_expiration(r), _tie_break(r)))
+
+
+def _with_restore_mark(s: SecretSnapshot, record: LicenseRecord, now: datetime.datetime | None) -> LicenseRecord:
+    """The record with the Secret's restore mark, when the mark was written with this very document.
+
+    Lenient like ``updated_at``: a mark that does not parse, lies in the future or sits beside another
+    document (keys edited by hand) is no mark at all.
+    """
+    raw = s.annotations.get(RESTORED_AT_ANNOTATION)
+    lic = record.license
+    if not raw or lic is None or s.annotations.get(FINGERPRINT_ANNOTATION) != lic.fingerprint:
+        return record
+    try:
+        at = parse_restored_at(raw, now)
+    except UpdatedAtError:
+        return record
+    if at <= 0:
+        return record
+    return dataclasses.replace(record, restored_at=at, restored_by=s.annotations.get(RESTORED_BY_ANNOTATION, ""))
 
 
 def _expiration(record: LicenseRecord) -> datetime.date:
@@ -332,6 +464,15 @@ def desired_secret(record: LicenseRecord) -> DesiredSecret:
     if lic is None:
         raise ValueError("refusing to build Secret content from an invalid license")
     document = record.document.encode("utf-8")
+    # Derived from the content only, so an unchanged license never changes the object.
+    annotations = {
+        EXPIRATION_ANNOTATION: lic.expiration_date.isoformat(),
+        FINGERPRINT_ANNOTATION: lic.fingerprint,
+    }
+    if record.restored_at > 0:
+        annotations[RESTORED_AT_ANNOTATION] = format_restored_at(record.restored_at)
+        if record.restored_by:
+            annotations[RESTORED_BY_ANNOTATION] = record.restored_by
     return DesiredSecret(
         data={
             "payload": document,
@@ -340,11 +481,8 @@ def desired_secret(record: LicenseRecord) -> DesiredSecret:
             "license": document,
         },
         labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE},
-        # Derived from the content only, so an unchanged license never changes the object.
-        annotations={
-            EXPIRATION_ANNOTATION: lic.expiration_date.isoformat(),
-            FINGERPRINT_ANNOTATION: lic.fingerprint,
-        },
+        annotations=annotations,
+        absent_annotations=tuple(k for k in _RESTORE_ANNOTATIONS if k not in annotations),
     )
 
 
@@ -368,6 +506,7 @@ def content_matches(s: SecretSnapshot, desired: DesiredSecret) -> bool:
         data_matches(s, desired)
         and all(s.labels.get(k) == v for k, v in labels_to_impose(s, desired).items())
         and all(s.annotations.get(k) == v for k, v in desired.annotations.items())
+        and not any(k in s.annotations for k in desired.absent_annotations)
     )
 
 
@@ -396,8 +535,9 @@ def plan_write(s: SecretSnapshot, held: LicenseRecord | None, *, existed_before:
 
 def merged_secret_fields(s: SecretSnapshot, desired: DesiredSecret) -> DesiredSecret:
     """Our keys over whatever else the Secret carries (a chart's labels, other tools' annotations)."""
+    kept = {k: v for k, v in s.annotations.items() if k not in desired.absent_annotations}
     return DesiredSecret(
         data={**s.data, **desired.data},
         labels={**s.labels, **labels_to_impose(s, desired)},
-        annotations={**s.annotations, **desired.annotations},
+        annotations={**kept, **desired.annotations},
     )

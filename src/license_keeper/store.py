@@ -116,13 +116,15 @@ def patch_body(current: SecretSnapshot, desired: DesiredSecret) -> dict[str, Any
     """A JSON merge patch with only our keys, labels and annotations.
 
     Every field we do not own (type, ownerReferences, finalizers, other keys) is left as it is, and
-    the resourceVersion turns a lost race into a 409 instead of a silent overwrite.
+    the resourceVersion turns a lost race into a 409 instead of a silent overwrite. Our annotations that
+    must go (a restore's mark once another license is held) are removed with null.
     """
+    removed: dict[str, str | None] = {k: None for k in desired.absent_annotations if k in current.annotations}
     return {
         "metadata": {
             "resourceVersion": current.resource_version,
             "labels": labels_to_impose(current, desired),
-            "annotations": desired.annotations,
+            "annotations": {**desired.annotations, **removed},
         },
         "data": _encode(desired.data),
     }

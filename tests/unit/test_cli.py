@@ -263,13 +263,65 @@ def test_validate_missing_file_and_bad_window(tmp_path: Path) -> None:
     assert_one_line_error(invoke("validate", str(f), "--renew-before=1000d"), "--renew-before: must be at most 730d")
 
 
-def test_restore_of_a_file_that_is_not_a_backup_exits_2(tmp_path: Path) -> None:
+def test_restore_of_a_file_that_is_neither_a_backup_nor_a_license_exits_2(tmp_path: Path) -> None:
     f = tmp_path / "license.json"
-    f.write_text(document(200))
+    f.write_text(json.dumps({"format": "something/else", "document": document(200)}))
     assert_one_line_error(invoke("restore", "-f", str(f), "--namespace=x"), "not a license-keeper backup")
+    f.write_text(json.dumps({"hello": "world"}))
+    assert_one_line_error(invoke("restore", "-f", str(f), "--namespace=x"), "license: is missing")
     f.write_text(json.dumps({"format": BACKUP_FORMAT, "document": document(200, signature="zz")}))
     line = assert_one_line_error(invoke("restore", "-f", str(f), "--namespace=x"), "signature")
     assert CUSTOMER not in line
+
+
+# --- issue 21 item 1: restore takes Kong's license file as validate does ----------------------------------
+
+
+def test_restore_reads_a_kong_license_file_as_support_sends_it(tmp_path: Path) -> None:
+    """It used to refuse the raw document (`not a license-keeper backup`) that `validate` accepts."""
+    from license_keeper.cli.backup import read_license_file
+
+    doc = document(335)
+    f = tmp_path / "license.json"
+    f.write_text(doc + "\n")  # as a file from Kong support ends
+    record = read_license_file(f)
+    assert record.document == doc
+    assert (record.id, record.updated_at) == ("", 0)  # no Konnect metadata: the restore's time ranks it
+    assert record.valid
+
+
+FILES: dict[str, bytes] = {
+    "raw document": document(200).encode(),
+    "raw document with a newline": (document(200) + "\n").encode(),
+    "raw document, CRLF and spaces": (" " + document(200) + "\r\n").encode(),
+    "backup": json.dumps({"format": BACKUP_FORMAT, "id": "i", "updated_at": 1, "document": document(200)}).encode(),
+    "expired raw document": document(-3).encode(),
+    "backup without document": json.dumps({"format": BACKUP_FORMAT, "id": "i"}).encode(),
+    "other format": json.dumps({"format": "x/y", "document": document(200)}).encode(),
+    "bad signature": document(200, signature="zz").encode(),
+    "not JSON": b"{nope",
+    "latin-1": document(200, customer="Zürich AG").replace("\\u00fc", "ü").encode("latin-1"),
+    "empty": b"",
+    "a JSON list": b"[]",
+}
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_validate_and_restore_accept_the_same_files(tmp_path: Path, name: str) -> None:
+    """One reader: whatever `validate` calls a license (valid, expiring or expired), `restore` reads too."""
+    from license_keeper.cli.backup import read_license_file
+
+    f = tmp_path / "file.json"
+    f.write_bytes(FILES[name])
+    summary = json.loads(invoke("validate", str(f), "-o", "json").stdout)
+    try:
+        record = read_license_file(f)
+    except ConfigError as e:
+        assert summary["state"] == "invalid", (name, str(e))
+        assert CUSTOMER not in str(e)
+    else:
+        assert summary["state"] != "invalid", name
+        assert record.license is not None and summary["fingerprint"] == record.license.fingerprint
 
 
 # --- files (issue 9 item 8) ------------------------------------------------------------------------------
@@ -312,7 +364,7 @@ def _backup(tmp_path: Path, **fields: object) -> Path:
 def test_restore_of_deeply_nested_json_is_a_clear_error(tmp_path: Path) -> None:
     f = tmp_path / "nested.json"
     f.write_bytes(NESTED)
-    assert_one_line_error(invoke("restore", "-f", str(f), "--namespace=x"), "not a license-keeper backup")
+    assert_one_line_error(invoke("restore", "-f", str(f), "--namespace=x"), "license document: is not valid JSON")
 
 
 def test_validate_of_deeply_nested_json_is_invalid_with_exit_2(tmp_path: Path) -> None:
@@ -429,3 +481,38 @@ def test_validate_says_what_kong_does_and_when(tmp_path: Path, days: int, words:
         assert grace_end in report["kong"]
     text = invoke("validate", str(f)).stdout
     assert f"Kong:             {report['kong']}" in text
+
+
+# --- issue 21 item 2: one story for --secret-name and KIC's Secret ------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["run", "restore", "sync"])
+def test_writing_commands_refuse_kics_secret_in_one_line(tmp_path: Path, command: str) -> None:
+    """KIC (and Kong Operator) rewrite konnect-license-<cp-id> after every Konnect fetch: a keeper writing it
+    would be a second writer, and adopting it would not change that. Reading it (status, export) is fine."""
+    f = tmp_path / "license.json"
+    f.write_text(document(200))
+    extra = {"run": [], "restore": ["-f", str(f)], "sync": ["--once"]}[command]
+    konnect = [
+        "--konnect-control-plane-id=cp",
+        f"--konnect-tls-client-cert-file={f}",
+        f"--konnect-tls-client-key-file={f}",
+    ]
+    args = [
+        command,
+        *extra,
+        "--namespace=kong",
+        "--secret-name=konnect-license-0a1b",
+        *(konnect if command != "restore" else []),
+    ]
+    line = assert_one_line_error(invoke(*args), "konnect-license-0a1b")
+    assert "adopt" not in line
+    assert "kong-license" in line  # what to use instead
+
+
+def test_secret_name_help_tells_one_story() -> None:
+    for command in ("run", "restore", "status", "export"):
+        text = flat(invoke(command, "--help").output)
+        help_line = text[text.index("--secret-name") :][:400]
+        assert "konnect-license-" in help_line, command
+        assert "never" in help_line  # the keeper never writes KIC's Secret

@@ -358,13 +358,13 @@ def test_settings_read_no_namespace_from_the_environment(monkeypatch: pytest.Mon
 def test_require_konnect() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings().require_konnect()
-    assert str(info.value) == (
+    assert str(info.value).startswith(
         "missing required setting(s): --konnect-control-plane-id, --konnect-tls-client-cert-file, "
         "--konnect-tls-client-key-file"
     )
     with pytest.raises(ConfigError) as info:
         load_settings(konnect_control_plane_id="cp", konnect_tls_client_cert_file="/c").require_konnect()
-    assert str(info.value) == "missing required setting(s): --konnect-tls-client-key-file"
+    assert str(info.value).startswith("missing required setting(s): --konnect-tls-client-key-file")
     complete = load_settings(
         konnect_control_plane_id="cp", konnect_tls_client_cert_file="/c", konnect_tls_client_key_file="/k"
     )
@@ -448,3 +448,166 @@ def test_the_operations_guide_states_every_default_and_range() -> None:
         assert len(rows) == 1, flag
         cells = [cell.strip() for cell in rows[0].split("|")]
         assert cells[3:5] == [f"`{default}`", f"`{format_duration(least)}` to `{format_duration(most)}`"], rows[0]
+
+
+# --- issue 21 item 2: every Konnect setting KIC reads, with KIC's meaning ----------------------------------
+#
+# Facts from Kong Ingress Controller's source (Kong/kubernetes-ingress-controller, main at 1fa68f8, Aug 2026:
+# internal/cmd/rootcmd/config/cli.go, the "Konnect" flags and the deprecated --konnect-runtime-group-id; env
+# binding in internal/cmd/rootcmd/env.go: CONTROLLER_ + the flag upper-cased, '-' -> '_', flags win).
+# flag -> (Go type, KIC's default)
+KIC_KONNECT_FLAGS: dict[str, tuple[str, str]] = {
+    "konnect-sync-enabled": ("bool", "false"),
+    "konnect-licensing-enabled": ("bool", "false"),
+    "konnect-license-storage-enabled": ("bool", "true"),
+    "konnect-initial-license-polling-period": ("duration", "1m0s"),
+    "konnect-license-polling-period": ("duration", "12h0m0s"),
+    "konnect-control-plane-id": ("string", ""),
+    "konnect-address": ("string", "https://us.kic.api.konghq.com"),
+    "konnect-tls-client-cert": ("string", ""),
+    "konnect-tls-client-cert-file": ("string", ""),
+    "konnect-tls-client-key": ("string", ""),
+    "konnect-tls-client-key-file": ("string", ""),
+    "konnect-upload-config-period": ("duration", "30s"),
+    "konnect-config-sync-concurrency": ("int", "4"),
+    "konnect-refresh-node-period": ("duration", "1m0s"),
+    "konnect-disable-consumers-sync": ("bool", "false"),
+    "konnect-runtime-group-id": ("string", ""),  # deprecated: "Use --konnect-control-plane-id instead."
+}
+
+
+def kic_env(flag: str) -> str:
+    return "CONTROLLER_" + flag.upper().replace("-", "_")
+
+
+def test_the_keeper_knows_every_konnect_setting_kic_reads() -> None:
+    from license_keeper.config import KIC_KONNECT_SETTINGS
+
+    assert set(KIC_KONNECT_SETTINGS) == {kic_env(flag) for flag in KIC_KONNECT_FLAGS}
+
+
+def test_a_kic_environment_with_every_konnect_setting_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of KIC's settings set to a value KIC accepts (Go spellings included): nothing is refused."""
+    values = {
+        "konnect-sync-enabled": "T",
+        "konnect-licensing-enabled": "TRUE",
+        "konnect-license-storage-enabled": "0",
+        "konnect-initial-license-polling-period": "1m30s",
+        "konnect-license-polling-period": "6h0m0s",
+        "konnect-control-plane-id": "cp-1",
+        "konnect-address": "https://eu.kic.api.konghq.com",
+        "konnect-tls-client-cert": "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n",
+        "konnect-tls-client-key": "-----BEGIN PRIVATE KEY-----\nMII\n-----END PRIVATE KEY-----\n",
+        "konnect-upload-config-period": "45s",
+        "konnect-config-sync-concurrency": "4",
+        "konnect-refresh-node-period": "2m",
+        "konnect-disable-consumers-sync": "true",
+    }
+    for flag, value in values.items():
+        monkeypatch.setenv(kic_env(flag), value)
+    s = load_settings()
+    s.require_konnect()
+    assert s.konnect_control_plane_id == "cp-1"
+    assert s.konnect_address == "https://eu.kic.api.konghq.com"
+    assert s.initial_polling_period == 90.0 and s.polling_period == 6 * 3600.0
+    assert s.konnect_tls_client_cert.startswith("-----BEGIN CERTIFICATE-----")
+    assert s.konnect_tls_client_key.startswith("-----BEGIN PRIVATE KEY-----")
+    assert s.konnect_tls_client_cert_file is None and s.konnect_tls_client_key_file is None
+    assert s.kic_licensing_enabled is True and s.kic_license_storage_enabled is False
+
+
+def test_kics_konnect_manifest_runs_the_keeper(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KIC's Konnect manifests (config/components/konnect/manager.yaml) and the Kong chart: the control plane
+    id from a ConfigMap, the certificate and key inline from the Secret konnect-client-tls."""
+    monkeypatch.setenv("CONTROLLER_KONNECT_CONTROL_PLANE_ID", "cp-2")
+    monkeypatch.setenv("CONTROLLER_KONNECT_SYNC_ENABLED", "true")
+    monkeypatch.setenv("CONTROLLER_KONNECT_LICENSING_ENABLED", "true")
+    monkeypatch.setenv("CONTROLLER_KONNECT_TLS_CLIENT_CERT", "-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("CONTROLLER_KONNECT_TLS_CLIENT_KEY", "-----BEGIN PRIVATE KEY-----\n")
+    load_settings().require_konnect()  # it used to say: missing required setting(s)
+
+
+def test_the_deprecated_runtime_group_id_is_the_control_plane_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTROLLER_KONNECT_RUNTIME_GROUP_ID", "rg-1")
+    assert load_settings().konnect_control_plane_id == "rg-1"
+    monkeypatch.setenv("CONTROLLER_KONNECT_CONTROL_PLANE_ID", "rg-1")
+    assert load_settings().konnect_control_plane_id == "rg-1"
+    monkeypatch.setenv("CONTROLLER_KONNECT_CONTROL_PLANE_ID", "cp-other")
+    with pytest.raises(ConfigError, match="CONTROLLER_KONNECT_RUNTIME_GROUP_ID"):
+        load_settings()  # two different ids: KIC would silently take one of them
+    monkeypatch.setenv("LICENSE_KEEPER_KONNECT_CONTROL_PLANE_ID", "ours")
+    assert load_settings().konnect_control_plane_id == "ours"  # ours wins over KIC's names, as always
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [("1m0s", 60.0), ("12h0m0s", 43200.0), ("1h30m", 5400.0), ("90s", 90.0), ("1.5h", 5400.0), ("2m500ms", 120.5)],
+)
+def test_kics_polling_periods_are_go_durations(monkeypatch: pytest.MonkeyPatch, raw: str, seconds: float) -> None:
+    monkeypatch.setenv("CONTROLLER_KONNECT_LICENSE_POLLING_PERIOD", raw)
+    monkeypatch.setenv("CONTROLLER_KONNECT_INITIAL_LICENSE_POLLING_PERIOD", raw)
+    s = load_settings()
+    assert s.polling_period == s.initial_polling_period == seconds
+
+
+@pytest.mark.parametrize("raw", ["7d", "90", "soon", "-1m", "1m-5s"])
+def test_a_duration_kic_refuses_is_refused(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("CONTROLLER_KONNECT_LICENSE_POLLING_PERIOD", raw)
+    with pytest.raises(ConfigError, match="CONTROLLER_KONNECT_LICENSE_POLLING_PERIOD"):
+        load_settings()
+
+
+def test_kics_polling_periods_come_after_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTROLLER_KONNECT_LICENSE_POLLING_PERIOD", "6h")
+    monkeypatch.setenv("LICENSE_KEEPER_POLLING_PERIOD", "3h")
+    assert load_settings().polling_period == 3 * 3600.0
+    assert load_settings(polling_period="1h").polling_period == 3600.0
+
+
+@pytest.mark.parametrize(("raw", "value"), [("1", True), ("t", True), ("True", True), ("F", False), ("false", False)])
+def test_kics_switches_are_go_booleans(monkeypatch: pytest.MonkeyPatch, raw: str, value: bool) -> None:
+    monkeypatch.setenv("CONTROLLER_KONNECT_LICENSING_ENABLED", raw)
+    assert load_settings().kic_licensing_enabled is value
+
+
+def test_a_switch_kic_refuses_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTROLLER_KONNECT_LICENSE_STORAGE_ENABLED", "yes")
+    with pytest.raises(ConfigError, match="CONTROLLER_KONNECT_LICENSE_STORAGE_ENABLED"):
+        load_settings()
+
+
+def test_inline_certificate_and_file_exclude_each_other_as_in_kic(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTROLLER_KONNECT_TLS_CLIENT_CERT", "PEM")
+    monkeypatch.setenv("CONTROLLER_KONNECT_TLS_CLIENT_CERT_FILE", "/c")
+    with pytest.raises(ConfigError, match="only one allowed"):
+        load_settings()
+    # our own setting wins over KIC's pair as a whole
+    monkeypatch.setenv("LICENSE_KEEPER_KONNECT_TLS_CLIENT_CERT_FILE", "/ours.crt")
+    s = load_settings()
+    assert s.konnect_tls_client_cert_file == Path("/ours.crt") and s.konnect_tls_client_cert == ""
+    assert load_settings(konnect_tls_client_cert_file="/flag.crt").konnect_tls_client_cert_file == Path("/flag.crt")
+
+
+def test_a_certificate_without_a_key_is_refused_as_in_kic(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTROLLER_KONNECT_CONTROL_PLANE_ID", "cp")
+    monkeypatch.setenv("CONTROLLER_KONNECT_TLS_CLIENT_CERT", "PEM")
+    with pytest.raises(ConfigError, match="--konnect-tls-client-key-file"):
+        load_settings().require_konnect()
+
+
+def test_kics_settings_that_do_not_apply_are_named_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTROLLER_KONNECT_SYNC_ENABLED", "true")
+    monkeypatch.setenv("CONTROLLER_KONNECT_UPLOAD_CONFIG_PERIOD", "30s")
+    notes = " ".join(load_settings().kic_notes())
+    assert "CONTROLLER_KONNECT_SYNC_ENABLED" in notes and "CONTROLLER_KONNECT_UPLOAD_CONFIG_PERIOD" in notes
+
+
+# --- issue 21 item 2: the keeper never writes KIC's Secret ------------------------------------------------
+
+
+def test_run_refuses_kics_secret_name() -> None:
+    with pytest.raises(ConfigError, match="konnect-license-") as info:
+        load_settings(secret_name="konnect-license-0a1b").require_own_secret()
+    assert "adopt" not in str(info.value)
+    load_settings(secret_name="konnect-license-0a1b")  # reading it (status, export) is fine
+    load_settings(secret_name="kong-license").require_own_secret()

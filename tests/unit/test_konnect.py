@@ -534,3 +534,32 @@ async def test_a_client_closed_while_its_context_loads_makes_no_session(
     with pytest.raises(RuntimeError, match="closed"):
         await fetch
     assert client._session is None
+
+
+# --- issue 21 item 2: the certificate and key inline, as KIC's manifests give them ---------------------------
+
+
+async def test_a_client_from_kics_inline_certificate_and_key(
+    konnect: KonnectStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from license_keeper.cli.common import konnect_client
+    from license_keeper.config import load_settings
+
+    tls = konnect.tls
+    for name in list(os.environ):
+        if name.startswith(("LICENSE_KEEPER_", "CONTROLLER_KONNECT_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("CONTROLLER_KONNECT_ADDRESS", konnect.address)
+    monkeypatch.setenv("CONTROLLER_KONNECT_CONTROL_PLANE_ID", konnect.control_plane_id)
+    monkeypatch.setenv("CONTROLLER_KONNECT_TLS_CLIENT_CERT", tls.client_cert_file.read_text())
+    monkeypatch.setenv("CONTROLLER_KONNECT_TLS_CLIENT_KEY", tls.client_key_file.read_text())
+    settings = load_settings(konnect_ca_file=str(tls.ca_file))
+    assert "PRIVATE KEY" not in repr(settings)  # the key never shows in a settings dump
+    client = konnect_client(settings)
+    check_client_files(client.cert_file, client.key_file, tls.ca_file)
+    async with client:
+        result = await client.fetch()
+    assert isinstance(result, LicenseFetched), result.describe()
+    assert result.record == konnect.record
+    for path in (client.cert_file, client.key_file):
+        assert not str(path).startswith(str(tls.client_cert_file.parent))  # not the files on disk

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from license_keeper.license import LicenseRecord
-from license_keeper.policy import choose, deciding_rule, is_better, order_key, rank
+from license_keeper.policy import choose, deciding_rule, is_better, order_key, rank, restore_downgrade
 from license_keeper.testing.licenses import make_document, make_record
 
 UTC = datetime.UTC
@@ -22,9 +23,16 @@ def day(offset: int) -> datetime.date:
 
 
 def rec(
-    updated_at: int, expires: int, *, id: str = "id", sig: str = "ab" * 40, source: str = "konnect"
+    updated_at: int,
+    expires: int,
+    *,
+    id: str = "id",
+    sig: str = "ab" * 40,
+    source: str = "konnect",
+    restored_at: int = 0,
+    restored_by: str = "",
 ) -> LicenseRecord:
-    return make_record(
+    record = make_record(
         updated_at=updated_at,
         id=id,
         source=source,
@@ -33,6 +41,9 @@ def rec(
         creation_date=day(-400),
         expiration_date=day(expires),
     )
+    if not restored_at:
+        return record
+    return dataclasses.replace(record, restored_at=restored_at, restored_by=restored_by)
 
 
 INVALID = LicenseRecord(document="{not json", id="bad", updated_at=10**9)
@@ -115,6 +126,9 @@ _valid_records = st.builds(
     id=st.sampled_from(["a", "b", "c"]),
     sig=st.sampled_from(["ab" * 40, "cd" * 40]),
     source=st.sampled_from(["konnect", "secret", "backup"]),
+    # an operator's restore (issue 21): most records have none; the rest rank from the restore's time
+    restored_at=st.sampled_from([0, 0, 0, 2, 3, 5]),
+    restored_by=st.sampled_from(["", "ops", "system:serviceaccount:kong:keeper"]),
 )
 _invalid_records = st.builds(
     LicenseRecord,
@@ -257,3 +271,143 @@ def test_choose_does_not_depend_on_who_holds_what(
     if any(_valid(r) for r in offered):
         assert first == second
         assert _valid(first)
+
+
+# --- an operator's restore ranks from the moment of the restore (issue 21 item 1) -------------------------
+#
+# Konnect's updated_at of the license the keeper holds: 1000. The operator restores at 2000 (restored_at).
+
+KONNECT = rec(1000, 30, id="konnect", sig="aa" * 40)
+RESTORE_CASES = [
+    # (name, held, candidates, expected: "held" or an index into candidates)
+    ("a restored license that runs longer beats Konnect's older one", KONNECT, [rec(0, 330, restored_at=2000)], 0),
+    ("the restore ranks from its own time, not the file's old updated_at", KONNECT, [rec(5, 330, restored_at=2000)], 0),
+    ("Konnect's license older than the restore does not replace it", rec(0, 330, restored_at=2000), [KONNECT], "held"),
+    ("Konnect's license updated after the restore replaces it", rec(0, 330, restored_at=2000), [rec(3000, 30)], 0),
+    (
+        "a forced worse restore is not undone by Konnect's older license",
+        rec(0, 10, restored_at=2000),
+        [KONNECT],
+        "held",
+    ),
+    ("a forced worse restore gives way to Konnect's newer license", rec(0, 10, restored_at=2000), [rec(2001, 9)], 0),
+    ("a restored license that expired gives way to an unexpired one", rec(0, -1, restored_at=2000), [KONNECT], 0),
+    ("a later restore beats an earlier one", rec(0, 330, restored_at=2000), [rec(0, 30, restored_at=2500)], 0),
+    (
+        "the same document restored is better than it unrestored",
+        KONNECT,
+        [dataclasses.replace(KONNECT, restored_at=2000)],
+        0,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("held", "candidates", "expected"), [c[1:] for c in RESTORE_CASES], ids=[c[0] for c in RESTORE_CASES]
+)
+def test_restore_cases(held: LicenseRecord | None, candidates: list[LicenseRecord | None], expected: object) -> None:
+    result = choose(held, candidates, NOW)
+    if expected == "held":
+        assert result is held
+    else:
+        assert isinstance(expected, int)
+        assert result is candidates[expected]
+
+
+def test_the_restore_time_is_what_the_newer_updated_at_rule_compares() -> None:
+    restored = rec(0, 330, restored_at=2000)
+    assert deciding_rule(restored, KONNECT, NOW) == "newer_updated_at"
+    assert deciding_rule(rec(3000, 30), restored, NOW) == "newer_updated_at"
+    # same time on both sides: the rule after it decides
+    assert deciding_rule(rec(0, 40, restored_at=1000), KONNECT, NOW) == "later_expiration"
+
+
+RESTORE_DOWNGRADES = [
+    # (name, in the Secret, the operator's file, the rule that makes the file worse, or None)
+    ("into an empty Secret", None, rec(0, 30), None),
+    ("over an invalid license", INVALID, rec(0, -3), None),
+    ("a license that runs 11 months longer", rec(1000, 5), rec(0, 335), None),
+    ("the same expiry, other content", rec(1000, 30, sig="cd" * 40), rec(0, 30), None),
+    ("a shorter license than the Secret's", rec(1000, 335), rec(0, 5), "later_expiration"),
+    ("an expired license over an unexpired one", rec(1000, 5), rec(0, -1), "unexpired"),
+    ("an expired license over a more expired one", rec(1000, -9), rec(0, -1), None),
+    ("an older Konnect updated_at does not make a file worse", rec(1000, 30), rec(1, 31), None),
+    (
+        "an older backup of a license expiring the same day",
+        rec(1000, 30),
+        rec(900, 30, sig="cd" * 40),
+        "newer_updated_at",
+    ),
+    ("a newer backup of a license expiring the same day", rec(900, 30), rec(1000, 30, sig="cd" * 40), None),
+    ("over a restored license expiring the same day", rec(0, 30, restored_at=2000), rec(900, 30, sig="cd" * 40), None),
+]
+
+
+@pytest.mark.parametrize(
+    ("current", "candidate", "rule"), [c[1:] for c in RESTORE_DOWNGRADES], ids=[c[0] for c in RESTORE_DOWNGRADES]
+)
+def test_restore_downgrade(current: LicenseRecord | None, candidate: LicenseRecord, rule: str | None) -> None:
+    assert restore_downgrade(current, candidate, NOW) == rule
+
+
+_times = st.integers(0, 4000)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    restored_at=st.integers(1, 4000),
+    konnect_at=_times,
+    restored_days=st.integers(-3, 400),
+    konnect_days=st.integers(-3, 400),
+)
+def test_a_restore_stays_until_konnect_serves_a_license_updated_after_it(
+    restored_at: int, konnect_at: int, restored_days: int, konnect_days: int
+) -> None:
+    restored = rec(0, restored_days, id="r", sig="ab" * 40, restored_at=restored_at, restored_by="ops")
+    served = rec(konnect_at, konnect_days, id="k", sig="cd" * 40)
+    result = choose(restored, [served], NOW)
+    restored_expired = restored_days < 0
+    served_expired = konnect_days < 0
+    if restored_expired != served_expired:
+        # unexpired beats expired, whatever the times
+        assert result is (served if restored_expired else restored)
+    elif konnect_at > restored_at:
+        assert result is served
+    elif konnect_at < restored_at:
+        assert result is restored  # however much shorter it runs: the operator chose it
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    start=st.lists(records, min_size=2, max_size=4),
+    secret=records,
+    konnect=st.lists(records, min_size=1, max_size=4),
+    rounds=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), min_size=1, max_size=30),
+    now=nows,
+)
+def test_replicas_never_write_the_secret_back_and_forth(
+    start: list[LicenseRecord | None],
+    secret: LicenseRecord | None,
+    konnect: list[LicenseRecord | None],
+    rounds: list[tuple[int, int]],
+    now: datetime.datetime,
+) -> None:
+    """Any replica may lead in any round, holding what it held, and any Konnect answer may arrive: the
+    Secret only ever moves up the order, so no two replicas (nor a keeper and a restore) ping-pong."""
+    held = list(start)
+    written: list[LicenseRecord] = []
+    for leader_pick, answer_pick in rounds:
+        leader = leader_pick % len(held)
+        # every replica takes a better license from the Secret (the watch)
+        held = [choose(h, [secret], now) for h in held]
+        # the leader asks Konnect and keeps the better
+        held[leader] = choose(held[leader], [konnect[answer_pick % len(konnect)]], now)
+        best = choose(held[leader], [secret], now)
+        if _valid(best) and best != secret:
+            assert best is not None
+            if secret is not None and _valid(secret):
+                assert order_key(best, now) > order_key(secret, now)
+            written.append(best)
+            secret = best
+    # each record is written at most once: nothing comes back after it was replaced
+    assert len(written) == len(set(written))

@@ -19,11 +19,14 @@ from license_keeper.policy import (
     LICENSE_KEYS,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
+    RESTORED_AT_ANNOTATION,
+    RESTORED_BY_ANNOTATION,
     DesiredSecret,
     SecretSnapshot,
     SecretState,
     WriteAction,
     WritePlan,
+    as_restored,
     choose,
     content_matches,
     data_matches,
@@ -374,12 +377,15 @@ def valid_records(draw: st.DrawFn) -> LicenseRecord:
         signature=draw(st.text("0123456789abcdefABCDEF", min_size=1, max_size=80)),
         version=draw(st.one_of(st.just("1"), st.integers(0, 5))),
     )
-    return LicenseRecord(
+    record = LicenseRecord(
         document=document,
         id=draw(st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)),
         updated_at=draw(st.integers(0, MAX_UPDATED_AT)),  # the one accepted range
         source=draw(st.sampled_from(["konnect", "secret", "backup", "file"])),
     )
+    if draw(st.booleans()):  # an operator's restore (issue 21): its marker must survive the round trip too
+        record = as_restored(record, at=draw(st.integers(1, MAX_UPDATED_AT)), by=draw(st.text(max_size=20)))
+    return record
 
 
 others = st.dictionaries(
@@ -430,7 +436,8 @@ def test_desired_secret_never_depends_on_source(record: LicenseRecord, other_sou
 @PROPS
 @given(record=valid_records(), id=st.text(max_size=20), updated_at=st.integers(0, 2**40))
 def test_annotations_derive_from_the_document_only(record: LicenseRecord, id: str, updated_at: int) -> None:
-    same_document = LicenseRecord(document=record.document, id=id, updated_at=updated_at, source="backup")
+    """... and the restore's mark, which is not Konnect's metadata (issue 21)."""
+    same_document = dataclasses.replace(record, id=id, updated_at=updated_at, source="backup")
     a = desired_secret(record).annotations
     assert a == desired_secret(same_document).annotations
     assert record.license is not None
@@ -603,3 +610,84 @@ def test_an_immutable_secret_with_the_right_license_is_present_and_needs_no_writ
     # an immutable Secret with only part of our keys cannot be completed
     partial = snap(kic_data(HELD), OURS, immutable=True)
     assert secret_state(partial) is SecretState.IMMUTABLE
+
+
+# --- issue 21 item 1: an operator's restore is marked in the Secret, and the mark is read back ------------
+
+RESTORE_TIME = int(NOW.timestamp()) - 3600
+RESTORED = as_restored(OTHER, at=RESTORE_TIME, by="system:serviceaccount:kong:ops")
+
+
+def test_a_restore_is_written_with_its_marker_and_read_back() -> None:
+    assert RESTORED.restored_at == RESTORE_TIME and RESTORED.restored_by == "system:serviceaccount:kong:ops"
+    assert RESTORED.document == OTHER.document and RESTORED.id == OTHER.id and RESTORED.updated_at == OTHER.updated_at
+    d = desired_secret(RESTORED)
+    stamp = datetime.datetime.fromtimestamp(RESTORE_TIME, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert d.annotations[RESTORED_AT_ANNOTATION] == stamp
+    assert d.annotations[RESTORED_BY_ANNOTATION] == "system:serviceaccount:kong:ops"
+    assert d.data == desired_secret(OTHER).data  # the keys Kong and KIC's format hold are unchanged
+    back = record_from_secret(written(RESTORED), now=NOW)
+    assert back == RESTORED
+    assert back is not None and (back.restored_at, back.restored_by) == (RESTORE_TIME, RESTORED.restored_by)
+    assert plan_write(written(RESTORED), RESTORED) == WritePlan(WriteAction.NONE)
+
+
+def test_the_marker_counts_only_for_the_document_it_was_written_with() -> None:
+    s = written(RESTORED)
+    # someone put another license into the keys by hand and left the annotations
+    edited = dataclasses.replace(s, data=full_data(HELD))
+    back = record_from_secret(edited, now=NOW)
+    assert back is not None and back.document == HELD.document
+    assert back.restored_at == 0 and back.restored_by == ""
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "yesterday",
+        "2030-13-01T00:00:00Z",
+        str(RESTORE_TIME),
+        (NOW + datetime.timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ"),  # from the future: would pin it forever
+        "",
+    ],
+)
+def test_a_malformed_or_future_restore_time_is_no_marker(stamp: str) -> None:
+    s = written(RESTORED)
+    s = dataclasses.replace(s, annotations={**s.annotations, RESTORED_AT_ANNOTATION: stamp})
+    back = record_from_secret(s, now=NOW)
+    assert back is not None and back.document == OTHER.document
+    assert back.restored_at == 0
+
+
+def test_a_newer_license_replaces_the_restore_and_its_marker() -> None:
+    s = written(RESTORED)
+    newer = make_record(updated_at=RESTORE_TIME + 60, id="newer")
+    assert choose(record_from_secret(s, now=NOW), [newer], NOW) is newer
+    plan = plan_write(s, newer)
+    assert plan == WritePlan(WriteAction.UPDATE, "rotate")
+    d = merged_secret_fields(s, desired_secret(newer))
+    assert RESTORED_AT_ANNOTATION not in d.annotations and RESTORED_BY_ANNOTATION not in d.annotations
+    after = SecretSnapshot(exists=True, data=d.data, labels=d.labels, annotations=d.annotations)
+    assert plan_write(after, newer) == WritePlan(WriteAction.NONE)
+    assert record_from_secret(after, now=NOW) == newer
+
+
+def test_a_stale_marker_beside_the_held_license_is_removed() -> None:
+    """The held license, unrestored, in a Secret that still carries a marker for it: the marker goes."""
+    s = written(RESTORED)
+    held = OTHER
+    assert not content_matches(s, desired_secret(held))
+    assert plan_write(s, held).action is WriteAction.UPDATE
+
+
+# --- issue 21 item 2: KIC's and Kong Operator's license Secret is never the keeper's -----------------------
+
+
+def test_kics_secret_is_foreign_even_with_the_adopt_annotation() -> None:
+    """KIC (and Kong Operator) rewrite it after every Konnect fetch: adopting it would make two writers."""
+    kic = snap(kic_data(OTHER), KIC_LABELS, {ADOPT_ANNOTATION: "true"})
+    assert not manageable(kic)
+    assert secret_state(kic) is SecretState.FOREIGN
+    assert plan_write(kic, HELD) == WritePlan(WriteAction.REFUSE, refusal=SecretState.FOREIGN)
+    operator = snap(kic_data(OTHER), {**KIC_LABELS, "konghq.com/secret": "true"}, {ADOPT_ANNOTATION: "true"})
+    assert not manageable(operator)

@@ -47,9 +47,9 @@ __all__ = ["main"]
 def main(ctx: click.Context) -> None:
     """Keeps the Kong Gateway Enterprise license from Konnect in a Kubernetes Secret.
 
-    The Secret (<controller-name>-license) is readable by Kong (key `license`, for
-    KONG_LICENSE_DATA) and by Kong Ingress Controller (keys `payload`, `id`, `updated_at`),
-    so gateways start even while Konnect is down and the controller restarts.
+    Gateways read the Secret (<controller-name>-license, key `license`) as KONG_LICENSE_DATA,
+    so they start even while Konnect is down and the controller restarts. It is not KIC's
+    license Secret (konnect-license-<cp-id>), which the keeper never writes.
 
     Every option also reads LICENSE_KEEPER_<OPTION> (upper-cased, '-' -> '_'); the Konnect
     options also read Kong Ingress Controller's CONTROLLER_KONNECT_* names. A flag wins over both.
@@ -106,12 +106,10 @@ def run(**flags: Any) -> None:
     started()
     settings = settings_from(**flags)
     try:
+        settings.require_own_secret()
         konnect = konnect_client(settings)
-        assert settings.konnect_tls_client_cert_file and settings.konnect_tls_client_key_file
         # Fail at start, in one line, rather than on the first poll.
-        check_client_files(
-            settings.konnect_tls_client_cert_file, settings.konnect_tls_client_key_file, settings.konnect_ca_file
-        )
+        check_client_files(konnect.cert_file, konnect.key_file, settings.konnect_ca_file)
         kube = api_client(settings)
         namespace = resolve_namespace(settings, kube)
     except (ConfigError, KonnectConfigError) as e:
@@ -168,6 +166,7 @@ async def _sync_once(settings: Settings) -> int:
     from ..store import SecretStore, StoreError
 
     try:
+        settings.require_own_secret()
         konnect = konnect_client(settings)
     except (ConfigError, KonnectConfigError) as e:
         fail(str(e))

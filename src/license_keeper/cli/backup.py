@@ -1,12 +1,15 @@
-"""`export` and `restore`: the backup file format, reading it back, and writing private files."""
+"""`export` and `restore`: the backup file format, reading it (or Kong's license file) back, and writing
+private files."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import getpass
 import json
 import os
 import secrets
+import socket
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,11 +18,12 @@ from typing import Any
 import click
 
 from ..config import ConfigError
-from ..license import LicenseRecord, UpdatedAtError, describe, parse_updated_at
-from ..policy import deciding_rule, is_better, record_from_secret
+from ..kube import Kube, KubeError
+from ..license import LicenseRecord, UpdatedAtError, describe, format_restored_at, parse_updated_at
+from ..policy import record_from_secret
 from .common import EXIT_BAD, connect, fail, load_json, read_capped, run_async, secret_options, settings_from
 
-__all__ = ["BACKUP_FORMAT", "export_", "restore", "write_private"]
+__all__ = ["BACKUP_FORMAT", "export_", "license_from_bytes", "read_license_file", "restore", "write_private"]
 
 BACKUP_FORMAT = "license-keeper/backup/v1"
 
@@ -117,25 +121,75 @@ def _fsync_dir(directory: Path) -> None:
             os.close(dir_fd)
 
 
-def read_backup(path: Path, now: datetime | None = None) -> LicenseRecord:
-    raw = read_capped(path)
+def license_from_bytes(raw: bytes, now: datetime) -> LicenseRecord:
+    """The license in a file: a license-keeper backup, or Kong's license file itself (the JSON document,
+    as Kong support sends it and as KONG_LICENSE_DATA holds it). The one reader of `validate` and `restore`.
+
+    A backup brings Konnect's id and updated_at; a license file has none (empty id, updated_at 0).
+    Raises ConfigError with one line naming the field, never a value. The record may be expired.
+    """
+    try:
+        text = raw.decode("utf-8")  # strict: a Latin-1 file is not a license Kong would accept
+    except UnicodeDecodeError:
+        raise ConfigError("license document: is not valid UTF-8") from None
     try:
         data = load_json(raw)
-    except ValueError as e:
-        raise ConfigError(f"{path} is not a license-keeper backup ({e})") from None
-    if not isinstance(data, dict) or data.get("format") != BACKUP_FORMAT:
-        raise ConfigError(f"{path} is not a license-keeper backup (format is not {BACKUP_FORMAT})")
-    document, record_id = data.get("document"), data.get("id", "")
-    if not isinstance(document, str) or not isinstance(record_id, str):
-        raise ConfigError(f"{path}: backup lacks the license document or has a bad id")
-    try:
-        updated_at = parse_updated_at(data.get("updated_at", 0), now or datetime.now(UTC))
-    except UpdatedAtError as e:
-        raise ConfigError(f"{path}: backup {e}") from None
-    record = LicenseRecord(document=document, id=record_id, updated_at=updated_at, source="backup")
+    except ValueError:
+        data = None  # parse_license names the problem below
+    record_id, updated_at = "", 0
+    if isinstance(data, dict) and "format" in data:
+        if data.get("format") != BACKUP_FORMAT:
+            raise ConfigError(f"not a license-keeper backup (format is not {BACKUP_FORMAT}) nor a license document")
+        document, record_id = data.get("document"), data.get("id", "")
+        if not isinstance(document, str):
+            raise ConfigError("license document: is missing from the backup")
+        if not isinstance(record_id, str):
+            raise ConfigError("backup has a bad id")
+        try:
+            updated_at = parse_updated_at(data.get("updated_at", 0), now)
+        except UpdatedAtError as e:
+            raise ConfigError(f"backup {e}") from None
+        text = document
+    record = LicenseRecord(document=text.strip(), id=record_id, updated_at=updated_at, source="file")
     if not record.valid:
-        raise ConfigError(f"{path}: {record.problem}")
+        raise ConfigError(str(record.problem))
     return record
+
+
+def read_license_file(path: Path, now: datetime | None = None) -> LicenseRecord:
+    """``license_from_bytes`` of a file ('-' for stdin); the error names the file."""
+    raw = read_capped(path)
+    try:
+        return license_from_bytes(raw, now or datetime.now(UTC))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+async def who_restores(api: Kube) -> str:
+    """Who runs the restore, for the Secret's restored-by: the API server's name for the caller
+    (SelfSubjectReview, which every authenticated user may create), else the local user and host."""
+    try:
+        review = await api.request(
+            "POST",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+            what="create SelfSubjectReview",
+            timeout=10.0,
+        )
+        name = ((review.get("status") or {}).get("userInfo") or {}).get("username")
+        if isinstance(name, str) and name.strip():
+            return _printable(name)
+    except (KubeError, ValueError):
+        pass
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = "unknown"
+    return _printable(f"{user}@{socket.gethostname()}")
+
+
+def _printable(text: str) -> str:
+    return "".join(c for c in text if c.isprintable())[:253]
 
 
 @click.command()
@@ -145,48 +199,63 @@ def read_backup(path: Path, now: datetime | None = None) -> LicenseRecord:
     "--file",
     "file",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Backup written by `export`.",
+    type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
+    help="Kong's license file (the JSON document, as Kong support sends it) or a backup written by `export`; "
+    "'-' for stdin.",
 )
 @click.option(
     "--force",
     is_flag=True,
-    help="Write even if the Secret holds a better license (a downgrade). "
-    "A running keeper restores the better license it holds.",
+    help="Write even a worse license than the Secret's (one that expires earlier). It stays until Konnect "
+    "serves a license updated after the restore. An expired license is never written over an unexpired one.",
 )
 def restore(file: Path, force: bool, **flags: Any) -> None:
-    """Put a backed-up license into the Secret, through the selection policy.
+    """Put a license into the Secret: an operator's restore, which ranks from the moment of the restore.
 
-    Refuses to replace a better license unless --force. Works with or without a running keeper;
-    a running keeper sees the change through its watch and takes the restored license.
+    The license stays until Konnect serves a license updated after the restore: a running keeper takes
+    it from the Secret, keeps it against Konnect's older license and says so in a LicenseRestored Event.
+    Refuses a worse license than the Secret's (expired, or expiring earlier) unless --force.
+    Works with or without a running keeper.
     """
-    from ..policy import SecretState, manageable
+    from ..policy import SecretState, as_restored, foreign_advice, manageable, restore_downgrade
     from ..store import SecretStore, StoreError
 
     settings = settings_from(**flags)
     try:
-        record = read_backup(file)
+        settings.require_own_secret()
+        record = read_license_file(file)
     except ConfigError as e:
         fail(str(e))
         return
 
     async def go() -> int:
         namespace, api = await connect(settings)
-        what = f"Secret {namespace}/{settings.effective_secret_name}"
+        name = settings.effective_secret_name
+        what = f"Secret {namespace}/{name}"
         try:
-            store = SecretStore(api, namespace, settings.effective_secret_name)
+            store = SecretStore(api, namespace, name)
             current = await store.read()
             now = datetime.now(UTC)
             in_secret = record_from_secret(current, now=now)
             if current.exists and not manageable(current):
-                fail(f"{what} is not managed by license-keeper; left untouched")
-            if in_secret is not None and is_better(in_secret, record, now) and not force:
-                rule = deciding_rule(in_secret, record, now)
+                fail(foreign_advice(current, name))
+            if in_secret is not None and in_secret.valid and in_secret.document == record.document:
+                click.echo(f"{what}: already holds this license ({describe(in_secret)})")
+                return 0
+            worse_by = restore_downgrade(in_secret, record, now)
+            if worse_by == "unexpired":
                 fail(
-                    f"{what} holds a better license ({describe(in_secret)}; decided by {rule}); "
+                    f"{what} holds an unexpired license ({describe(in_secret)}) and the file's has expired "
+                    "(decided by unexpired); no keeper keeps an expired license over an unexpired one, "
+                    "so not even --force writes it"
+                )
+            if worse_by is not None and not force:
+                fail(
+                    f"{what} holds a better license ({describe(in_secret)}; decided by {worse_by}); "
                     "refusing to downgrade (use --force)"
                 )
-            outcome = await store.sync(record, now, snapshot=current, reason="restore", force=force)
+            restored = as_restored(record, at=int(now.timestamp()), by=await who_restores(api))
+            outcome = await store.sync(restored, now, snapshot=current, reason="restore", force=True)
         except StoreError as e:
             fail(str(e))
             return EXIT_BAD
@@ -194,9 +263,13 @@ def restore(file: Path, force: bool, **flags: Any) -> None:
             await api.close()
         if outcome.refused is SecretState.IMMUTABLE:
             fail(f"{what} is immutable; cannot restore into it")
-        forced = outcome.wrote and in_secret is not None and is_better(in_secret, record, now)
-        verb = "restored by force" if forced else "restored" if outcome.wrote else "already holds this license"
-        click.echo(f"{what}: {verb} ({describe(record)})")
+        if outcome.refused is SecretState.FOREIGN:
+            fail(foreign_advice(outcome.snapshot, name))
+        verb = "restored by force" if worse_by is not None else "restored"
+        click.echo(
+            f"{what}: {verb} ({describe(record)}) at {format_restored_at(restored.restored_at)}; "
+            "it stays until Konnect serves a license updated after that"
+        )
         return 0
 
     sys.exit(run_async(go()))

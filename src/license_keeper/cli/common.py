@@ -93,7 +93,8 @@ def secret_options(f: F) -> F:
             opt("controller-name", "Controller name; the Secret is <controller-name>-license.  [default: kong]"),
             opt(
                 "secret-name",
-                "Secret name, overriding <controller-name>-license (e.g. konnect-license-<cp-id> of KIC 3.5).",
+                "Secret name, overriding <controller-name>-license. status and export may read KIC's "
+                "konnect-license-<cp-id>; the keeper never writes it (run, sync and restore refuse it).",
             ),
         ]
     ):
@@ -212,15 +213,17 @@ async def connect(settings: Settings) -> tuple[str, Kube]:
 
 def konnect_client(settings: Settings) -> KonnectClient:
     """The Konnect client from the settings; raises ConfigError/KonnectConfigError when incomplete."""
-    from ..konnect import KonnectClient
+    from ..konnect import KonnectClient, pem_file
 
     settings.require_konnect()
-    assert settings.konnect_tls_client_cert_file and settings.konnect_tls_client_key_file
+    # the certificate and key as files, or given inline (KIC's CONTROLLER_KONNECT_TLS_CLIENT_CERT / _KEY)
+    cert = settings.konnect_tls_client_cert_file or pem_file(settings.konnect_tls_client_cert, "cert")
+    key = settings.konnect_tls_client_key_file or pem_file(settings.konnect_tls_client_key, "key")
     return KonnectClient(
         settings.konnect_address,
         settings.konnect_control_plane_id,
-        settings.konnect_tls_client_cert_file,
-        settings.konnect_tls_client_key_file,
+        cert,
+        key,
         ca_file=settings.konnect_ca_file,
         total_timeout=settings.konnect_timeout,
     )

@@ -19,12 +19,10 @@ from ..license import (
     KONG_GRACE_PERIOD_DAYS,
     KONG_WARNING_NOTICE_DAYS,
     License,
-    LicenseError,
     LicenseRecord,
-    parse_license,
 )
 from ..policy import LICENSE_KEYS, SecretSnapshot, license_state, record_from_secret, secret_state
-from .backup import BACKUP_FORMAT
+from .backup import license_from_bytes
 from .common import (
     EXIT_BAD,
     EXIT_EXPIRING,
@@ -33,7 +31,6 @@ from .common import (
     delivery_options,
     duration_opt,
     fail,
-    load_json,
     opt,
     read_capped,
     run_async,
@@ -212,7 +209,8 @@ def render_status(r: dict[str, Any]) -> str:
 def validate(file: Path, output: str, renew_before: str | None) -> None:
     """Check a license document offline (structure and dates; the signature cannot be checked offline).
 
-    FILE holds the document (the Konnect `payload`), a license-keeper backup, or '-' for stdin.
+    FILE holds the document (Kong's license file, the Konnect `payload`), a license-keeper backup, or '-'
+    for stdin: whatever `restore` reads.
     Exit 0 valid, 1 expiring, 2 expired or invalid.
     """
     try:
@@ -238,25 +236,12 @@ def validate(file: Path, output: str, renew_before: str | None) -> None:
 
 
 def validate_summary(raw: bytes, window: float, now: datetime) -> dict[str, Any]:
-    """The report of `validate` for the bytes of a document or of a backup."""
+    """The report of `validate` for the bytes of a document or of a backup: the reader `restore` uses."""
     try:
-        document = raw.decode("utf-8")  # strict: a Latin-1 file is not a license Kong would accept
-    except UnicodeDecodeError:
-        return {"state": "invalid", "problem": "license document: is not valid UTF-8"}
-    try:
-        maybe_backup = load_json(raw)
-    except ValueError:
-        maybe_backup = None  # parse_license names the problem
-    if isinstance(maybe_backup, dict) and maybe_backup.get("format") == BACKUP_FORMAT:
-        inner = maybe_backup.get("document")
-        if not isinstance(inner, str):
-            return {"state": "invalid", "problem": "license document: is missing from the backup"}
-        document = inner
-    try:
-        parse_license(document)
-    except LicenseError as e:
+        record = license_from_bytes(raw, now)
+    except ConfigError as e:
         return {"state": "invalid", "problem": str(e)}
-    summary = license_summary(LicenseRecord(document=document, id="", updated_at=0, source="file"), now, window)
+    summary = license_summary(record, now, window)
     for k in ("id", "updated_at", "updated_at_iso"):
         summary.pop(k, None)
     return summary
