@@ -828,3 +828,37 @@ def test_rendered_delivery_rbac_on_a_real_api_server(controlplane: Any, namespac
     assert call("GET", f"/api/v1/namespaces/{namespace}/secrets/kong-license") == 200
     assert call("GET", f"/apis/apps/v1/namespaces/{namespace}/statefulsets/kong-gateway") == 403
     assert call("DELETE", f"{deployments}/kong-gateway") == 403
+
+
+# ------------------------------------------------------------------------------------------ durations
+GO_DURATIONS = {
+    "pollingPeriod": "1h30m",
+    "initialPollingPeriod": "1m30s",
+    "renewBefore": "6d12h",
+    "konnect.timeout": "45s",
+    "leaderElection.leaseDuration": "15s",
+    "leaderElection.renewDeadline": "10s",
+    "leaderElection.retryPeriod": "2s500ms",
+    "delivery.period": "1h5m",
+    "delivery.adminApi.urls[0]": "https://kong:8444",
+    "delivery.adminApi.timeout": "10.5s",
+}
+
+
+def test_durations_take_go_syntax_in_chart_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`1h30m` is accepted by the schema and by the keeper that reads the rendered environment."""
+    from license_keeper.config import load_settings
+
+    env = _env(render(GO_DURATIONS))
+    for name in list(os.environ):
+        if name.startswith(("LICENSE_KEEPER_", "CONTROLLER_KONNECT_")):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith("LICENSE_KEEPER_"):
+            monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert (settings.polling_period, settings.initial_polling_period, settings.renew_before) == (5400, 90, 561600)
+    assert (settings.leader_elect_retry_period, settings.delivery_period) == (2.5, 3900)
+    assert settings.deliver_admin_timeout == 10.5
+    for bad in ("1h30", "5 minutes", "-5s", "1e3"):
+        assert template({"pollingPeriod": bad}).returncode != 0, bad

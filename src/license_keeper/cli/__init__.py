@@ -94,7 +94,7 @@ def main(ctx: click.Context) -> None:
 def run(**flags: Any) -> None:
     """Run the keeper: fetch from Konnect, persist to the Secret, serve probes and metrics.
 
-    Durations take s, m, h, d suffixes (90s, 5m, 12h, 7d). Exits 0 on SIGTERM, 1 when the leader
+    Durations take Go's syntax (90s, 5m, 1h30m, 300ms) and d for days (7d). Exits 0 on SIGTERM, 1 when the leader
     Lease was lost (the pod restarts clean), 2 on bad settings.
     """
     from ..agent import Keeper
