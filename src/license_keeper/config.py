@@ -122,6 +122,7 @@ class Settings:
     secret_name: str = ""
     namespace: str = ""
     kubeconfig: Path | None = None
+    context: str = ""  # a kubeconfig context other than the current one (kubectl's --context)
 
     initial_polling_period: float = 60.0
     polling_period: float = 12 * 3600.0
