@@ -33,6 +33,7 @@ from .policy import (
     plan_write,
     record_from_secret,
 )
+from .syncrequest import SyncAnswer, answer_patch, requested
 
 __all__ = ["SecretStore", "StoreError", "StoreForbidden", "SyncOutcome", "snapshot_from"]
 
@@ -188,6 +189,36 @@ class SecretStore:
         except KubeError as e:
             raise _store_error(e, "update", self.what) from None
         return snapshot_from(patched)
+
+    async def patch(self, body: Mapping[str, Any]) -> SecretSnapshot:
+        """One JSON merge patch (the body carries its resourceVersion guard, if any)."""
+        try:
+            patched = await self.kube.request(
+                "PATCH",
+                f"{self.collection}/{self.name}",
+                body,
+                what=f"patch {self.what}",
+                content_type="application/merge-patch+json",
+            )
+        except KubeError as e:
+            raise _store_error(e, "patch", self.what) from None
+        return snapshot_from(patched)
+
+    async def answer_sync(self, answer: SyncAnswer, current: SecretSnapshot) -> SecretSnapshot | None:
+        """Record the answer to a poll request; clear the request only while it is still the one answered.
+
+        Guarded by resourceVersion: on a 409 the Secret is read again, so a request made meanwhile is never
+        cleared unanswered. A Secret deleted meanwhile has nothing left to answer on: None.
+        """
+        for _ in range(MAX_CONFLICT_RETRIES):
+            if not current.exists:
+                return None
+            clear = requested(current.annotations) == answer.request
+            try:
+                return await self.patch(answer_patch(answer, current.resource_version, clear=clear))
+            except StoreConflict:
+                current = await self.read()
+        raise StoreConflict(f"{self.what} kept changing under us ({MAX_CONFLICT_RETRIES} conflicts in a row)")
 
     async def sync(
         self,

@@ -252,7 +252,7 @@ def test_role_rules(variant: tuple[str, dict[str, Any], list[dict[str, Any]]]) -
     assert len(named) == 1
     assert named[0]["resourceNames"] == [secret]
     assert named[0]["apiGroups"] == [""]
-    assert set(named[0]["verbs"]) == {"get", "update", "patch", "list", "watch"}
+    assert set(named[0]["verbs"]) == {"get", "patch", "list", "watch"}  # writes are merge patches: no update
     # every secrets rule without resourceNames is the create-only rule, present only when allowed
     for r in unnamed:
         assert r["verbs"] == ["create"]
@@ -274,7 +274,7 @@ def test_role_rules(variant: tuple[str, dict[str, Any], list[dict[str, Any]]]) -
     assert [r["verbs"] for r in lease_rules if not r.get("resourceNames")] == [["create"]]
 
     event_groups = {g for r in rules if "events" in r["resources"] for g in r["apiGroups"]}
-    assert event_groups == {"", "events.k8s.io"}
+    assert event_groups == {""}  # core/v1 Events only: the keeper never calls events.k8s.io
     for r in rules:
         if "events" in r["resources"]:
             assert set(r["verbs"]) == {"create", "patch"}
@@ -500,8 +500,10 @@ def test_rendered_rbac_on_a_real_api_server(controlplane: Any, namespace: str, a
     assert call("GET", f"{secrets}?fieldSelector=metadata.name%3Dkong-license") == 200
     assert call("GET", f"{secrets}?fieldSelector=metadata.name%3Dkong-license&watch=1&timeoutSeconds=1") == 200
     current = controlplane.request("GET", f"{secrets}/kong-license", token=token).body
-    current["data"] = {"license": "e30="}
-    assert call("PUT", f"{secrets}/kong-license", current) == 200
+    patch = {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]}, "data": {"license": "e30="}}
+    assert controlplane.request("PATCH", f"{secrets}/kong-license", patch, token=token).status == 200
+    current = controlplane.request("GET", f"{secrets}/kong-license", token=token).body
+    assert call("PUT", f"{secrets}/kong-license", current) == 403  # the keeper never replaces it whole
     # nothing else, and never delete
     assert call("GET", secrets) == 403
     assert call("GET", f"{secrets}/someone-elses") == 403
@@ -548,7 +550,7 @@ def test_rendered_rbac_on_a_real_api_server(controlplane: Any, namespace: str, a
         "reportingInstance": "lk-0",
         "eventTime": "2026-01-01T00:00:00.000000Z",
     }
-    assert call("POST", f"/apis/events.k8s.io/v1/namespaces/{namespace}/events", new_event) == 201
+    assert call("POST", f"/apis/events.k8s.io/v1/namespaces/{namespace}/events", new_event) == 403  # unused API
 
 
 def test_rendered_environment_is_accepted_by_the_keeper_settings(
@@ -862,3 +864,23 @@ def test_durations_take_go_syntax_in_chart_values(monkeypatch: pytest.MonkeyPatc
     assert settings.deliver_admin_timeout == 10.5
     for bad in ("1h30", "5 minutes", "-5s", "1e3"):
         assert template({"pollingPeriod": bad}).returncode != 0, bad
+
+
+def test_the_charts_role_is_the_keepers_rules(variant: tuple[str, dict[str, Any], list[dict[str, Any]]]) -> None:
+    """The chart grants what the keeper calls, no more: the same rules the e2e keepers run under, whose
+    every verb tests/e2e/test_sync.py finds in the API server's audit log."""
+    from license_keeper.testing.keeper import keeper_rules
+
+    _, values, objs = variant
+    secret, lease = _expected_names(values)
+    allow_create = values.get("rbac.allowSecretCreate", True)
+
+    def as_set(rules: list[dict[str, Any]]) -> set[tuple[str, str, tuple[str, ...], frozenset[str]]]:
+        return {
+            (group, resource, tuple(r.get("resourceNames") or ()), frozenset(r["verbs"]))
+            for r in rules
+            for group in r["apiGroups"]
+            for resource in r["resources"]
+        }
+
+    assert as_set(only(objs, "Role")["rules"]) == as_set(keeper_rules(secret, lease, allow_create=allow_create))

@@ -17,38 +17,58 @@ import click
 from ..config import ConfigError
 from ..license import LicenseRecord, UpdatedAtError, describe, parse_updated_at
 from ..policy import deciding_rule, is_better, record_from_secret
-from .common import EXIT_BAD, connect, fail, load_json, read_capped, run_async, secret_options, settings_from
+from .common import (
+    EXIT_BAD,
+    EXIT_UNKNOWN,
+    UnreadableInput,
+    connect,
+    emit,
+    fail,
+    fail_store,
+    load_structured,
+    output_option,
+    read_capped,
+    run_async,
+    secret_options,
+    settings_from,
+)
+from .errors import KeeperCommand, exit_codes_epilog
 
 __all__ = ["BACKUP_FORMAT", "export_", "restore", "write_private"]
 
 BACKUP_FORMAT = "license-keeper/backup/v1"
 
 
-@click.command(name="export")
+@click.command(name="export", cls=KeeperCommand, epilog=exit_codes_epilog("export"))
 @secret_options
 @click.option(
-    "-o",
-    "--output",
-    "output",
+    "-f",
+    "--file",
+    "file",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Backup file to write (mode 0600).",
+    type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
+    help="Backup file to write (mode 0600); '-' writes it to stdout, e.g. straight into sops or age.",
 )
-def export_(output: Path, **flags: Any) -> None:
-    """Write the license held in the Secret, with its metadata, to a JSON backup file.
+@click.option("--overwrite", is_flag=True, help="Replace FILE if it exists (without it, an existing FILE is an error).")
+@output_option("json", "yaml", default="json", text="Format of the backup.")
+def export_(file: Path, overwrite: bool, output: str, **flags: Any) -> None:
+    """Write the license held in the Secret, with its metadata, to a backup file (`restore` reads it).
 
-    The file holds the license itself: keep it like a Secret.
+    The backup holds the license itself: keep it like a Secret.
     """
     from ..store import SecretStore, StoreError
 
     settings = settings_from(**flags)
+    to_stdout = str(file) == "-"
+    if not to_stdout and not overwrite and os.path.lexists(file):  # say so before asking the cluster
+        fail(f"{file} exists; pass --overwrite to replace it", EXIT_UNKNOWN)
 
     async def go() -> int:
         namespace, api = await connect(settings)
         try:
             snapshot = await SecretStore(api, namespace, settings.effective_secret_name).read()
         except StoreError as e:
-            fail(str(e))
+            fail_store(e, api)
         finally:
             await api.close()
         record = record_from_secret(snapshot, now=datetime.now(UTC))
@@ -65,20 +85,44 @@ def export_(output: Path, **flags: Any) -> None:
             "fingerprint": record.license.fingerprint,
             "document": record.document,
         }
-        write_private(output, json.dumps(backup, indent=2) + "\n")
-        click.echo(f"wrote {output} ({describe(record)})")
-        click.echo("warning: this file holds the license; store it like a Secret", err=True)
+        text = backup_text(backup, output)
+        if to_stdout:
+            click.echo(text, nl=False)
+        else:
+            _write_backup(file, text, overwrite=overwrite)
+        # With '-' stdout carries the backup alone: the words go to stderr.
+        click.echo(f"wrote {'the backup to stdout' if to_stdout else file} ({describe(record)})", err=to_stdout)
+        click.echo("warning: the backup holds the license; store it like a Secret", err=True)
         return 0
 
     sys.exit(run_async(go()))
 
 
-def write_private(path: Path, text: str) -> None:
+def backup_text(backup: dict[str, Any], output: str) -> str:
+    if output == "yaml":
+        import yaml  # lightkube's dependency
+
+        # One line per value, however long: the document is a JSON string and stays byte for byte.
+        return str(yaml.safe_dump(backup, sort_keys=False, allow_unicode=True, width=2**31))
+    return json.dumps(backup, indent=2) + "\n"
+
+
+def _write_backup(file: Path, text: str, *, overwrite: bool) -> None:
+    try:
+        write_private(file, text, overwrite=overwrite)
+    except FileExistsError:  # created since the check at start
+        fail(f"{file} exists; pass --overwrite to replace it", EXIT_UNKNOWN)
+    except OSError as e:
+        fail(f"cannot write {file}: {e.strerror}", EXIT_UNKNOWN)
+
+
+def write_private(path: Path, text: str, *, overwrite: bool = True) -> None:
     """Write ``text`` to ``path`` atomically, readable by the owner only (0600) from the first byte.
 
     The temporary file has a unique name and is created with O_EXCL|O_NOFOLLOW, so a file or symlink
     planted beside the target is never opened, followed or truncated; it is fsynced before the rename
-    over ``path`` (which replaces a symlink at ``path`` itself, never its target).
+    over ``path`` (which replaces a symlink at ``path`` itself, never its target). Without
+    ``overwrite`` it is linked into place instead, which fails with FileExistsError if ``path`` exists.
     """
     directory = path.parent
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -96,7 +140,11 @@ def write_private(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -117,7 +165,7 @@ def _fsync_dir(directory: Path) -> None:
 def read_backup(path: Path, now: datetime | None = None) -> LicenseRecord:
     raw = read_capped(path)
     try:
-        data = load_json(raw)
+        data = load_structured(raw)  # JSON, or the YAML `export -o yaml` writes
     except ValueError as e:
         raise ConfigError(f"{path} is not a license-keeper backup ({e})") from None
     if not isinstance(data, dict) or data.get("format") != BACKUP_FORMAT:
@@ -135,15 +183,15 @@ def read_backup(path: Path, now: datetime | None = None) -> LicenseRecord:
     return record
 
 
-@click.command()
+@click.command(cls=KeeperCommand, epilog=exit_codes_epilog("restore"))
 @secret_options
 @click.option(
     "-f",
     "--file",
     "file",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Backup written by `export`.",
+    type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
+    help="Backup written by `export` (JSON or YAML); '-' reads stdin, e.g. from sops or age.",
 )
 @click.option(
     "--force",
@@ -151,7 +199,8 @@ def read_backup(path: Path, now: datetime | None = None) -> LicenseRecord:
     help="Write even if the Secret holds a better license (a downgrade). "
     "A running keeper restores the better license it holds.",
 )
-def restore(file: Path, force: bool, **flags: Any) -> None:
+@output_option()
+def restore(file: Path, force: bool, output: str, **flags: Any) -> None:
     """Put a backed-up license into the Secret, through the selection policy.
 
     Refuses to replace a better license unless --force. Works with or without a running keeper;
@@ -164,8 +213,7 @@ def restore(file: Path, force: bool, **flags: Any) -> None:
     try:
         record = read_backup(file)
     except ConfigError as e:
-        fail(str(e))
-        return
+        fail(str(e), EXIT_UNKNOWN if isinstance(e, UnreadableInput) else EXIT_BAD)
 
     async def go() -> int:
         namespace, api = await connect(settings)
@@ -185,15 +233,15 @@ def restore(file: Path, force: bool, **flags: Any) -> None:
                 )
             outcome = await store.sync(record, now, snapshot=current, reason="restore", force=force)
         except StoreError as e:
-            fail(str(e))
-            return EXIT_BAD
+            fail_store(e, api)
         finally:
             await api.close()
         if outcome.refused is SecretState.IMMUTABLE:
             fail(f"{what} is immutable; cannot restore into it")
         forced = outcome.wrote and in_secret is not None and is_better(in_secret, record, now)
         verb = "restored by force" if forced else "restored" if outcome.wrote else "already holds this license"
-        click.echo(f"{what}: {verb} ({describe(record)})")
+        report = {"secret": what.removeprefix("Secret "), "result": verb, "license": describe(record)}
+        emit(report, output, lambda r: f"{what}: {r['result']} ({r['license']})")
         return 0
 
     sys.exit(run_async(go()))

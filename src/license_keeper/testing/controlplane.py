@@ -426,12 +426,13 @@ class ControlPlane:
     def request(
         self, method: str, path: str, body: Mapping[str, Any] | None = None, *, token: str | None = None
     ) -> ApiResponse:
-        """One API call as the admin (or the given token); any status is returned, not raised."""
+        """One API call as the admin (or the given token); any status is returned, not raised. A PATCH is
+        a JSON merge patch."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"{self.server}{path}", data=data, method=method)
         req.add_header("Authorization", f"Bearer {token or self.admin_token}")
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            req.add_header("Content-Type", "application/merge-patch+json" if method == "PATCH" else "application/json")
         try:
             with urllib.request.urlopen(req, context=self._ssl_context(), timeout=15) as r:
                 raw = r.read()
