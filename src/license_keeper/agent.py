@@ -41,12 +41,14 @@ from .policy import (
     choose,
     foreign_advice,
     is_better,
+    manageable,
     record_from_secret,
     restore_downgrade,
     secret_state,
 )
 from .schedule import ScheduleConfig, next_delay, poll_wait
 from .store import SecretStore, StoreError, SyncOutcome
+from .syncrequest import SyncAnswer, backoff_answer, poll_answer, requested
 
 __all__ = ["Keeper"]
 
@@ -57,7 +59,7 @@ EXIT_LOST_LEASE = 1
 EXIT_TASK_DIED = 1
 HEARTBEAT_SECONDS = 5.0
 SLEEP_SLICE_SECONDS = 30.0  # the poll loop beats at least this often while it sleeps
-MIN_REQUESTED_POLL_INTERVAL = 10.0  # /sync and SIGHUP: at most one extra Konnect call per 10 s
+MIN_REQUESTED_POLL_INTERVAL = 10.0  # sync requests and SIGHUP: at most one extra Konnect call per 10 s
 ERROR_LOG_REPEAT_SECONDS = 60.0
 
 _WRITE_EVENTS = {
@@ -146,6 +148,10 @@ class Keeper:
         self._lost_leadership = False
         self._watch_error: tuple[str, float] | None = None  # last logged watch failure, when
         self._write_note = ""  # said with the next write's Event (a restore a newer license replaces)
+        # A poll asked for through the Secret's annotation (syncrequest.py): the token waiting for the
+        # leader's next poll, and the last one answered (a stale snapshot must not have it answered twice).
+        self._sync_pending: str | None = None
+        self._sync_answered: str | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -284,21 +290,10 @@ class Keeper:
         return self.elector is None or self.elector.is_leader
 
     async def _start_http(self) -> None:
-        probe, self.ports.probe = await start_site(
-            probe_app(self.state, self._sync_requested), self.settings.probe_addr
-        )
+        probe, self.ports.probe = await start_site(probe_app(self.state), self.settings.probe_addr)
         metrics, self.ports.metrics = await start_site(metrics_app(self.metrics), self.settings.metrics_addr)
         self._runners = [probe, metrics]
         log.info("probes on port %d, metrics on port %d", self.ports.probe, self.ports.metrics)
-
-    async def _sync_requested(self) -> tuple[int, str]:
-        if not self.leading_now():
-            holder = self.elector.holder if self.elector is not None else None
-            return 409, f"not the leader (leader: {holder or 'unknown'}); ask the leader"
-        self.request_poll()
-        if self._failures:
-            return 202, "poll requested; Konnect is failing, so it waits for the error backoff"
-        return 202, f"poll requested (at most one extra poll per {MIN_REQUESTED_POLL_INTERVAL:g} s)"
 
     async def _heartbeat(self) -> None:
         while True:
@@ -344,6 +339,7 @@ class Keeper:
             first = self._first_snapshot
             self._first_snapshot = False
             self._note_secret(snapshot)
+            self._note_sync_request(snapshot)
             in_secret = record_from_secret(snapshot, now=self._now())
             if in_secret is not None and in_secret.valid and is_better(in_secret, self.state.held, self._now()):
                 before = self.state.held
@@ -369,17 +365,30 @@ class Keeper:
                 self.events.uid = snapshot.uid
         self.state.secret_state = secret_state(snapshot, held=self.state.held)
 
+    def _note_sync_request(self, snapshot: SecretSnapshot) -> None:
+        """A poll asked for on the Secret: the leader polls soon and answers it once; followers ignore it."""
+        token = requested(snapshot.annotations) if manageable(snapshot) else None
+        if token is None or not self.leading_now() or token in (self._sync_pending, self._sync_answered):
+            return
+        log.info("poll requested through the Secret")
+        self._sync_pending = token
+        self._poll_now.set()
+
     # --- the leader's work ------------------------------------------------------------------------
 
     async def _lead(self) -> None:
         log.info("leading: this replica now asks Konnect and writes the Secret")
         async with self._lock:
             await self._persist()  # the Secret may have been lost while nobody led
+            self._note_sync_request(self._secret)  # asked while nobody led: the first poll answers it
         while True:
             self.state.beat_poll_loop()
             self._last_poll = time.monotonic()
+            asked = self._sync_pending  # only a poll that starts after the request answers it
             result = await self._fetch()
-            await self._handle(result)
+            outcome = await self._handle(result)
+            if asked is not None:
+                await self._answer_sync(self._poll_answer(asked, result, outcome))
             delay = next_delay(self.state.held, self._failures, self._now(), self.schedule, self.rng)
             log.debug("next Konnect poll in %.0f s", delay)
             await self._sleep(delay)
@@ -391,9 +400,10 @@ class Keeper:
         self.metrics.konnect_requests.labels(result.kind).inc()
         return result
 
-    async def _handle(self, result: KonnectResult | None) -> None:
+    async def _handle(self, result: KonnectResult | None) -> SyncOutcome | None:
+        """Take a Konnect answer; the Secret write it led to, if it got that far."""
         if result is None:
-            return
+            return None
         if isinstance(result, KonnectFailure):
             self._failures += 1
             log.warning("Konnect request failed (%d in a row): %s", self._failures, result.describe())
@@ -404,7 +414,7 @@ class Keeper:
                     f"Konnect license request failed ({result.kind}); keeping {describe(self.state.held)}",
                     warning=True,
                 )
-            return
+            return None
         self._failures = 0
         self.state.last_konnect_success = time.time()
         if self._konnect_down:
@@ -413,7 +423,7 @@ class Keeper:
             self.events.emit("KonnectRecovered", "Konnect license requests succeed again")
         if isinstance(result, NoLicense):
             log.warning("Konnect has no license for this control plane (404); keeping %s", describe(self.state.held))
-            return
+            return None
         assert isinstance(result, LicenseFetched)
         async with self._lock:
             chosen = choose(self.state.held, [result.record], self._now())
@@ -440,12 +450,58 @@ class Keeper:
                     else ("the better")
                 )
                 log.info("Konnect served %s; keeping %s %s", describe(result.record), kept, describe(self.state.held))
-            await self._persist()
+            return await self._persist()
 
-    async def _persist(self, snapshot: SecretSnapshot | None = None) -> None:
-        """Make the Secret hold the held license (caller holds the lock)."""
-        if self.state.held is None or not self.leading_now():
+    def _poll_answer(self, asked: str, result: KonnectResult | None, outcome: SyncOutcome | None) -> SyncAnswer:
+        return poll_answer(
+            asked,
+            konnect_result=result.kind if result is not None else None,
+            wrote=outcome.wrote if outcome is not None else None,
+            refused=outcome.refused.value if outcome is not None and outcome.refused is not None else None,
+            held=describe(self.state.held),
+            by=self.identity,
+            now=self._now(),
+        )
+
+    async def _answer_sync(self, answer: SyncAnswer) -> None:
+        """Record the answer on the Secret and clear the request, once, while leading."""
+        async with self._lock:
+            if not self.leading_now():
+                return
+            try:
+                snapshot = await self.store.answer_sync(answer, self._secret)
+            except StoreError as e:
+                # Forget it: the next re-read of the Secret finds the request again and asks anew.
+                self._sync_pending = None
+                log.warning("could not answer the poll request: %s", e)
+                return
+            self._sync_answered = answer.request
+            if self._sync_pending == answer.request:
+                self._sync_pending = None
+            if snapshot is None:
+                log.info("the Secret is gone; the poll request went with it")
+                return
+            self._note_secret(snapshot)
+        log.info("answered the poll request: %s", answer.message)
+
+    async def _answer_without_poll(self, due: float) -> None:
+        """While Konnect is failing a request does not cut the error backoff short: it is told so at once."""
+        if self._sync_pending is None:
             return
+        answer = backoff_answer(
+            self._sync_pending,
+            failures=self._failures,
+            retry_in=due - time.monotonic(),
+            held=describe(self.state.held),
+            by=self.identity,
+            now=self._now(),
+        )
+        await self._answer_sync(answer)
+
+    async def _persist(self, snapshot: SecretSnapshot | None = None) -> SyncOutcome | None:
+        """Make the Secret hold the held license (caller holds the lock); what the write did, if tried."""
+        if self.state.held is None or not self.leading_now():
+            return None
         try:
             outcome = await self.store.sync(
                 self.state.held,
@@ -459,8 +515,9 @@ class Keeper:
         except StoreError as e:
             # The watch, the re-read or the next poll tries again; an API outage never ends the loop.
             log.error("could not sync the Secret: %s", e)
-            return
+            return None
         await self._after_sync(outcome)
+        return outcome
 
     async def _after_sync(self, outcome: SyncOutcome) -> None:
         self._note_secret(outcome.snapshot)
@@ -564,6 +621,8 @@ class Keeper:
                 await asyncio.wait_for(self._poll_now.wait(), wait)
             if self._poll_now.is_set():
                 self._poll_now.clear()
+                if self._failures:
+                    await self._answer_without_poll(due)
                 due = self._requested_due(due)
 
     def _requested_due(self, due: float) -> float:

@@ -72,8 +72,24 @@ DURATION_RANGES: dict[str, tuple[float, float]] = {
 # delivery period: "1ms" would be hundreds of rounds a second.
 _SHORT_PERIOD_FLOORS: dict[str, float] = {"polling_period": 0.0, "initial_polling_period": 0.0, "delivery_period": 1.0}
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+# Go's time.ParseDuration syntax (what kubectl, KIC and Helm users write: `1h30m`, `300ms`), plus `d` for
+# days and a bare number for seconds. Units: ns, us (or µs), ms, s, m, h, d.
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_UNIT = r"(?:ns|us|\u00b5s|\u03bcs|ms|s|m|h|d)"
+_BARE_SECONDS = re.compile(r"^\d+(?:\.\d+)?$")
+_GO_DURATION = re.compile(rf"^(?:{_NUMBER}{_UNIT})+$")
+_DURATION_PART = re.compile(rf"({_NUMBER})({_UNIT})")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "\u00b5s": 1e-6,
+    "\u03bcs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
 
 
 class ConfigError(ValueError):
@@ -81,14 +97,11 @@ class ConfigError(ValueError):
 
 
 def parse_duration(value: str | float | int) -> float:
-    """``"90"``, ``"90s"``, ``"5m"``, ``"12h"``, ``"7d"`` -> seconds."""
+    """``"90"``, ``"90s"``, ``"5m"``, ``"1h30m"``, ``"12h"``, ``"7d"`` -> seconds (Go's syntax, plus days)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     else:
-        m = _DURATION.match(str(value))
-        if not m:
-            raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 5m, 12h, 7d)")
-        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        seconds = _duration_seconds(str(value).strip())
     if seconds <= 0:
         raise ValueError(f"duration must be positive, got {value!r}")
     return seconds
@@ -112,6 +125,14 @@ def duration_problem(name: str, seconds: float, *, allow_short: bool = False) ->
     if not seconds <= most:
         return f"must be at most {format_duration(most)}, got {format_duration(seconds)}"
     return None
+
+
+def _duration_seconds(text: str) -> float:
+    if _BARE_SECONDS.match(text):
+        return float(text)
+    if not _GO_DURATION.match(text):
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 5m, 1h30m, 12h, 7d)")
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(text))
 
 
 def parse_addr(value: str) -> tuple[str, int]:
@@ -272,6 +293,7 @@ class Settings:
     secret_name: str = ""
     namespace: str = ""
     kubeconfig: Path | None = None
+    context: str = ""  # a kubeconfig context other than the current one (kubectl's --context)
 
     initial_polling_period: float = 60.0
     polling_period: float = 12 * 3600.0

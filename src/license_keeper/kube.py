@@ -76,10 +76,20 @@ class KubeError(Exception):
 
     transient = False
 
-    def __init__(self, message: str, code: int | None = None, *, detail: str = "") -> None:
+    def __init__(
+        self, message: str, code: int | None = None, *, detail: str = "", what: str = "", cause: str = ""
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.detail = detail  # the server's own Status message (names verbs and objects, never data)
+        self.what = what  # the call that failed, e.g. "get Secret kong-license"
+        self.cause = cause  # a transport failure's kind (ConnectError, TimeoutError); "" for an answer
+
+    @property
+    def reason(self) -> str:
+        """The failure without the call that failed, so a caller naming the call does not repeat it."""
+        text, prefix = str(self), f"{self.what}: "
+        return text[len(prefix) :] if self.what and text.startswith(prefix) else text
 
 
 class Unreachable(KubeError):
@@ -87,8 +97,16 @@ class Unreachable(KubeError):
 
     transient = True
 
-    def __init__(self, message: str, code: int | None = None, *, retry_after: float | None = None) -> None:
-        super().__init__(message, code)
+    def __init__(
+        self,
+        message: str,
+        code: int | None = None,
+        *,
+        retry_after: float | None = None,
+        what: str = "",
+        cause: str = "",
+    ) -> None:
+        super().__init__(message, code, what=what, cause=cause)
         self.retry_after = retry_after
 
 
@@ -126,14 +144,14 @@ _BY_CODE: dict[int, type[KubeError]] = {401: Forbidden, 403: Forbidden, 404: Not
 def error_for_status(code: int, what: str, detail: str = "", retry_after: float | None = None) -> KubeError:
     """The one mapping from an HTTP status to a failure kind."""
     if code == 429 or code >= 500:
-        return Unreachable(f"{what}: HTTP {code} from the API server", code, retry_after=retry_after)
+        return Unreachable(f"{what}: HTTP {code} from the API server", code, retry_after=retry_after, what=what)
     if code == 422:
-        return Invalid(f"{what}: HTTP 422 (invalid)", code, detail=detail)
+        return Invalid(f"{what}: HTTP 422 (invalid)", code, detail=detail, what=what)
     kind = _BY_CODE.get(code, Rejected)
     text = f"{what}: HTTP {code}"
     if kind is Forbidden:
         text += f" ({_short(detail) or 'forbidden'})"
-    return kind(text, code, detail=detail)
+    return kind(text, code, detail=detail, what=what)
 
 
 def classify(error: BaseException, what: str) -> KubeError:
@@ -146,17 +164,18 @@ def classify(error: BaseException, what: str) -> KubeError:
         return error_for_status(code, what, status.message or "", _retry_after(error.response))
     if isinstance(error, httpx.HTTPStatusError):
         return error_for_status(error.response.status_code, what, "", _retry_after(error.response))
+    kind = type(error).__name__
     behind = _status_error_behind(error)
     if behind is not None:
         # lightkube failed to build its ApiError from a body that is not a Kubernetes Status (a proxy's
         # HTML page, a missing or wrong Content-Type, JSON nested too deep): the status code still tells.
         return error_for_status(behind.response.status_code, what, "", _retry_after(behind.response))
     if isinstance(error, httpx.HTTPError | OSError | TimeoutError | httpx.StreamError):
-        return Unreachable(f"{what}: API server unreachable ({type(error).__name__})")
+        return Unreachable(f"{what}: API server unreachable ({kind})", what=what, cause=kind)
     if _malformed_answer(error):
         # A 2xx whose body is not a Kubernetes object (an HTML page, a proxy's body, JSON nested too
         # deep for the decoder): the server side is broken, so it is transient for us.
-        return Unreachable(f"{what}: malformed answer from the API server ({type(error).__name__})")
+        return Unreachable(f"{what}: malformed answer from the API server ({kind})", what=what)
     raise error
 
 
@@ -230,11 +249,12 @@ class WatchEvent:
     obj: dict[str, Any] | None
 
 
-def load_config(kubeconfig: str | Path | None) -> SingleConfig:
-    """Kubeconfig if given (or KUBECONFIG), in-cluster in a pod, else ~/.kube/config."""
+def load_config(kubeconfig: str | Path | None, context: str | None = None) -> SingleConfig:
+    """Kubeconfig if given (or KUBECONFIG), in-cluster in a pod, else ~/.kube/config; ``context``
+    picks one of its contexts instead of the current one, as kubectl's --context does."""
     try:
         source = KubeConfig.from_file(str(kubeconfig)) if kubeconfig else KubeConfig.from_env()
-        config = source.get()
+        config = source.get(context_name=context or None)
     except (LightkubeConfigError, OSError, ValueError, KeyError, TypeError) as e:
         where = str(kubeconfig) if kubeconfig else "KUBECONFIG, in-cluster or ~/.kube/config"
         raise KubeConfigError(f"cannot load Kubernetes credentials from {where}: {_short(str(e))}") from None
@@ -258,8 +278,15 @@ class Kube:
         self._raw = adapter_client(config, ConnectionParams(timeout=httpx.Timeout(timeout, read=None), trust_env=False))
 
     @classmethod
-    def from_kubeconfig(cls, kubeconfig: str | Path | None = None, *, timeout: float = API_TIMEOUT_SECONDS) -> Kube:
-        return cls(load_config(kubeconfig), timeout=timeout)
+    def from_kubeconfig(
+        cls, kubeconfig: str | Path | None = None, *, context: str | None = None, timeout: float = API_TIMEOUT_SECONDS
+    ) -> Kube:
+        return cls(load_config(kubeconfig, context), timeout=timeout)
+
+    @property
+    def server(self) -> str:
+        """The API server's address, as the kubeconfig names it (for messages)."""
+        return str(self.config.cluster.server)
 
     @property
     def default_namespace(self) -> str | None:

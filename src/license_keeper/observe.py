@@ -8,12 +8,11 @@ ever reaches a label, an Event or a log line: only fingerprints, dates and count
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -247,7 +246,10 @@ async def start_site(app: web.Application, addr: str) -> tuple[web.AppRunner, in
     return runner, int(bound)
 
 
-def probe_app(state: KeeperState, on_sync: Callable[[], Awaitable[tuple[int, str]]]) -> web.Application:
+def probe_app(state: KeeperState) -> web.Application:
+    """Probes only. A poll is asked for through the Secret (syncrequest.py), never on this port: the port
+    is reachable from the whole cluster, and loopback is no identity (a mesh sidecar connects from it)."""
+
     async def healthz(_: web.Request) -> web.Response:
         ok, reason = state.health()
         return web.Response(status=200 if ok else 503, text=f"{reason}\n")
@@ -256,27 +258,11 @@ def probe_app(state: KeeperState, on_sync: Callable[[], Awaitable[tuple[int, str
         ok, reason = state.ready()
         return web.Response(status=200 if ok else 503, text=f"{reason}\n")
 
-    async def sync(request: web.Request) -> web.Response:
-        # The probe port is reachable from the whole cluster; a poll request is for the pod itself
-        # (`kubectl exec ... license-keeper sync`), and is rate-limited by the agent on top.
-        if not _loopback(request.remote):
-            return web.Response(status=403, text="POST /sync is accepted from loopback only\n")
-        status, text = await on_sync()
-        return web.Response(status=status, text=f"{text}\n")
-
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/livez", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_post("/sync", sync)
     return app
-
-
-def _loopback(remote: str | None) -> bool:
-    try:
-        return remote is not None and ipaddress.ip_address(remote.split("%")[0]).is_loopback
-    except ValueError:
-        return False
 
 
 def metrics_app(metrics: Metrics) -> web.Application:

@@ -33,6 +33,7 @@ from .policy import (
     plan_write,
     record_from_secret,
 )
+from .syncrequest import SyncAnswer, answer_patch, requested
 
 __all__ = ["SecretStore", "StoreError", "StoreForbidden", "SyncOutcome", "snapshot_from"]
 
@@ -42,7 +43,17 @@ MAX_CONFLICT_RETRIES = 5
 
 
 class StoreError(Exception):
-    """The API server refused or failed a Secret operation. Messages carry no Secret content."""
+    """The API server refused or failed a Secret operation. Messages carry no Secret content.
+
+    ``verb`` and ``what`` name the call ("patch", "Secret kong/kong-license") and ``api_error`` is the
+    API failure behind it, if any, so a command line can word it as kubectl does without parsing text.
+    """
+
+    def __init__(self, message: str, *, verb: str = "", what: str = "", api_error: KubeError | None = None) -> None:
+        super().__init__(message)
+        self.verb = verb
+        self.what = what
+        self.api_error = api_error
 
 
 class StoreUnreachable(StoreError):
@@ -100,16 +111,18 @@ def _encode(data: Mapping[str, bytes]) -> dict[str, str]:
 
 
 def _store_error(e: KubeError, verb: str, what: str) -> StoreError:
-    """The store's words for an API failure; the API server's 403 message names verb and identity."""
+    """The store's words for an API failure, naming the call once (``e.reason`` leaves it out)."""
+    kind: type[StoreError] = StoreError
+    text = f"{verb} {what}: HTTP {e.code}"
     if isinstance(e, Forbidden):
-        return StoreForbidden(f"forbidden to {verb} {what} (HTTP {e.code}): check the keeper's Role")
-    if isinstance(e, Conflict):
-        return StoreConflict(f"conflict on {verb} {what} (HTTP 409)")
-    if isinstance(e, Invalid) and e.immutable:
-        return StoreImmutable(f"{what} is immutable (HTTP 422)")
-    if isinstance(e, Unreachable):
-        return StoreUnreachable(f"{verb} {what}: {e}")
-    return StoreError(f"{verb} {what}: HTTP {e.code}")
+        kind, text = StoreForbidden, f"forbidden to {verb} {what} (HTTP {e.code}): check the keeper's Role"
+    elif isinstance(e, Conflict):
+        kind, text = StoreConflict, f"conflict on {verb} {what} (HTTP 409)"
+    elif isinstance(e, Invalid) and e.immutable:
+        kind, text = StoreImmutable, f"{what} is immutable (HTTP 422)"
+    elif isinstance(e, Unreachable):
+        kind, text = StoreUnreachable, f"{verb} {what}: {e.reason}"
+    return kind(text, verb=verb, what=what, api_error=e)
 
 
 def patch_body(current: SecretSnapshot, desired: DesiredSecret) -> dict[str, Any]:
@@ -178,6 +191,36 @@ class SecretStore:
         except KubeError as e:
             raise _store_error(e, "update", self.what) from None
         return snapshot_from(patched)
+
+    async def patch(self, body: Mapping[str, Any]) -> SecretSnapshot:
+        """One JSON merge patch (the body carries its resourceVersion guard, if any)."""
+        try:
+            patched = await self.kube.request(
+                "PATCH",
+                f"{self.collection}/{self.name}",
+                body,
+                what=f"patch {self.what}",
+                content_type="application/merge-patch+json",
+            )
+        except KubeError as e:
+            raise _store_error(e, "patch", self.what) from None
+        return snapshot_from(patched)
+
+    async def answer_sync(self, answer: SyncAnswer, current: SecretSnapshot) -> SecretSnapshot | None:
+        """Record the answer to a poll request; clear the request only while it is still the one answered.
+
+        Guarded by resourceVersion: on a 409 the Secret is read again, so a request made meanwhile is never
+        cleared unanswered. A Secret deleted meanwhile has nothing left to answer on: None.
+        """
+        for _ in range(MAX_CONFLICT_RETRIES):
+            if not current.exists:
+                return None
+            clear = requested(current.annotations) == answer.request
+            try:
+                return await self.patch(answer_patch(answer, current.resource_version, clear=clear))
+            except StoreConflict:
+                current = await self.read()
+        raise StoreConflict(f"{self.what} kept changing under us ({MAX_CONFLICT_RETRIES} conflicts in a row)")
 
     async def sync(
         self,

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from lightkube import AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
@@ -91,7 +92,7 @@ async def test_export_writes_a_private_backup(
     record = lic(1_718_000_000)
     await store_as_admin(admin_kube, admin_api, namespace, record)
     backup = tmp_path / "backup.json"
-    out = await cli("export", "-o", str(backup), access=keeper_access)
+    out = await cli("export", "--file", str(backup), access=keeper_access)
     assert out.returncode == 0, out.stderr
     assert "warning" in out.stderr.lower() and "holds the license" in out.stderr
     assert_no_license_text(out.stdout + out.stderr, record)
@@ -113,14 +114,17 @@ async def test_export_over_an_existing_readable_file_leaves_it_private(
     backup = tmp_path / "backup.json"
     backup.write_text("old")
     backup.chmod(0o644)
-    out = await cli("export", "-o", str(backup), access=keeper_access)
+    out = await cli("export", "--file", str(backup), access=keeper_access)
+    assert out.returncode == 3 and "exists; pass --overwrite" in out.stderr
+    assert backup.read_text() == "old"
+    out = await cli("export", "--file", str(backup), "--overwrite", access=keeper_access)
     assert out.returncode == 0, out.stderr
     assert stat.S_IMODE(backup.stat().st_mode) == 0o600
 
 
 async def test_export_of_a_missing_secret_fails(keeper_access: ServiceAccountAccess, tmp_path: Path) -> None:
     backup = tmp_path / "backup.json"
-    out = await cli("export", "-o", str(backup), access=keeper_access)
+    out = await cli("export", "--file", str(backup), access=keeper_access)
     assert out.returncode == 2
     assert "holds no valid license" in out.stderr and "Traceback" not in out.stderr
     assert not backup.exists()
@@ -211,7 +215,7 @@ async def test_restore_refuses_to_downgrade_unless_forced(
     older, newer = lic(1_600_000_000), lic(1_700_000_000)
     await store_as_admin(admin_kube, admin_api, namespace, older)
     backup = tmp_path / "older.json"
-    out = await cli("export", "-o", str(backup), access=keeper_access)
+    out = await cli("export", "--file", str(backup), access=keeper_access)
     assert out.returncode == 0, out.stderr
 
     current = await store_as_admin(admin_kube, admin_api, namespace, newer)
@@ -257,7 +261,7 @@ async def test_validate_backups_and_documents(
     record = lic(1_718_000_000, days=365)
     await store_as_admin(admin_kube, admin_api, namespace, record)
     backup = tmp_path / "backup.json"
-    assert (await cli("export", "-o", str(backup), access=keeper_access)).returncode == 0
+    assert (await cli("export", "--file", str(backup), access=keeper_access)).returncode == 0
     raw = tmp_path / "license.json"
     raw.write_text(record.document)
     expired = tmp_path / "expired.json"
@@ -303,7 +307,7 @@ async def test_restore_drill_konnect_down_secret_deleted_keeper_killed(
     await wait_for(lambda: _holds(admin_api, namespace, record), 20)
 
     backup = tmp_path / "drill-backup.json"
-    out = await cli("export", "-o", str(backup), access=keeper_access)
+    out = await cli("export", "--file", str(backup), access=keeper_access)
     assert out.returncode == 0, out.stderr
 
     # The bad day: Konnect fails, the Secret is deleted, and the only keeper dies before recreating it.
@@ -375,3 +379,57 @@ async def test_a_running_keeper_picks_up_a_restored_newer_license(
     await wait_for(lambda: konnect.requests >= seen + 5, 20)
     assert await _holds(admin_api, namespace, newer)
     assert await writes(k) == 1  # only its own first create; the restore was the CLI's write
+
+
+async def cli_piped(first: list[str], second: list[str], access: ServiceAccountAccess) -> tuple[str, str, int]:
+    """`license-keeper FIRST | license-keeper SECOND`, both as ``access``."""
+    one = await cli(*first, access=access)
+    assert one.returncode == 0, one.stderr
+    env = clean_environ()
+    cluster = [f"--kubeconfig={access.kubeconfig}", f"--namespace={access.namespace}"]
+    command = [sys.executable, "-m", "license_keeper", *second, *cluster]
+    two = await asyncio.to_thread(
+        subprocess.run, command, input=one.stdout, capture_output=True, text=True, env=env, timeout=60
+    )
+    return one.stdout + one.stderr, two.stdout + two.stderr, two.returncode
+
+
+async def test_export_to_stdout_in_yaml_pipes_into_restore(
+    keeper_access: ServiceAccountAccess, admin_kube: Kube, admin_api: AsyncClient, namespace: str, tmp_path: Path
+) -> None:
+    """`export --file -` writes the backup alone to stdout (for sops or age), `-o yaml` in YAML, and
+    `restore -f -` reads it back from stdin."""
+    record = lic(1_718_000_000)
+    await store_as_admin(admin_kube, admin_api, namespace, record)
+    out = await cli("export", "--file", "-", "-o", "yaml", access=keeper_access)
+    assert out.returncode == 0, out.stderr
+    backup = yaml.safe_load(out.stdout)
+    assert backup["format"] == BACKUP_FORMAT and backup["document"] == record.document
+    assert "wrote the backup to stdout" in out.stderr and "holds the license" in out.stderr
+    assert_no_license_text(out.stderr, record)
+
+    # The YAML backup restores a deleted Secret ...
+    await admin_api.delete(Secret, SECRET, namespace=namespace)
+    yaml_file = tmp_path / "backup.yaml"
+    yaml_file.write_text(out.stdout)
+    done = await cli("restore", "-f", str(yaml_file), "-o", "json", access=keeper_access)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["result"] == "restored"
+    assert_gateway_ready(await read_secret(admin_api, namespace), record)
+    # ... and a JSON one goes through a pipe.
+    exported, restored, code = await cli_piped(["export", "--file", "-"], ["restore", "-f", "-"], keeper_access)
+    assert code == 0 and "already holds this license" in restored, restored
+    assert json.loads(exported.split("\nwrote the backup")[0])["document"] == record.document
+
+
+async def test_status_speaks_json_and_yaml_alike(
+    keeper_access: ServiceAccountAccess, admin_kube: Kube, admin_api: AsyncClient, namespace: str
+) -> None:
+    await store_as_admin(admin_kube, admin_api, namespace, lic(1_718_000_000))
+    as_json = await cli("status", "-o", "json", access=keeper_access)
+    as_yaml = await cli("status", "-o", "yaml", access=keeper_access)
+    assert as_json.returncode == as_yaml.returncode == 0, as_json.stderr + as_yaml.stderr
+    left, right = json.loads(as_json.stdout), yaml.safe_load(as_yaml.stdout)
+    for report in (left, right):
+        report.pop("days_left")  # moves between the two calls
+    assert left == right and left["state"] == "valid"

@@ -68,8 +68,8 @@ async def test_keeper_as_the_charts_service_account_does_the_full_job(
     other = controlplane.create_namespace(f"{namespace}-other")
     allowed = {
         ("get", "secrets", secret, ""): True,
-        ("patch", "secrets", secret, ""): True,  # the keeper's writes are merge patches
-        ("update", "secrets", secret, ""): False,
+        ("update", "secrets", secret, ""): False,  # never replaced whole: every write is a merge patch
+        ("patch", "secrets", secret, ""): True,
         ("create", "events", "", "events.k8s.io"): False,  # its Events are core/v1
         ("get", "leases", "kong-license-keeper", "coordination.k8s.io"): True,
         ("update", "leases", "kong-license-keeper", "coordination.k8s.io"): True,

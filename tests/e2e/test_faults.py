@@ -9,7 +9,6 @@ import asyncio
 import base64
 import signal
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,7 +16,9 @@ import pytest
 from lightkube import AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta, OwnerReference
 from lightkube.resources.core_v1 import ConfigMap, Event, Secret
+from lightkube.types import PatchType
 
+from license_keeper.syncrequest import SYNC_ANSWER_ANNOTATION, SYNC_REQUEST_ANNOTATION, parse_answer
 from license_keeper.testing.controlplane import ControlPlane, ServiceAccountAccess
 from license_keeper.testing.faultproxy import FaultProxy
 from license_keeper.testing.keeper import KeeperProcess
@@ -263,23 +264,28 @@ async def test_writes_keep_every_field_the_keeper_does_not_own(
 
 
 async def test_sync_requests_are_rate_limited_and_keep_the_backoff(
-    proxied_keeper: ProxiedKeeper, konnect: KonnectStandIn, namespace: str
+    proxied_keeper: ProxiedKeeper, konnect: KonnectStandIn, admin_api: AsyncClient, namespace: str
 ) -> None:
-    """Defect 7: POST /sync skipped the poll period and the error backoff: 100 requests, 100 Konnect
-    calls. Now at most one extra poll per 10 s, and none while Konnect is failing."""
+    """Defect 7: poll requests skipped the poll period and the error backoff: 100 requests, 100 Konnect
+    calls. Now at most one extra poll per 10 s, and none while Konnect is failing (the request is answered
+    at once, saying so). Requests are made as `kubectl annotate --overwrite` would, each a new token."""
     k = proxied_keeper()
     await ready(k)
     await wait_for(lambda: writes(k), 10)
     before = konnect.requests
 
-    def post_sync() -> int:
-        request = urllib.request.Request(f"http://127.0.0.1:{k.probe_port}/sync", method="POST", data=b"")
-        with urllib.request.urlopen(request, timeout=5) as r:
-            return r.status
+    async def ask(token: str) -> None:
+        await admin_api.patch(
+            Secret,
+            SECRET,
+            {"metadata": {"annotations": {SYNC_REQUEST_ANNOTATION: token}}},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
 
     started = time.monotonic()
-    statuses = [await asyncio.to_thread(post_sync) for _ in range(100)]
-    assert set(statuses) == {202}
+    for i in range(100):
+        await ask(f"burst-{i}")
     await asyncio.sleep(max(0.0, 12 - (time.monotonic() - started)))
     calls = konnect.requests - before
     print(f"\n100 sync requests in {time.monotonic() - started:.1f} s caused {calls} Konnect calls")
@@ -289,11 +295,18 @@ async def test_sync_requests_are_rate_limited_and_keep_the_backoff(
     k.signal(signal.SIGHUP)
     await wait_for(lambda: k.metric('license_keeper_konnect_requests_total{result="server_error"}') >= 1, 20)
     failing = konnect.requests
-    for _ in range(50):
-        await asyncio.to_thread(post_sync)
+    for i in range(50):
+        await ask(f"failing-{i}")
     await asyncio.sleep(2)
     # The backoff after one failure is at least 1 s and at most 10 s; 50 requests add at most one call.
     assert konnect.requests - failing <= 1
+
+    async def told_not_polled() -> bool:
+        secret = await read_secret(admin_api, namespace)
+        answer = parse_answer(((secret.metadata.annotations or {}) if secret else {}).get(SYNC_ANSWER_ANNOTATION))
+        return answer is not None and answer.outcome == "backoff" and answer.request == "failing-49"
+
+    await wait_for(told_not_polled, 10)
 
 
 async def test_health_turns_unhealthy_when_the_secret_view_goes_stale_and_recovers(

@@ -236,8 +236,8 @@ async def test_keeper_identity_cannot_delete_or_read_other_secrets(
     await admin_api.create(Secret(metadata=ObjectMeta(name=SECRET)), namespace=namespace)
     checks = {
         ("get", SECRET): True,
-        ("patch", SECRET): True,  # the keeper's writes are merge patches
-        ("update", SECRET): False,  # so it needs no update
+        ("update", SECRET): False,  # never replaced whole: the keeper's writes are merge patches
+        ("patch", SECRET): True,
         ("watch", SECRET): True,
         ("delete", SECRET): False,
         ("get", "other"): False,
@@ -302,15 +302,14 @@ async def _sync_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_sync_asks_the_running_leader_and_polls_once_without_one(
-    keepers: KeeperFactory,
+async def test_sync_once_polls_konnect_from_here_without_a_keeper(
     konnect: KonnectStandIn,
     admin_api: AsyncClient,
     namespace: str,
     keeper_access: ServiceAccountAccess,
 ) -> None:
-    # No keeper runs: `sync` polls Konnect itself and persists through the policy.
-    idle = keepers("unused", start=False)
+    """`sync --once` asks no keeper (tests/e2e/test_sync.py asks the leader): it polls Konnect itself and
+    persists through the policy."""
     konnect_flags = [
         f"--konnect-address={konnect.address}",
         f"--konnect-control-plane-id={konnect.control_plane_id}",
@@ -318,31 +317,19 @@ async def test_sync_asks_the_running_leader_and_polls_once_without_one(
         f"--konnect-tls-client-key-file={konnect.tls.client_key_file}",
         f"--konnect-ca-file={konnect.tls.ca_file}",
         f"--kubeconfig={keeper_access.kubeconfig}",
-        f"--namespace={namespace}",
+        "-n",
+        namespace,
     ]
-    out = await _sync_cli(f"--probe-addr=127.0.0.1:{idle.probe_port}", *konnect_flags)
+    out = await _sync_cli("--once", *konnect_flags)
     assert out.returncode == 0, out.stderr
-    assert "no keeper answers" in out.stderr and "written (create)" in out.stdout
+    assert out.stdout.startswith("polled Konnect: wrote the Secret (create): license "), out.stdout
     assert await holds(admin_api, namespace, konnect.record.document)
-    again = await _sync_cli("--once", *konnect_flags)
-    assert again.returncode == 0 and "unchanged" in again.stdout
-
-    # A running leader is asked to poll now.
-    leader = keepers("keeper-0")
-    await ready(leader)
-    await wait_for(lambda: asyncio.to_thread(lambda: leader.metric("license_keeper_leader") == 1), 20)
-    await wait_for(lambda: konnect.requests >= 3, 10)
-    before = konnect.requests
-    asked = await _sync_cli(f"--probe-addr=127.0.0.1:{leader.probe_port}")
-    assert asked.returncode == 0 and "poll requested" in asked.stdout
-    await wait_for(lambda: konnect.requests > before, 10)
-
-    # A follower says who leads instead.
-    follower = keepers("keeper-1")
-    await ready(follower)
-    refused = await _sync_cli(f"--probe-addr=127.0.0.1:{follower.probe_port}")
-    assert refused.returncode == 2 and "keeper-0" in refused.stderr
-    assert not leaks(out.stdout + out.stderr + again.stdout + asked.stdout + refused.stderr)
+    again = await _sync_cli("--once", "-o", "json", *konnect_flags)
+    assert again.returncode == 0 and json.loads(again.stdout)["outcome"] == "unchanged"
+    await konnect.set_mode("server_error")
+    failed = await _sync_cli("--once", *konnect_flags)
+    assert failed.returncode == 2 and failed.stderr.startswith("error: Konnect: ")
+    assert not leaks(out.stdout + out.stderr + again.stdout + failed.stderr)
 
 
 async def test_konnect_without_a_license_keeps_the_held_one(

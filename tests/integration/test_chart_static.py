@@ -128,7 +128,7 @@ NON_DEFAULT: dict[str, Any] = {
     "commonLabels.team": "platform",
     "podLabels.tier": "control",
     "podAnnotations.example\\.com/owner": "platform",
-    "replicaCount": 3,
+    "replicaCount": 1,  # leader election off allows no more (test_leader_election_cannot_be_off_...)
 }
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -322,7 +322,7 @@ def test_role_rules(variant: tuple[str, dict[str, Any], list[dict[str, Any]]]) -
     assert len(named) == 1
     assert named[0]["resourceNames"] == [secret]
     assert named[0]["apiGroups"] == [""]
-    assert set(named[0]["verbs"]) == {"get", "patch", "list", "watch"}  # writes are merge patches
+    assert set(named[0]["verbs"]) == {"get", "patch", "list", "watch"}  # writes are merge patches: no update
     # every secrets rule without resourceNames is the create-only rule, present only when allowed
     for r in unnamed:
         assert r["verbs"] == ["create"]
@@ -344,7 +344,7 @@ def test_role_rules(variant: tuple[str, dict[str, Any], list[dict[str, Any]]]) -
     assert [r["verbs"] for r in lease_rules if not r.get("resourceNames")] == [["create"]]
 
     event_groups = {g for r in rules if "events" in r["resources"] for g in r["apiGroups"]}
-    assert event_groups == {""}  # core/v1 Events only
+    assert event_groups == {""}  # core/v1 Events only: the keeper never calls events.k8s.io
     for r in rules:
         if "events" in r["resources"]:
             assert set(r["verbs"]) == {"create", "patch"}
@@ -474,11 +474,15 @@ def test_service_pdb_and_monitoring(variant: tuple[str, dict[str, Any], list[dic
     svc = only(objs, "Service")
     assert svc["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
-    pdb = only(objs, "PodDisruptionBudget")
-    assert pdb["spec"]["minAvailable"] == 1
-    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
-    # keepers unready for lack of a license must not block a node drain
-    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    budgets = [o for o in objs if o["kind"] == "PodDisruptionBudget"]
+    if values.get("replicaCount", 2) == 1:
+        assert budgets == []  # a budget for one replica would block every drain
+    else:
+        (pdb,) = budgets
+        assert pdb["spec"]["minAvailable"] == 1
+        assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+        # keepers unready for lack of a license must not block a node drain
+        assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
     monitors = [o for o in objs if o["kind"] == "ServiceMonitor"]
     rules = [o for o in objs if o["kind"] == "PrometheusRule"]
@@ -491,8 +495,11 @@ def test_service_pdb_and_monitoring(variant: tuple[str, dict[str, Any], list[dic
     if values.get("prometheusRule.enabled"):
         (pr,) = rules
         assert pr["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-        # rendered verbatim from files/alerts.yaml, alert templates untouched by helm
-        assert pr["spec"] == yaml.safe_load(ALERTS.read_text())
+        # rendered verbatim from files/alerts.yaml, alert templates untouched by helm; only the runbooks'
+        # base moves to this chart version's docs (test_runbooks_point_at_the_docs_of_this_chart_version)
+        version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+        versioned = ALERTS.read_text().replace("/blob/main/docs/", f"/blob/v{version}/docs/")
+        assert pr["spec"] == yaml.safe_load(versioned)
         assert "{{ $labels.namespace }}" in json.dumps(pr["spec"])
     else:
         assert rules == []
@@ -633,9 +640,10 @@ def test_rendered_rbac_on_a_real_api_server(controlplane: Any, namespace: str, a
     assert call("GET", f"{secrets}?fieldSelector=metadata.name%3Dkong-license") == 200
     assert call("GET", f"{secrets}?fieldSelector=metadata.name%3Dkong-license&watch=1&timeoutSeconds=1") == 200
     current = controlplane.request("GET", f"{secrets}/kong-license", token=token).body
-    assert call("PATCH", f"{secrets}/kong-license", {"data": {"license": "e30="}}) == 200
-    current["data"] = {"license": "e30="}
-    assert call("PUT", f"{secrets}/kong-license", current) == 403
+    patch = {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]}, "data": {"license": "e30="}}
+    assert controlplane.request("PATCH", f"{secrets}/kong-license", patch, token=token).status == 200
+    current = controlplane.request("GET", f"{secrets}/kong-license", token=token).body
+    assert call("PUT", f"{secrets}/kong-license", current) == 403  # the keeper never replaces it whole
     # nothing else, and never delete
     assert call("GET", secrets) == 403
     assert call("GET", f"{secrets}/someone-elses") == 403
@@ -682,7 +690,7 @@ def test_rendered_rbac_on_a_real_api_server(controlplane: Any, namespace: str, a
         "reportingInstance": "lk-0",
         "eventTime": "2026-01-01T00:00:00.000000Z",
     }
-    assert call("POST", f"/apis/events.k8s.io/v1/namespaces/{namespace}/events", new_event) == 403
+    assert call("POST", f"/apis/events.k8s.io/v1/namespaces/{namespace}/events", new_event) == 403  # unused API
 
 
 def test_rendered_environment_is_accepted_by_the_keeper_settings(
@@ -1029,3 +1037,305 @@ def test_rendered_discovery_rbac_on_a_real_api_server(controlplane: Any, namespa
         assert call("GET", f"/api/v1/namespaces/{ns}/pods") == 403
     third = controlplane.create_namespace(f"{namespace}-x")
     assert call("GET", f"/apis/discovery.k8s.io/v1/namespaces/{third}/endpointslices") == 403
+
+
+# ------------------------------------------------------------------------------------------ durations
+GO_DURATIONS = {
+    "pollingPeriod": "1h30m",
+    "initialPollingPeriod": "1m30s",
+    "renewBefore": "6d12h",
+    "konnect.timeout": "45s",
+    "leaderElection.leaseDuration": "15s",
+    "leaderElection.renewDeadline": "10s",
+    "leaderElection.retryPeriod": "2s500ms",
+    "delivery.period": "1h5m",
+    "delivery.adminApi.urls[0]": "https://kong:8444",
+    "delivery.adminApi.timeout": "10.5s",
+}
+
+
+def test_durations_take_go_syntax_in_chart_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`1h30m` is accepted by the schema and by the keeper that reads the rendered environment."""
+    from license_keeper.config import load_settings
+
+    env = _env(render(GO_DURATIONS))
+    for name in list(os.environ):
+        if name.startswith(("LICENSE_KEEPER_", "CONTROLLER_KONNECT_")):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith("LICENSE_KEEPER_"):
+            monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert (settings.polling_period, settings.initial_polling_period, settings.renew_before) == (5400, 90, 561600)
+    assert (settings.leader_elect_retry_period, settings.delivery_period) == (2.5, 3900)
+    assert settings.deliver_admin_timeout == 10.5
+    for bad in ("1h30", "5 minutes", "-5s", "1e3"):
+        assert template({"pollingPeriod": bad}).returncode != 0, bad
+
+
+def test_the_charts_role_is_the_keepers_rules(variant: tuple[str, dict[str, Any], list[dict[str, Any]]]) -> None:
+    """The chart grants what the keeper calls, no more: the same rules the e2e keepers run under, whose
+    every verb tests/e2e/test_sync.py finds in the API server's audit log."""
+    from license_keeper.testing.keeper import keeper_rules
+
+    _, values, objs = variant
+    secret, lease = _expected_names(values)
+    allow_create = values.get("rbac.allowSecretCreate", True)
+
+    def as_set(rules: list[dict[str, Any]]) -> set[tuple[str, str, tuple[str, ...], frozenset[str]]]:
+        return {
+            (group, resource, tuple(r.get("resourceNames") or ()), frozenset(r["verbs"]))
+            for r in rules
+            for group in r["apiGroups"]
+            for resource in r["resources"]
+        }
+
+    assert as_set(only(objs, "Role")["rules"]) == as_set(keeper_rules(secret, lease, allow_create=allow_create))
+
+
+# ------------------------------------------------------------------------------ beside Kong's chart (issue 21 #4)
+def render_file(values: dict[str, Any], tmp_path: Path, *, release: str = RELEASE, namespace: str = NAMESPACE) -> str:
+    """`helm template` with a values file (lists and maps as a user writes them); the raw output."""
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    proc = run([tool("helm", "helm"), "template", release, str(CHART), "--namespace", namespace, "-f", str(path)])
+    assert proc.returncode == 0, f"helm template failed:\n{proc.stderr}"
+    return proc.stdout
+
+
+def docs(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+KONG_KONNECT = {  # Kong chart's ingressController.konnect block, as a user would copy it
+    "controlPlaneID": REQUIRED["konnect.controlPlaneId"],
+    "apiHostname": "eu.kic.api.konghq.com",
+    "tlsClientCertSecretName": REQUIRED["konnect.tlsSecretName"],
+}
+
+
+def test_kongs_value_names_render_as_ours(tmp_path: Path) -> None:
+    ours = render({"konnect.address": "https://eu.kic.api.konghq.com"})
+    theirs = docs(render_file({"konnect": KONG_KONNECT}, tmp_path))
+    assert _container(theirs)[1] == _container(ours)[1]
+    assert _volumes(theirs) == _volumes(ours)
+    deprecated_name = {"konnect": {**KONG_KONNECT, "controlPlaneID": "", "runtimeGroupID": "rg"}}
+    deprecated = docs(render_file(deprecated_name, tmp_path))
+    assert _env(deprecated)["LICENSE_KEEPER_KONNECT_CONTROL_PLANE_ID"] == "rg"
+
+
+def _volumes(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return list(only(objs, "Deployment")["spec"]["template"]["spec"]["volumes"])
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"konnect.controlPlaneID": "other"}, "konnect.controlPlaneId and konnect.controlPlaneID differ"),
+        (
+            {"konnect.tlsClientCertSecretName": "other"},
+            "konnect.tlsSecretName and konnect.tlsClientCertSecretName differ",
+        ),
+        (
+            {"konnect.address": "https://us.kic.api.konghq.com:443", "konnect.apiHostname": "eu.kic.api.konghq.com"},
+            "konnect.address and konnect.apiHostname differ",
+        ),
+    ],
+)
+def test_two_names_for_one_value_must_agree(values: dict[str, Any], message: str) -> None:
+    proc = template(values)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+def _mapping_table() -> list[tuple[str, str]]:
+    text = (CHART / "README.md").read_text()
+    section = text.split("## Kong's value names", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `([^`]+)` \| `([^`]+)` \|", section, re.MULTILINE)
+
+
+def test_the_mapping_table_covers_every_kong_name_the_chart_accepts() -> None:
+    """One table in the chart README maps Kong's names to ours; every alias the schema accepts is in it."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    rows = _mapping_table()
+    assert rows, "charts/license-keeper/README.md has no 'Kong's value names' table"
+    accepted = {f"konnect.{k}" for k in ("controlPlaneID", "runtimeGroupID", "apiHostname", "tlsClientCertSecretName")}
+    accepted |= {"image.pullSecrets", "extraLabels"}
+    assert accepted <= {kong.split(" ")[0] for kong, _ in rows}
+
+    def known(path: str) -> bool:
+        node = schema
+        for part in path.split("."):
+            node = node.get("properties", {}).get(part)
+            if node is None:
+                return False
+        return True
+
+    for kong, ours in rows:
+        assert known(ours.split(" ")[0]), f"{ours} (for {kong}) is not a value of this chart"
+        if kong in accepted:
+            assert known(kong), f"{kong} is in the table as accepted but the schema rejects it"
+
+
+def test_escape_hatches(tmp_path: Path) -> None:
+    digest = "sha256:" + "a" * 64
+    values: dict[str, Any] = {
+        "image": {
+            "registry": "registry.example.com",
+            "repository": "platform/license-keeper",
+            "digest": digest,
+            "pullSecrets": ["kongs"],  # Kong's name and shape: a list of Secret names
+        },
+        "revisionHistoryLimit": 2,
+        "extraEnv": [{"name": "TZ", "value": "UTC"}],
+        "extraVolumes": [{"name": "extra-ca", "configMap": {"name": "corporate-ca"}}],
+        "extraVolumeMounts": [{"name": "extra-ca", "mountPath": "/etc/extra-ca", "readOnly": True}],
+        "imagePullSecrets": [{"name": "ours"}],
+    }
+    objs = docs(render_file({**_required_nested(), **values}, tmp_path))
+    dep, c = _container(objs)
+    assert c["image"] == f"registry.example.com/platform/license-keeper@{digest}"
+    assert dep["spec"]["revisionHistoryLimit"] == 2
+    assert dep["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "ours"}, {"name": "kongs"}]
+    assert {"name": "TZ", "value": "UTC"} in c["env"]
+    assert {"name": "extra-ca", "configMap": {"name": "corporate-ca"}} in dep["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "extra-ca", "mountPath": "/etc/extra-ca", "readOnly": True} in c["volumeMounts"]
+    tagged = _container(render({"image.registry": "registry.example.com", "image.tag": "1.10"}))[1]["image"]
+    assert tagged == "registry.example.com/license-keeper:1.10"
+    assert _container(render())[1]["image"] == "license-keeper:0.1.0"
+    assert only(render(), "Deployment")["spec"]["revisionHistoryLimit"] == 5
+
+
+def _required_nested() -> dict[str, Any]:
+    return {
+        "konnect": {
+            "controlPlaneId": REQUIRED["konnect.controlPlaneId"],
+            "tlsSecretName": REQUIRED["konnect.tlsSecretName"],
+        }
+    }
+
+
+def _with_network_policy() -> dict[str, Any]:
+    return {**_required_nested(), "networkPolicy": {"enabled": True, "apiServer": {"cidrs": ["10.0.0.1/32"]}}}
+
+
+def test_replicas_spread_over_nodes_and_zones_by_default() -> None:
+    dep, _ = _container(render())
+    spread = dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert [t["topologyKey"] for t in spread] == ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+    assert all(t["whenUnsatisfiable"] == "ScheduleAnyway" and t["maxSkew"] == 1 for t in spread)
+    selector = dep["spec"]["selector"]["matchLabels"]
+    assert all(t["labelSelector"]["matchLabels"] == selector for t in spread)
+
+
+def test_network_policy_is_optional_and_lets_out_only_the_api_server_konnect_and_dns(tmp_path: Path) -> None:
+    assert not [o for o in render() if o["kind"] == "NetworkPolicy"]
+    proc = template({"networkPolicy.enabled": True})
+    assert proc.returncode != 0 and "networkPolicy.apiServer.cidrs is required" in proc.stderr
+    objs = docs(render_file(_with_network_policy(), tmp_path))
+    policy = only(objs, "NetworkPolicy")
+    dep, _ = _container(objs)
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    egress = spec["egress"]
+    assert egress[0] == {
+        "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}],
+        "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}],
+    }
+    assert egress[1] == {
+        "to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}],
+        "ports": [{"protocol": "TCP", "port": 443}],
+    }
+    dns = egress[2]
+    assert {p["port"] for p in dns["ports"]} == {53} and {p["protocol"] for p in dns["ports"]} == {"UDP", "TCP"}
+    assert dns["to"][0]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}
+    assert len(egress) == 3
+    ingress_ports = {p["port"] for rule in spec["ingress"] for p in rule["ports"]}
+    assert ingress_ports == {"metrics", "probes"}
+
+
+def test_the_network_policy_is_accepted_by_the_api_server(controlplane: Any, namespace: str, tmp_path: Path) -> None:
+    objs = docs(render_file(_with_network_policy(), tmp_path, namespace=namespace))
+    policy = only(objs, "NetworkPolicy")
+    resp = controlplane.request("POST", f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies", policy)
+    assert resp.status == 201, resp.body.get("message")
+
+
+LOOKALIKES = {  # strings YAML 1.1 reads as something else when a template forgets to quote them
+    "konnect.tlsSecretName": "yes",
+    "konnect.caSecretName": "on",
+    "konnect.caSecretKey": "true",
+    "konnect.controlPlaneId": "012",
+    "secretName": "no",
+    "leaderElection.leaseName": "off",
+    "priorityClassName": "null",
+    "serviceAccount.name": "0x1F",
+    "delivery.adminApi.urls[0]": "https://kong:8444",
+    "delivery.adminApi.tokenSecretName": "1.5",
+    "delivery.adminApi.tokenSecretKey": "~",
+    "podLabels.tier": "on",
+    "image.pullPolicy": "Always",
+    "tmpSizeLimit": "64Mi",
+    "serviceMonitor.enabled": True,
+    "serviceMonitor.interval": "1m",
+}
+STRING_KEYS = {"name", "namespace", "secretName", "key", "priorityClassName", "serviceAccountName", "value", "image"}
+
+
+def test_strings_stay_strings_everywhere() -> None:
+    """`--set konnect.tlsSecretName=y` must not become a boolean, in any template: every string is quoted."""
+    proc = run([tool("helm", "helm"), "template", "yes", str(CHART), "--namespace", "on", *set_args(LOOKALIKES)])
+    assert proc.returncode == 0, proc.stderr
+    objs = docs(proc.stdout)
+    for k, v in walk(objs):
+        if k in STRING_KEYS:
+            assert isinstance(v, str | dict | list), (k, v)
+        if k in ("labels", "annotations", "matchLabels"):
+            assert all(isinstance(x, str) for x in v.values()), (k, v)
+    assert all(o["metadata"]["namespace"] == "on" for o in objs)
+    dep, _ = _container(objs)
+    pod = dep["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["konnect-client-tls"]["secret"]["secretName"] == "yes"
+    assert vols["konnect-ca"]["secret"]["secretName"] == "on"
+    assert vols["konnect-ca"]["secret"]["items"][0]["key"] == "true"
+    assert vols["kong-admin-token"]["secret"] == {
+        "secretName": "1.5",
+        "defaultMode": 0o440,
+        "items": [{"key": "~", "path": "token"}],
+    }
+    assert pod["priorityClassName"] == "null" and pod["serviceAccountName"] == "0x1F"
+    assert only(objs, "Secret")["metadata"]["name"] == "no"
+    assert _env(objs)["LICENSE_KEEPER_KONNECT_CONTROL_PLANE_ID"] == "012"
+    assert dep["spec"]["template"]["metadata"]["labels"]["tier"] == "on"
+    assert dep["metadata"]["labels"]["app.kubernetes.io/instance"] == "yes"
+    # go-yaml (what Kubernetes and Helm read with) also takes y/n for booleans, which PyYAML does not.
+    y = {**REQUIRED, "konnect.tlsSecretName": "y"}
+    proc = run([tool("helm", "helm"), "template", RELEASE, str(CHART), *set_args(y)])
+    assert proc.returncode == 0 and 'secretName: "y"' in proc.stdout, proc.stderr
+
+
+def test_leader_election_cannot_be_off_with_more_than_one_replica() -> None:
+    proc = template({"leaderElection.enabled": False, "replicaCount": 2})
+    assert proc.returncode != 0 and "leaderElection.enabled=false needs replicaCount: 1" in proc.stderr
+    single = only(render({"leaderElection.enabled": False, "replicaCount": 1}), "Deployment")
+    # Without election even a rolling update must not run two keepers: the old pod goes first.
+    assert single["spec"]["strategy"] == {"type": "Recreate"}
+    assert only(render(), "Deployment")["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_runbooks_point_at_the_docs_of_this_chart_version() -> None:
+    """By default every runbook_url points into docs/operations.md as tagged with the chart's version, at an
+    anchor that exists in the docs that ship with it."""
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+    base = f"https://github.com/license-keeper/license-keeper/blob/v{version}/docs/operations.md"
+    rule = only(render({"prometheusRule.enabled": True}), "PrometheusRule")
+    ops = OPERATIONS.read_text()
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert rules
+    for r in rules:
+        url = r["annotations"]["runbook_url"]
+        assert url == f"{base}#{r['alert'].lower()}", url
+        assert f'id="{r["alert"].lower()}"' in ops, f"docs/operations.md has no anchor for {r['alert']}"
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert "{{ .Chart.Version }}" in values["prometheusRule"]["runbookBaseUrl"]

@@ -40,7 +40,35 @@ def test_parse_duration(text: str | float, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("bad", ["", "abc", "5x", "s", "5 minutes", "1e3", "-5s", "5m30s", "nan", "inf", "True"])
+# Go's time.ParseDuration syntax (Kong's and Kubernetes' tools write durations so), plus days and bare seconds.
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1h30m", 5400.0),
+        ("5m30s", 330.0),
+        ("2h45m30.5s", 9930.5),
+        ("1d12h", 129600.0),
+        ("1m500ms", 60.5),
+        ("1500us", 0.0015),
+        ("1500\u00b5s", 0.0015),
+        ("2000000000ns", 2.0),
+        (".5h", 1800.0),
+        ("1.h", 3600.0),
+    ],
+)
+def test_parse_duration_takes_go_syntax(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_go_durations_in_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LICENSE_KEEPER_POLLING_PERIOD", "1h30m")
+    settings = load_settings(renew_before="6d12h")
+    assert (settings.polling_period, settings.renew_before) == (5400.0, 561600.0)
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "abc", "5x", "s", "5 minutes", "1e3", "-5s", "+5s", "5m 30s", "1h30", "h1", ".s", "nan", "inf", "True"]
+)
 def test_parse_duration_rejects_malformed(bad: str) -> None:
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration(bad)

@@ -21,26 +21,75 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/*
+  Every string a value or a name can put into a manifest is quoted: `--set konnect.tlsSecretName=y`, a release
+  called `yes` or a namespace called `on` must stay strings (YAML 1.1 reads them as booleans).
+*/}}
+
 {{/* Selector labels: stable across upgrades. */}}
 {{- define "license-keeper.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "license-keeper.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/name: {{ include "license-keeper.name" . | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 {{- end }}
 
-{{/* Labels without app.kubernetes.io/managed-by (the license Secret sets its own). */}}
+{{/* Labels without app.kubernetes.io/managed-by (the license Secret sets its own). extraLabels is Kong's name. */}}
 {{- define "license-keeper.baseLabels" -}}
-helm.sh/chart: {{ include "license-keeper.chart" . }}
+helm.sh/chart: {{ include "license-keeper.chart" . | quote }}
 {{ include "license-keeper.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | toString | trunc 63 | quote }}
 app.kubernetes.io/component: license-keeper
-{{- with .Values.commonLabels }}
+{{- with merge (dict) (.Values.commonLabels | default dict) (.Values.extraLabels | default dict) }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
 
 {{- define "license-keeper.labels" -}}
 {{ include "license-keeper.baseLabels" . }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
+{{- end }}
+
+{{/*
+  One setting under two names, this chart's and Kong's (list of dicts with name and value): the value given,
+  "" when none is; two different values fail rather than one silently winning.
+*/}}
+{{- define "license-keeper.oneOf" -}}
+{{- $chosen := dict -}}
+{{- range . -}}
+{{- $value := .value | default "" | toString -}}
+{{- if $value -}}
+{{- if and $chosen.value (ne $chosen.value $value) -}}
+{{- fail (printf "%s and %s differ: they are one setting (this chart's name and Kong's); give one" $chosen.name .name) -}}
+{{- end -}}
+{{- if not $chosen.value -}}
+{{- $_ := set $chosen "name" .name -}}
+{{- $_ := set $chosen "value" $value -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $chosen.value | default "" -}}
+{{- end }}
+
+{{/* The Konnect control plane ID; Kong's chart calls it controlPlaneID (runtimeGroupID before). */}}
+{{- define "license-keeper.controlPlaneId" -}}
+{{- $k := .Values.konnect -}}
+{{- $id := include "license-keeper.oneOf" (list (dict "name" "konnect.controlPlaneId" "value" $k.controlPlaneId) (dict "name" "konnect.controlPlaneID" "value" $k.controlPlaneID) (dict "name" "konnect.runtimeGroupID" "value" $k.runtimeGroupID)) -}}
+{{- required "konnect.controlPlaneId is required (Kong's name konnect.controlPlaneID works too)" $id -}}
+{{- end }}
+
+{{/* The Secret with the Konnect client certificate; Kong's chart calls it tlsClientCertSecretName. */}}
+{{- define "license-keeper.konnectTlsSecretName" -}}
+{{- $k := .Values.konnect -}}
+{{- $name := include "license-keeper.oneOf" (list (dict "name" "konnect.tlsSecretName" "value" $k.tlsSecretName) (dict "name" "konnect.tlsClientCertSecretName" "value" $k.tlsClientCertSecretName)) -}}
+{{- required "konnect.tlsSecretName is required (a Secret with tls.crt and tls.key)" $name -}}
+{{- end }}
+
+{{/* The Konnect address; Kong's chart gives the host alone, as apiHostname. */}}
+{{- define "license-keeper.konnectAddress" -}}
+{{- $k := .Values.konnect -}}
+{{- $fromHost := "" -}}
+{{- with $k.apiHostname }}{{ $fromHost = printf "https://%s" (trimPrefix "https://" .) }}{{ end -}}
+{{- $address := include "license-keeper.oneOf" (list (dict "name" "konnect.address" "value" $k.address) (dict "name" "konnect.apiHostname" "value" $fromHost)) -}}
+{{- $address | default "https://us.kic.api.konghq.com" -}}
 {{- end }}
 
 {{- define "license-keeper.commonAnnotations" -}}
@@ -75,16 +124,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* The image: [registry/]repository@digest when a digest is given (the tag is then left out: the digest
-alone decides what runs), else [registry/]repository:tag, the tag defaulting to the chart's appVersion. */}}
+{{/* [registry/]repository, then @digest, else :tag (default: the chart's appVersion). */}}
 {{- define "license-keeper.image" -}}
-{{- $repository := .Values.image.repository }}
-{{- with .Values.image.registry }}{{ $repository = printf "%s/%s" . $repository }}{{ end }}
+{{- $repository := .Values.image.repository -}}
+{{- with .Values.image.registry }}{{ $repository = printf "%s/%s" (trimSuffix "/" .) $repository }}{{ end -}}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" $repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" $repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- printf "%s:%s" $repository (.Values.image.tag | default .Chart.AppVersion | toString) }}
 {{- end }}
+{{- end }}
+
+{{/* imagePullSecrets and Kong's image.pullSecrets (names, or {name: ...} as Kubernetes writes them). */}}
+{{- define "license-keeper.imagePullSecrets" -}}
+{{- $secrets := list -}}
+{{- range concat (.Values.imagePullSecrets | default list) (.Values.image.pullSecrets | default list) -}}
+{{- $secrets = append $secrets (kindIs "string" . | ternary (dict "name" .) .) -}}
+{{- end -}}
+{{- with $secrets }}{{ toYaml . }}{{ end -}}
 {{- end }}
 
 {{/* The --deliver targets, comma-separated (LICENSE_KEEPER_DELIVER); empty when delivery is off. */}}
@@ -108,7 +165,8 @@ only the runbook base URL, the two expiry thresholds and the `for:` durations.
 {{- $v := .Values.prometheusRule }}
 {{- $rules := .Files.Get "files/alerts.yaml" }}
 {{- if $v.runbookBaseUrl }}
-{{- $rules = replace "https://github.com/license-keeper/license-keeper/blob/main/docs/operations.md" (trimSuffix "/" $v.runbookBaseUrl) $rules }}
+{{- /* By default the runbooks are the docs of this chart's version, not of whatever main says today. */}}
+{{- $rules = replace "https://github.com/license-keeper/license-keeper/blob/main/docs/operations.md" (trimSuffix "/" (tpl $v.runbookBaseUrl .)) $rules }}
 {{- end }}
 {{- $rules = replace ") < 30 * 86400" (printf ") < %d * 86400" (int $v.expiryWarningDays)) $rules }}
 {{- $rules = replace ") >= 7 * 86400" (printf ") >= %d * 86400" (int $v.expiryCriticalDays)) $rules }}

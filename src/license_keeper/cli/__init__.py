@@ -1,28 +1,23 @@
-"""`license-keeper`: the command group, `run` and `sync`.
+"""`license-keeper`: the command group and `run`.
 
-The other commands live beside it: `status` and `validate` in ``status.py``, `export` and `restore`
-(with the backup format) in ``backup.py``; what they share (options, settings, the edges to the
-cluster and to Konnect) in ``common.py``.
+The other commands live beside it: `status` and `validate` in ``status.py``, `sync` in ``sync.py``,
+`export` and `restore` (with the backup format) in ``backup.py``; what they share (options, settings,
+the edges to the cluster and to Konnect) in ``common.py``; exit codes and error lines in ``errors.py``.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 import click
 
 from .. import __version__
-from ..config import ConfigError, Settings, parse_addr
-from ..policy import record_from_secret
+from ..config import ConfigError
 from .backup import export_, restore
 from .common import (
-    EXIT_BAD,
-    EXIT_VALID,
+    EXIT_UNKNOWN,
     api_client,
-    connect,
     delivery_options,
     duration_opt,
     env_help,
@@ -36,12 +31,18 @@ from .common import (
     settings_from,
     started,
 )
+from .errors import KeeperGroup, exit_codes_epilog
 from .status import status, validate
+from .sync import sync
 
 __all__ = ["main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(
+    cls=KeeperGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    epilog=exit_codes_epilog(),
+)
 @click.version_option(__version__, prog_name="license-keeper")
 @click.pass_context
 def main(ctx: click.Context) -> None:
@@ -53,6 +54,8 @@ def main(ctx: click.Context) -> None:
 
     Every option also reads LICENSE_KEEPER_<OPTION> (upper-cased, '-' -> '_'); the Konnect
     options also read Kong Ingress Controller's CONTROLLER_KONNECT_* names. A flag wins over both.
+    Commands that talk to the API server take kubectl's -n/--namespace, --context and --kubeconfig;
+    -o/--output is always the output format (text, json, yaml), never a file.
     """
     if ctx.invoked_subcommand != "run":
         started()  # `run` says so itself, after importing the keeper
@@ -61,7 +64,7 @@ def main(ctx: click.Context) -> None:
 # --- run ------------------------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(epilog=exit_codes_epilog("run"))
 @konnect_options
 @secret_options
 @delivery_options
@@ -76,7 +79,7 @@ def main(ctx: click.Context) -> None:
     "Re-read the Secret this often even without watch events; /healthz fails after 3 periods without a "
     "fresh view of it.",
 )
-@opt("probe-addr", "Address for /healthz, /readyz and POST /sync.  [default: :8081]")
+@opt("probe-addr", "Address for /healthz, /livez and /readyz.  [default: :8081]")
 @opt("metrics-addr", "Address for Prometheus /metrics.  [default: :8080]")
 @opt("log-format", "text or json.  [default: text]")
 @opt("log-level", "debug, info, warning or error.  [default: info]")
@@ -95,9 +98,9 @@ def main(ctx: click.Context) -> None:
 def run(**flags: Any) -> None:
     """Run the keeper: fetch from Konnect, persist to the Secret, serve probes and metrics.
 
-    Durations take ms, s, m, h, d suffixes (500ms, 90s, 5m, 12h, 7d); each must lie in the range its
-    help states, and lease-duration > renew-deadline > retry-period. Exits 0 on SIGTERM, 1 when the
-    leader Lease was lost (the pod restarts clean), 2 on bad settings.
+    Durations take Go's syntax (90s, 5m, 1h30m, 300ms) and d for days (7d); each must lie in the range its
+    help states, and lease-duration > renew-deadline > retry-period. The leader answers poll requests made
+    on the Secret (`license-keeper sync`).
     """
     from ..agent import Keeper
     from ..konnect import KonnectConfigError, check_client_files
@@ -113,8 +116,7 @@ def run(**flags: Any) -> None:
         kube = api_client(settings)
         namespace = resolve_namespace(settings, kube)
     except (ConfigError, KonnectConfigError) as e:
-        fail(str(e))
-        return
+        fail(str(e), EXIT_UNKNOWN)
     setup_logging(settings.log_format, settings.log_level)
 
     async def go() -> int:
@@ -126,76 +128,8 @@ def run(**flags: Any) -> None:
     sys.exit(run_async(go()))
 
 
-# --- sync -------------------------------------------------------------------------------------------
-
-
-@main.command()
-@opt("probe-addr", "Probe address of the running keeper to ask.  [default: 127.0.0.1:8081]")
-@click.option("--once", is_flag=True, help="Do not ask a running keeper: poll Konnect once and persist, here.")
-@konnect_options
-@secret_options
-def sync(once: bool, probe_addr: str | None, **flags: Any) -> None:
-    """Ask the running keeper to poll Konnect now (POST /sync on its probe address).
-
-    When no keeper answers there (or with --once), poll Konnect once from here and persist the
-    result to the Secret, through the same selection policy. Inside a pod:
-    `kubectl exec deploy/license-keeper -- license-keeper sync`.
-    """
-    addr = probe_addr or os.environ.get("LICENSE_KEEPER_PROBE_ADDR") or "127.0.0.1:8081"
-    if not once:
-        host, port = parse_addr(addr)
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        import urllib.error  # here, not at the top: `run` starts faster without urllib.request
-        import urllib.request
-
-        try:
-            req = urllib.request.Request(f"http://{host}:{port}/sync", method="POST", data=b"")
-            with urllib.request.urlopen(req, timeout=5) as r:
-                click.echo(r.read().decode().strip())
-                sys.exit(0)
-        except urllib.error.HTTPError as e:
-            fail(f"the keeper at {host}:{port} refused: {e.read().decode().strip()}")
-        except (urllib.error.URLError, OSError):
-            click.echo(f"no keeper answers at {host}:{port}; polling Konnect once from here", err=True)
-    sys.exit(run_async(_sync_once(settings_from(**flags))))
-
-
-async def _sync_once(settings: Settings) -> int:
-    from ..konnect import KonnectConfigError, LicenseFetched
-    from ..policy import choose
-    from ..store import SecretStore, StoreError
-
-    try:
-        settings.require_own_secret()
-        konnect = konnect_client(settings)
-    except (ConfigError, KonnectConfigError) as e:
-        fail(str(e))
-    namespace, api = await connect(settings)
-    try:
-        async with konnect:
-            result = await konnect.fetch()
-        if not isinstance(result, LicenseFetched):
-            fail(f"Konnect: {result.describe()}")
-        store = SecretStore(api, namespace, settings.effective_secret_name)
-        now = datetime.now(UTC)
-        current = await store.read()
-        held = choose(record_from_secret(current, now=now), [result.record], now)
-        outcome = await store.sync(held, now, snapshot=current)
-    except StoreError as e:
-        fail(str(e))
-        return EXIT_BAD
-    finally:
-        await api.close()
-    if outcome.refused is not None:
-        fail(f"the Secret is {outcome.refused.value}; left untouched")
-    click.echo(
-        f"Secret {namespace}/{settings.effective_secret_name}: "
-        + (f"written ({outcome.wrote})" if outcome.wrote else "unchanged")
-    )
-    return EXIT_VALID
-
-
 main.add_command(status)
 main.add_command(validate)
+main.add_command(sync)
 main.add_command(export_)
 main.add_command(restore)

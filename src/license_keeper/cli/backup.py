@@ -21,38 +21,58 @@ from ..config import ConfigError
 from ..kube import Kube, KubeError
 from ..license import LicenseRecord, UpdatedAtError, describe, format_restored_at, parse_updated_at
 from ..policy import record_from_secret
-from .common import EXIT_BAD, connect, fail, load_json, read_capped, run_async, secret_options, settings_from
+from .common import (
+    EXIT_BAD,
+    EXIT_UNKNOWN,
+    UnreadableInput,
+    connect,
+    emit,
+    fail,
+    fail_store,
+    load_structured,
+    output_option,
+    read_capped,
+    run_async,
+    secret_options,
+    settings_from,
+)
+from .errors import KeeperCommand, exit_codes_epilog
 
 __all__ = ["BACKUP_FORMAT", "export_", "license_from_bytes", "read_license_file", "restore", "write_private"]
 
 BACKUP_FORMAT = "license-keeper/backup/v1"
 
 
-@click.command(name="export")
+@click.command(name="export", cls=KeeperCommand, epilog=exit_codes_epilog("export"))
 @secret_options
 @click.option(
-    "-o",
-    "--output",
-    "output",
+    "-f",
+    "--file",
+    "file",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Backup file to write (mode 0600).",
+    type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
+    help="Backup file to write (mode 0600); '-' writes it to stdout, e.g. straight into sops or age.",
 )
-def export_(output: Path, **flags: Any) -> None:
-    """Write the license held in the Secret, with its metadata, to a JSON backup file.
+@click.option("--overwrite", is_flag=True, help="Replace FILE if it exists (without it, an existing FILE is an error).")
+@output_option("json", "yaml", default="json", text="Format of the backup.")
+def export_(file: Path, overwrite: bool, output: str, **flags: Any) -> None:
+    """Write the license held in the Secret, with its metadata, to a backup file (`restore` reads it).
 
-    The file holds the license itself: keep it like a Secret.
+    The backup holds the license itself: keep it like a Secret.
     """
     from ..store import SecretStore, StoreError
 
     settings = settings_from(**flags)
+    to_stdout = str(file) == "-"
+    if not to_stdout and not overwrite and os.path.lexists(file):  # say so before asking the cluster
+        fail(f"{file} exists; pass --overwrite to replace it", EXIT_UNKNOWN)
 
     async def go() -> int:
         namespace, api = await connect(settings)
         try:
             snapshot = await SecretStore(api, namespace, settings.effective_secret_name).read()
         except StoreError as e:
-            fail(str(e))
+            fail_store(e, api)
         finally:
             await api.close()
         record = record_from_secret(snapshot, now=datetime.now(UTC))
@@ -69,23 +89,44 @@ def export_(output: Path, **flags: Any) -> None:
             "fingerprint": record.license.fingerprint,
             "document": record.document,
         }
-        try:
-            write_private(output, json.dumps(backup, indent=2) + "\n")
-        except OSError as e:  # a missing directory, a read-only or full file system: nothing was left behind
-            fail(f"cannot write {output}: {e.strerror or type(e).__name__}")
-        click.echo(f"wrote {output} ({describe(record)})")
-        click.echo("warning: this file holds the license; store it like a Secret", err=True)
+        text = backup_text(backup, output)
+        if to_stdout:
+            click.echo(text, nl=False)
+        else:
+            _write_backup(file, text, overwrite=overwrite)
+        # With '-' stdout carries the backup alone: the words go to stderr.
+        click.echo(f"wrote {'the backup to stdout' if to_stdout else file} ({describe(record)})", err=to_stdout)
+        click.echo("warning: the backup holds the license; store it like a Secret", err=True)
         return 0
 
     sys.exit(run_async(go()))
 
 
-def write_private(path: Path, text: str) -> None:
+def backup_text(backup: dict[str, Any], output: str) -> str:
+    if output == "yaml":
+        import yaml  # lightkube's dependency
+
+        # One line per value, however long: the document is a JSON string and stays byte for byte.
+        return str(yaml.safe_dump(backup, sort_keys=False, allow_unicode=True, width=2**31))
+    return json.dumps(backup, indent=2) + "\n"
+
+
+def _write_backup(file: Path, text: str, *, overwrite: bool) -> None:
+    try:
+        write_private(file, text, overwrite=overwrite)
+    except FileExistsError:  # created since the check at start
+        fail(f"{file} exists; pass --overwrite to replace it", EXIT_UNKNOWN)
+    except OSError as e:
+        fail(f"cannot write {file}: {e.strerror}", EXIT_UNKNOWN)
+
+
+def write_private(path: Path, text: str, *, overwrite: bool = True) -> None:
     """Write ``text`` to ``path`` atomically, readable by the owner only (0600) from the first byte.
 
     The temporary file has a unique name and is created with O_EXCL|O_NOFOLLOW, so a file or symlink
     planted beside the target is never opened, followed or truncated; it is fsynced before the rename
-    over ``path`` (which replaces a symlink at ``path`` itself, never its target).
+    over ``path`` (which replaces a symlink at ``path`` itself, never its target). Without
+    ``overwrite`` it is linked into place instead, which fails with FileExistsError if ``path`` exists.
     """
     directory = path.parent
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -103,7 +144,11 @@ def write_private(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -133,7 +178,7 @@ def license_from_bytes(raw: bytes, now: datetime) -> LicenseRecord:
     except UnicodeDecodeError:
         raise ConfigError("license document: is not valid UTF-8") from None
     try:
-        data = load_json(raw)
+        data = load_structured(raw)  # JSON, or the YAML `export -o yaml` writes
     except ValueError:
         data = None  # parse_license names the problem below
     record_id, updated_at = "", 0
@@ -192,7 +237,7 @@ def _printable(text: str) -> str:
     return "".join(c for c in text if c.isprintable())[:253]
 
 
-@click.command()
+@click.command(cls=KeeperCommand, epilog=exit_codes_epilog("restore"))
 @secret_options
 @click.option(
     "-f",
@@ -200,8 +245,8 @@ def _printable(text: str) -> str:
     "file",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
-    help="Kong's license file (the JSON document, as Kong support sends it) or a backup written by `export`; "
-    "'-' for stdin.",
+    help="Kong's license file (the JSON document, as Kong support sends it) or a backup written by `export` "
+    "(JSON or YAML); '-' reads stdin, e.g. from sops or age.",
 )
 @click.option(
     "--force",
@@ -209,7 +254,8 @@ def _printable(text: str) -> str:
     help="Write even a worse license than the Secret's (one that expires earlier). It stays until Konnect "
     "serves a license updated after the restore. An expired license is never written over an unexpired one.",
 )
-def restore(file: Path, force: bool, **flags: Any) -> None:
+@output_option()
+def restore(file: Path, force: bool, output: str, **flags: Any) -> None:
     """Put a license into the Secret: an operator's restore, which ranks from the moment of the restore.
 
     The license stays until Konnect serves a license updated after the restore: a running keeper takes
@@ -225,8 +271,7 @@ def restore(file: Path, force: bool, **flags: Any) -> None:
         settings.require_own_secret()
         record = read_license_file(file)
     except ConfigError as e:
-        fail(str(e))
-        return
+        fail(str(e), EXIT_UNKNOWN if isinstance(e, UnreadableInput) else EXIT_BAD)
 
     async def go() -> int:
         namespace, api = await connect(settings)
@@ -257,8 +302,7 @@ def restore(file: Path, force: bool, **flags: Any) -> None:
             restored = as_restored(record, at=int(now.timestamp()), by=await who_restores(api))
             outcome = await store.sync(restored, now, snapshot=current, reason="restore", force=True)
         except StoreError as e:
-            fail(str(e))
-            return EXIT_BAD
+            fail_store(e, api)
         finally:
             await api.close()
         if outcome.refused is SecretState.IMMUTABLE:
@@ -266,9 +310,14 @@ def restore(file: Path, force: bool, **flags: Any) -> None:
         if outcome.refused is SecretState.FOREIGN:
             fail(foreign_advice(outcome.snapshot, name))
         verb = "restored by force" if worse_by is not None else "restored"
-        click.echo(
-            f"{what}: {verb} ({describe(record)}) at {format_restored_at(restored.restored_at)}; "
-            "it stays until Konnect serves a license updated after that"
+        at = format_restored_at(restored.restored_at)
+        secret = what.removeprefix("Secret ")
+        report = {"secret": secret, "result": verb, "license": describe(record), "restored_at": at}
+        emit(
+            report,
+            output,
+            lambda r: f"{what}: {r['result']} ({r['license']}) at {r['restored_at']}; "
+            "it stays until Konnect serves a license updated after that",
         )
         return 0
 

@@ -7,32 +7,41 @@ import asyncio
 import gc
 import json
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from ..config import DEFAULT_KONNECT_ADDRESS, DURATION_RANGES, ConfigError, Settings, format_duration, load_settings
-from ..kube import Kube, KubeConfigError
+from ..kube import Kube, KubeConfigError, KubeError
+from .errors import EXIT_BAD, EXIT_EXPIRING, EXIT_UNKNOWN, EXIT_VALID, api_error_line, fail
 
 if TYPE_CHECKING:
     from ..konnect import KonnectClient
+    from ..store import StoreError
 
 __all__ = [
     "EXIT_BAD",
     "EXIT_EXPIRING",
+    "EXIT_UNKNOWN",
     "EXIT_VALID",
+    "UnreadableInput",
     "api_client",
     "connect",
     "delivery_options",
     "duration_opt",
+    "emit",
     "env_help",
     "fail",
+    "fail_api",
+    "fail_store",
     "konnect_client",
     "konnect_options",
     "load_json",
+    "load_structured",
     "opt",
+    "output_option",
     "read_capped",
     "resolve_namespace",
     "run_async",
@@ -42,8 +51,6 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_VALID, EXIT_EXPIRING, EXIT_BAD = 0, 1, 2
 
 
 def started() -> None:
@@ -55,11 +62,6 @@ def started() -> None:
     if not gc.isenabled():
         gc.freeze()
         gc.enable()
-
-
-def fail(message: str, code: int = EXIT_BAD) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
 
 
 def env_help(flag: str, text: str, kic: str | None = None) -> str:
@@ -82,13 +84,21 @@ def duration_opt(flag: str, text: str) -> Callable[[F], F]:
 
 
 def secret_options(f: F) -> F:
-    """Where the Secret lives: shared by every command that touches the cluster."""
+    """Which cluster and where the Secret lives, as kubectl names them: shared by every command that
+    talks to the API server."""
     for deco in reversed(
         [
             opt("kubeconfig", "Path to a kubeconfig; default in-cluster, else KUBECONFIG or ~/.kube/config."),
-            opt(
-                "namespace",
-                "Namespace of the Secret; default POD_NAMESPACE, the ServiceAccount's, or the kubeconfig's.",
+            opt("context", "The kubeconfig context to use instead of the current one."),
+            click.option(
+                "-n",
+                "--namespace",
+                default=None,
+                help=env_help(
+                    "namespace",
+                    "Namespace of the Secret; default POD_NAMESPACE, the ServiceAccount's, or the kubeconfig "
+                    "context's.",
+                ),
             ),
             opt("controller-name", "Controller name; the Secret is <controller-name>-license.  [default: kong]"),
             opt(
@@ -179,12 +189,38 @@ def delivery_options(f: F) -> F:
     return f
 
 
+FORMATS = ("text", "json", "yaml")
+
+
+def output_option(*formats: str, default: str = "text", text: str = "Output format.") -> Callable[[F], F]:
+    """`-o/--output`: always the format of what the command prints (kubectl's meaning), never a file."""
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(formats or FORMATS),
+        default=default,
+        show_default=True,
+        help=text,
+    )
+
+
+def emit(report: Mapping[str, Any], output: str, text: Callable[[Mapping[str, Any]], str]) -> None:
+    """Print ``report`` as JSON, YAML, or in words (``text``)."""
+    if output == "json":
+        click.echo(json.dumps(report, indent=2))
+    elif output == "yaml":
+        import yaml  # lightkube's dependency: already loaded by any command that talks to the cluster
+
+        click.echo(yaml.safe_dump(dict(report), sort_keys=False, allow_unicode=True), nl=False)
+    else:
+        click.echo(text(report))
+
+
 def settings_from(**given: Any) -> Settings:
     try:
         return load_settings(**given)
     except ConfigError as e:
-        fail(str(e))
-        raise  # unreachable
+        fail(str(e), EXIT_UNKNOWN)
 
 
 def run_async(coro: Coroutine[Any, Any, int]) -> int:
@@ -195,20 +231,33 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def api_client(settings: Settings) -> Kube:
-    """Kubeconfig if given (flag or KUBECONFIG), in-cluster when running in a pod, else ~/.kube/config."""
+    """Kubeconfig if given (flag or KUBECONFIG), in-cluster when running in a pod, else ~/.kube/config;
+    its current context unless --context names another."""
     try:
-        return Kube.from_kubeconfig(settings.kubeconfig)
+        return Kube.from_kubeconfig(settings.kubeconfig, context=settings.context or None)
     except KubeConfigError as e:
         raise ConfigError(str(e)) from None
 
 
 async def connect(settings: Settings) -> tuple[str, Kube]:
-    """The namespace and an API client, or one clear line and exit 2."""
+    """The namespace and an API client, or one clear line and exit 3 (could not check)."""
     try:
         kube = api_client(settings)
         return resolve_namespace(settings, kube), kube
     except ConfigError as e:
-        fail(str(e))
+        fail(str(e), EXIT_UNKNOWN)
+
+
+def fail_api(error: KubeError, kube: Kube, verb: str, what: str) -> NoReturn:
+    """A failed API call: one line in kubectl's words, exit 3 (could not check)."""
+    fail(api_error_line(error, kube.server, verb, what), EXIT_UNKNOWN)
+
+
+def fail_store(error: StoreError, kube: Kube) -> NoReturn:
+    """A failed Secret operation; the API failure behind it, when there is one, in kubectl's words."""
+    if error.api_error is not None:
+        fail_api(error.api_error, kube, error.verb, error.what)
+    fail(str(error), EXIT_UNKNOWN)
 
 
 def konnect_client(settings: Settings) -> KonnectClient:
@@ -245,8 +294,13 @@ def resolve_namespace(settings: Settings, kube: Kube) -> str:
 MAX_INPUT_BYTES = 1024 * 1024  # a license document is a few KiB; a backup holds one document
 
 
+class UnreadableInput(ConfigError):
+    """The file could not be read at all: nothing was checked (exit 3), unlike a file that is no license."""
+
+
 def read_capped(file: Path, limit: int = MAX_INPUT_BYTES) -> bytes:
-    """The bytes of ``file`` ('-' for stdin), at most ``limit``. Raises ConfigError with one line."""
+    """The bytes of ``file`` ('-' for stdin), at most ``limit``. Raises ConfigError with one line
+    (UnreadableInput when it cannot be read)."""
     try:
         if str(file) == "-":
             raw = sys.stdin.buffer.read(limit + 1)
@@ -254,7 +308,7 @@ def read_capped(file: Path, limit: int = MAX_INPUT_BYTES) -> bytes:
             with open(file, "rb") as f:
                 raw = f.read(limit + 1)
     except OSError as e:
-        raise ConfigError(f"cannot read {file}: {e.strerror}") from None
+        raise UnreadableInput(f"cannot read {file}: {e.strerror}") from None
     if len(raw) > limit:
         raise ConfigError(f"{file} is larger than {limit // 1024} KiB; not a license document or backup")
     return raw
@@ -272,3 +326,19 @@ def load_json(raw: bytes) -> Any:
         raise ValueError("nested too deeply") from None
     except ValueError:
         raise ValueError("not JSON") from None
+
+
+def load_structured(raw: bytes) -> Any:
+    """JSON, else YAML (a backup `export -o yaml` wrote); ValueError with a one-line reason otherwise."""
+    try:
+        return load_json(raw)
+    except ValueError as not_json:
+        import yaml  # lightkube's dependency
+
+        try:
+            data = yaml.safe_load(raw)
+        except (yaml.YAMLError, RecursionError):
+            raise not_json from None
+        if not isinstance(data, dict):  # a bare word is valid YAML but no document or backup
+            raise not_json from None
+        return data

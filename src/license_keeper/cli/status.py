@@ -3,9 +3,9 @@ report, its rendering for humans, and the exit code for scripts."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,17 +26,24 @@ from .backup import license_from_bytes
 from .common import (
     EXIT_BAD,
     EXIT_EXPIRING,
+    EXIT_UNKNOWN,
     EXIT_VALID,
+    UnreadableInput,
     connect,
     delivery_options,
     duration_opt,
+    emit,
     fail,
+    fail_store,
+    load_structured,
     opt,
+    output_option,
     read_capped,
     run_async,
     secret_options,
     settings_from,
 )
+from .errors import KeeperCommand, exit_codes_epilog
 
 __all__ = ["kong_outlook", "status", "validate"]
 
@@ -90,14 +97,14 @@ def exit_code_for(state: str) -> int:
     return {"valid": EXIT_VALID, "expiring": EXIT_EXPIRING}.get(state, EXIT_BAD)
 
 
-@click.command()
+@click.command(cls=KeeperCommand, epilog=exit_codes_epilog("status"))
 @secret_options
 @duration_opt("renew-before", "Report 'expiring' (exit 1) when the license expires within this.")
 @opt("lease-name", "Lease to report the leader from.  [default: <controller-name>-license-keeper]")
 @delivery_options
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option()
 def status(output: str, **flags: Any) -> None:
-    """Show the license in the Secret. Exit 0 valid, 1 expiring, 2 expired, missing, foreign or invalid.
+    """Show the license in the Secret, the leader, and what each delivery target runs.
 
     With --deliver (or LICENSE_KEEPER_DELIVER, as the keeper's pod has it), also reads back what each
     delivery target runs (read only: nothing is written) and lists it with its state.
@@ -118,7 +125,7 @@ def status(output: str, **flags: Any) -> None:
             try:
                 snapshot = await store.read()
             except StoreError as e:
-                fail(str(e))
+                fail_store(e, api)
             holder = None
             try:
                 lease = await read_holder(api, namespace, settings.effective_lease_name)
@@ -135,12 +142,8 @@ def status(output: str, **flags: Any) -> None:
             await api.close()
         report = status_report(snapshot, settings, namespace, holder, now)
         report["delivery"] = [delivery_summary(d) for d in deliveries]
-        if output == "json":
-            click.echo(json.dumps(report, indent=2))
-        else:
-            click.echo(render_status(report))
-            if deliveries:
-                click.echo(render_reports(deliveries))
+        deliveries_text = [render_reports(deliveries)] if deliveries else []
+        emit(report, output, lambda r: "\n".join([render_status(r), *deliveries_text]))
         return exit_code_for(report["state"])
 
     sys.exit(run_async(go()))
@@ -177,7 +180,7 @@ def status_report(
     return report
 
 
-def render_status(r: dict[str, Any]) -> str:
+def render_status(r: Mapping[str, Any]) -> str:
     rows = [
         ("Secret", r["secret"]),
         ("Secret state", r["secret_state"]),
@@ -202,36 +205,31 @@ def render_status(r: dict[str, Any]) -> str:
 # --- validate ---------------------------------------------------------------------------------------
 
 
-@click.command()
+@click.command(cls=KeeperCommand, epilog=exit_codes_epilog("validate"))
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True))
 @duration_opt("renew-before", "Report 'expiring' (exit 1) when the license expires within this.")
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option()
 def validate(file: Path, output: str, renew_before: str | None) -> None:
     """Check a license document offline (structure and dates; the signature cannot be checked offline).
 
-    FILE holds the document (Kong's license file, the Konnect `payload`), a license-keeper backup, or '-'
-    for stdin: whatever `restore` reads.
-    Exit 0 valid, 1 expiring, 2 expired or invalid.
+    FILE holds the document (Kong's license file, the Konnect `payload`), a license-keeper backup (JSON or
+    YAML), or '-' for stdin: whatever `restore` reads.
     """
     try:
         raw = read_capped(file)
     except ConfigError as e:
-        fail(str(e))
-        return
+        fail(str(e), EXIT_UNKNOWN if isinstance(e, UnreadableInput) else EXIT_BAD)
     renew_before = renew_before or os.environ.get("LICENSE_KEEPER_RENEW_BEFORE")  # as its --help says
     try:
         window = parse_duration(renew_before) if renew_before else 7 * 86400.0
     except ValueError as e:
-        fail(f"--renew-before: {e}")
+        fail(f"--renew-before: {e}", EXIT_UNKNOWN)
         return
     problem = duration_problem("renew_before", window)  # the same range as `run` and `status`
     if problem is not None:
-        fail(f"--renew-before: {problem}")
+        fail(f"--renew-before: {problem}", EXIT_UNKNOWN)
     summary = validate_summary(raw, window, datetime.now(UTC))
-    if output == "json":
-        click.echo(json.dumps(summary, indent=2))
-    else:
-        click.echo("\n".join(f"{k.replace('_', ' ').capitalize() + ':':<18}{v}" for k, v in summary.items()))
+    emit(summary, output, lambda r: "\n".join(f"{k.replace('_', ' ').capitalize() + ':':<18}{v}" for k, v in r.items()))
     sys.exit(exit_code_for(summary["state"]))
 
 
@@ -240,8 +238,84 @@ def validate_summary(raw: bytes, window: float, now: datetime) -> dict[str, Any]
     try:
         record = license_from_bytes(raw, now)
     except ConfigError as e:
-        return {"state": "invalid", "problem": str(e)}
+        try:
+            structured = load_structured(raw)
+        except ValueError:
+            structured = None
+        return _invalid(str(e), raw, structured)
     summary = license_summary(record, now, window)
     for k in ("id", "updated_at", "updated_at_iso"):
         summary.pop(k, None)
     return summary
+
+
+def _invalid(problem: str, raw: bytes, structured: Any) -> dict[str, Any]:
+    hint = input_hint(raw, structured)
+    return {"state": "invalid", "problem": problem, **({"hint": hint} if hint else {})}
+
+
+# --- hints: the usual ways a good license ends up in a file Kong would refuse ---------------------------
+
+UTF8_BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def has_utf8_bom(raw: bytes) -> bool:
+    return raw.startswith(UTF8_BOM)
+
+
+def is_utf16(raw: bytes) -> bool:
+    return raw.startswith(UTF16_BOMS)
+
+
+def kic_payload_shape(data: Any) -> bool:
+    """KIC's Secret data or a Konnect answer, `{"payload": "<document>", ...}`, not the document itself."""
+    return isinstance(data, dict) and isinstance(data.get("payload"), str) and "license" not in data
+
+
+def konnect_items_shape(data: Any) -> bool:
+    """Konnect's list answer, `{"items": [{"payload": "<document>"}]}`."""
+    items = data.get("items") if isinstance(data, dict) else None
+    return isinstance(items, list) and bool(items) and kic_payload_shape(items[0])
+
+
+def kubernetes_secret_shape(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("kind") == "Secret" and isinstance(data.get("data"), dict)
+
+
+RAW_HINTS: tuple[tuple[Callable[[bytes], bool], str], ...] = (
+    (
+        has_utf8_bom,
+        "FILE starts with a UTF-8 byte-order mark, which Kong does not accept; remove it: "
+        "sed -i '1s/^\\xEF\\xBB\\xBF//' FILE",
+    ),
+    (is_utf16, "FILE is UTF-16 (it starts with a byte-order mark); Kong reads UTF-8: iconv -f UTF-16 -t UTF-8 FILE"),
+)
+SHAPE_HINTS: tuple[tuple[Callable[[Any], bool], str], ...] = (
+    (
+        kic_payload_shape,
+        'FILE has KIC\'s {"payload": ...} shape (its Secret data, or a Konnect answer); the license document is '
+        "the value of payload: jq -r .payload FILE",
+    ),
+    (
+        konnect_items_shape,
+        "FILE is a Konnect list answer; the license document is the first item's payload: "
+        "jq -r '.items[0].payload' FILE",
+    ),
+    (
+        kubernetes_secret_shape,
+        "FILE is a Kubernetes Secret; the license document is base64 in .data.license: "
+        "jq -r .data.license FILE | base64 -d",
+    ),
+)
+
+
+def input_hint(raw: bytes, structured: Any) -> str | None:
+    """What to do about an invalid FILE, when its bytes or its shape say what happened; None otherwise."""
+    for looks_like, hint in RAW_HINTS:
+        if looks_like(raw):
+            return hint
+    for has_shape, hint in SHAPE_HINTS:
+        if has_shape(structured):
+            return hint
+    return None

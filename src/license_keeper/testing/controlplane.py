@@ -430,15 +430,15 @@ class ControlPlane:
         body: Mapping[str, Any] | None = None,
         *,
         token: str | None = None,
-        content_type: str = "application/json",
+        content_type: str | None = None,
     ) -> ApiResponse:
-        """One API call as the admin (or the given token); any status is returned, not raised. A PATCH
-        needs its patch type as ``content_type`` (e.g. application/merge-patch+json)."""
+        """One API call as the admin (or the given token); any status is returned, not raised. A PATCH is
+        a JSON merge patch unless ``content_type`` says otherwise."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"{self.server}{path}", data=data, method=method)
         req.add_header("Authorization", f"Bearer {token or self.admin_token}")
         if data is not None:
-            req.add_header("Content-Type", content_type)
+            req.add_header("Content-Type", content_type or _default_content_type(method))
         try:
             with urllib.request.urlopen(req, context=self._ssl_context(), timeout=15) as r:
                 raw = r.read()
@@ -550,6 +550,10 @@ class ControlPlane:
             user=user,
             namespace=namespace,
         )
+
+
+def _default_content_type(method: str) -> str:
+    return "application/merge-patch+json" if method == "PATCH" else "application/json"
 
 
 def write_kubeconfig(path: Path, *, server: str, ca_file: Path, token: str, user: str, namespace: str) -> Path:

@@ -39,7 +39,8 @@ def keeper_rules(secret_name: str, lease_name: str, *, allow_create: bool = True
             "apiGroups": [""],
             "resources": ["secrets"],
             "resourceNames": [secret_name],
-            "verbs": ["get", "patch", "list", "watch"],  # writes are merge patches
+            # Writes are merge patches (never a PUT): no `update`. list and watch with a name field selector.
+            "verbs": ["get", "patch", "list", "watch"],
         },
         {
             "apiGroups": ["coordination.k8s.io"],
