@@ -35,7 +35,7 @@ from .konnect import KonnectClient, KonnectFailure, KonnectResult, LicenseFetche
 from .kube import Kube, KubeError
 from .license import LicenseRecord, describe
 from .observe import EventRecorder, KeeperState, Metrics, metrics_app, poll_loop_stall_bound, probe_app, start_site
-from .policy import SecretSnapshot, SecretState, choose, is_better, record_from_secret, secret_state
+from .policy import SecretSnapshot, SecretState, choose, is_better, record_from_secret, restored_by, secret_state
 from .schedule import ScheduleConfig, next_delay, poll_wait
 from .store import SecretStore, StoreError, SyncOutcome
 
@@ -50,6 +50,12 @@ HEARTBEAT_SECONDS = 5.0
 SLEEP_SLICE_SECONDS = 30.0  # the poll loop beats at least this often while it sleeps
 MIN_REQUESTED_POLL_INTERVAL = 10.0  # /sync and SIGHUP: at most one extra Konnect call per 10 s
 ERROR_LOG_REPEAT_SECONDS = 60.0
+
+
+def _restore_words(snapshot: SecretSnapshot) -> str:
+    restore = restored_by(snapshot)
+    return f" (put there by Velero restore {restore})" if restore else ""
+
 
 _WRITE_EVENTS = {
     "create": ("LicenseStored", False),
@@ -334,9 +340,10 @@ class Keeper:
                 before = self.state.held
                 self._hold(in_secret)
                 if first and before is None:
-                    log.info("loaded %s from the Secret at start", describe(in_secret))
+                    origin = _restore_words(snapshot)
+                    log.info("loaded %s from the Secret at start%s", describe(in_secret), origin)
                     self.events.emit(
-                        "LicenseLoadedFromSecret", f"Loaded {describe(in_secret)} from the Secret at start"
+                        "LicenseLoadedFromSecret", f"Loaded {describe(in_secret)} from the Secret at start{origin}"
                     )
                 else:
                     log.info("the Secret holds a better license, taking it: %s", describe(in_secret))
@@ -428,6 +435,7 @@ class Keeper:
         await self._after_sync(outcome)
 
     async def _after_sync(self, outcome: SyncOutcome) -> None:
+        before = self._secret  # what the write (if any) replaced
         self._note_secret(outcome.snapshot)
         if outcome.took_secret and outcome.held is not None:
             log.info("the Secret held a better license, taking it: %s", describe(outcome.held))
@@ -455,6 +463,22 @@ class Keeper:
             reason, warning = _WRITE_EVENTS.get(outcome.wrote, ("LicenseStored", False))
             log.info("wrote the Secret (%s): %s", outcome.wrote, describe(self.state.held))
             self.events.emit(reason, f"Secret written ({outcome.wrote}): {describe(self.state.held)}", warning=warning)
+            if outcome.wrote == "rotate":
+                self._announce_restore_replaced(before)
+
+    def _announce_restore_replaced(self, before: SecretSnapshot) -> None:
+        """A Velero restore put a license in the Secret and the keeper just replaced it with a better one
+        (typically `--existing-resource-policy=update` from an older backup): say which restore, once."""
+        restore = restored_by(before)
+        if restore is None or f"restore/{restore}" in self._announced:
+            return
+        self._announced.add(f"restore/{restore}")
+        msg = (
+            f"Velero restore {restore} put {describe(record_from_secret(before, now=self._now()))} in the Secret; "
+            f"replaced by the better {describe(self.state.held)} (the keeper never keeps a downgrade)"
+        )
+        log.warning("%s", msg)
+        self.events.emit("RestoredLicenseReplaced", msg, warning=True)
 
     def _on_delivery(self, previous: TargetReport | None, report: TargetReport) -> None:
         event = delivery_event(previous, report)

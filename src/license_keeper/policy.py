@@ -53,6 +53,7 @@ __all__ = [
     "plan_write",
     "rank",
     "record_from_secret",
+    "restored_by",
     "secret_state",
 ]
 
@@ -178,6 +179,9 @@ MANAGED_BY_VALUE = "license-keeper"
 ADOPT_ANNOTATION = "license-keeper.io/adopt"
 EXPIRATION_ANNOTATION = "license-keeper.io/expiration-date"
 FINGERPRINT_ANNOTATION = "license-keeper.io/fingerprint"
+# Velero labels what it restores with the restore's name (and the backup's); the rest of the object as it
+# was backed up, without ownerReferences. Neither changes whether the Secret is ours.
+VELERO_RESTORE_LABEL = "velero.io/restore-name"
 # KIC 3.5's keys, plus `license`: the key Kong's chart passes to the gateway as KONG_LICENSE_DATA.
 LICENSE_KEYS = ("payload", "id", "updated_at", "license")
 
@@ -240,6 +244,11 @@ def is_empty(s: SecretSnapshot) -> bool:
 
 def adoption_requested(s: SecretSnapshot) -> bool:
     return s.annotations.get(ADOPT_ANNOTATION, "").strip().lower() == "true"
+
+
+def restored_by(s: SecretSnapshot) -> str | None:
+    """The Velero restore that last wrote the Secret (its label), if any: for Events an operator can follow."""
+    return s.labels.get(VELERO_RESTORE_LABEL) or None if s.exists else None
 
 
 def manageable(s: SecretSnapshot) -> bool:

@@ -32,6 +32,7 @@ from license_keeper.policy import (
     merged_secret_fields,
     plan_write,
     record_from_secret,
+    restored_by,
     secret_state,
 )
 from license_keeper.testing.licenses import make_document, make_record
@@ -603,3 +604,27 @@ def test_an_immutable_secret_with_the_right_license_is_present_and_needs_no_writ
     # an immutable Secret with only part of our keys cannot be completed
     partial = snap(kic_data(HELD), OURS, immutable=True)
     assert secret_state(partial) is SecretState.IMMUTABLE
+
+
+# --- a Secret that Velero restored ---------------------------------------------------------------------
+
+VELERO_LABELS = {"velero.io/backup-name": "nightly", "velero.io/restore-name": "nightly-20261206"}
+
+
+@pytest.mark.parametrize("base", [OURS, {"app.kubernetes.io/managed-by": "Helm"}])
+def test_a_velero_restored_secret_is_still_ours_and_holds_what_it_should(base: dict[str, str]) -> None:
+    """Velero adds its two labels and drops ownerReferences (the snapshot has none to read): the Secret is
+    still the keeper's, and holding the same license it needs no write."""
+    desired = desired_secret(HELD)
+    annotations = {**desired.annotations} if base == OURS else {**desired.annotations, ADOPT_ANNOTATION: "true"}
+    restored = snap(desired.data, {**base, **VELERO_LABELS}, annotations)
+    assert manageable(restored)
+    assert secret_state(restored, held=HELD) == SecretState.PRESENT
+    assert plan_write(restored, HELD, existed_before=True) == WritePlan(WriteAction.NONE)
+    assert restored_by(restored) == "nightly-20261206"
+
+
+def test_restored_by_only_names_a_velero_restore() -> None:
+    assert restored_by(snap(kic_data(HELD), OURS)) is None
+    assert restored_by(SecretSnapshot.missing()) is None
+    assert restored_by(snap(labels={"velero.io/restore-name": ""})) is None
