@@ -386,7 +386,7 @@ class VeleroStack:
         return bool(velero) and all(
             any(
                 c["type"] == "Established" and c["status"] == "True"
-                for c in crd.get("status", {}).get("conditions", [])
+                for c in (crd.get("status") or {}).get("conditions") or []  # null until the server sets them
             )
             for crd in velero
         )
