@@ -29,7 +29,7 @@ from license_keeper.testing.audit import AuditEntry
 from license_keeper.testing.controlplane import ControlPlane
 from license_keeper.testing.kong import KongStandIn
 from license_keeper.testing.konnect import KonnectStandIn
-from license_keeper.testing.velero import Outcome, VeleroStack, VeleroUnavailable, delete_namespace
+from license_keeper.testing.velero import Outcome, VeleroStack, delete_namespace
 
 from ..integration.test_chart_static import _render_in, only
 from .conftest import SECRET, KeeperFactory, events_text, leaks, read_secret, ready, wait_for, writes
@@ -45,18 +45,10 @@ FIGURES: list[str] = []  # backup and restore times, printed at the end (BENCHMA
 def velero(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VeleroStack]:
     if os.geteuid() != 0:
         pytest.skip("Velero runs in a network namespace of its own: root only (CI runs `make test` as root)")
-    stack = VeleroStack(controlplane, tmp_path_factory.mktemp("velero"))
-    try:
-        stack.start()
-    except VeleroUnavailable:
-        stack.stop()
-        raise
-    FIGURES.append("velero up: " + ", ".join(f"{k} {v:.2f} s" for k, v in stack.timings.items()))
-    try:
+    with VeleroStack(controlplane, tmp_path_factory.mktemp("velero")) as stack:  # stopped on any failure too
+        FIGURES.append("velero up: " + ", ".join(f"{k} {v:.2f} s" for k, v in stack.timings.items()))
         yield stack
-    finally:
-        stack.stop()
-        print("\n" + "\n".join(FIGURES))
+    print("\n" + "\n".join(FIGURES))
 
 
 @pytest.fixture

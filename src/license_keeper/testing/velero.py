@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .controlplane import ControlPlane, ControlPlaneError, _stop_process, binary, wait_for_signal
+from .controlplane import ControlPlane, ControlPlaneError, _child_guard, _stop_process, binary, wait_for_signal
 
 __all__ = [
     "LoopbackBridge",
@@ -311,7 +311,7 @@ class VeleroStack:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **(env or {})},
-                start_new_session=True,
+                preexec_fn=_child_guard(),  # a crashed test run leaves none behind (nsenter execs: it holds)
             )
         self._procs[name] = proc
         return proc
