@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import os
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -43,8 +42,8 @@ FIGURES: list[str] = []  # backup and restore times, printed at the end (BENCHMA
 
 @pytest.fixture(scope="session")
 def velero(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VeleroStack]:
-    if os.geteuid() != 0:
-        pytest.skip("Velero runs in a network namespace of its own: root only (CI runs `make test` as root)")
+    # Root only (a network namespace): elsewhere VeleroUnavailable fails the tests with one line, as the node
+    # tests do; they never skip.
     with VeleroStack(controlplane, tmp_path_factory.mktemp("velero")) as stack:  # stopped on any failure too
         FIGURES.append("velero up: " + ", ".join(f"{k} {v:.2f} s" for k, v in stack.timings.items()))
         yield stack
