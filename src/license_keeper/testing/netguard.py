@@ -88,7 +88,9 @@ def choose_node_ip(
     taken = {ipaddress.ip_address(a) for a in addresses}
     covered = _covering_routes(routes)
     free = [
-        ip for ip in ipaddress.ip_network(within).hosts() if ip not in taken and not any(ip in net for net in covered)
+        ip
+        for ip in ipaddress.ip_network(within).hosts()
+        if ip not in taken and not any(ip in net for net in covered)
     ]
     if not free:
         raise NodeUnavailable(f"no free address in {within}: every one is held or routed on this machine")

@@ -134,7 +134,7 @@ state = "{workdir}/containerd/state"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
-        BinaryName = "{shutil.which("runc") or "runc"}"
+        BinaryName = "{shutil.which('runc') or 'runc'}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{workdir}/cni/net.d"
