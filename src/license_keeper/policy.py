@@ -248,7 +248,9 @@ def adoption_requested(s: SecretSnapshot) -> bool:
 
 def restored_by(s: SecretSnapshot) -> str | None:
     """The Velero restore that last wrote the Secret (its label), if any: for Events an operator can follow."""
-    return s.labels.get(VELERO_RESTORE_LABEL) or None if s.exists else None
+    if not s.exists:
+        return None
+    return s.labels.get(VELERO_RESTORE_LABEL) or None
 
 
 def manageable(s: SecretSnapshot) -> bool:
