@@ -59,7 +59,6 @@ S3_PORT = 7070  # inside the private namespace: a fixed port cannot clash with a
 REGION = "us-east-1"
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 CLONE_NEWNET = 0x40000000
-FINAL_PHASES = {"Completed", "PartiallyFailed", "Failed", "FailedValidation"}
 # What a namespace holds in these tests, emptied by delete_namespace before the namespace is finalized.
 NAMESPACED_COLLECTIONS = (
     "/api/v1/namespaces/{ns}/secrets",
