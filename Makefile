@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml requirements-dev.lock build-requirements.lock
 dev: $(STAMP)
 
 ## controlplane: build kube-apiserver, kubectl, etcd, helm, promtool, prometheus, alertmanager, the node's
-## kubelet, kube-controller-manager, kube-scheduler and kube-proxy, and the release tools registry and cosign
-## into the cache (first run: many minutes)
+## kubelet, kube-controller-manager, kube-scheduler and kube-proxy, the release tools registry and cosign, and
+## the backup tools velero, velero-plugin-for-aws and versitygw into the cache (first run: many minutes)
 controlplane:
 	tools/controlplane/build.sh
 

@@ -45,6 +45,7 @@ from .policy import (
     record_from_secret,
     restore_downgrade,
     secret_state,
+    velero_restore_name,
 )
 from .schedule import ScheduleConfig, next_delay, poll_wait
 from .store import SecretStore, StoreError, SyncOutcome
@@ -61,6 +62,12 @@ HEARTBEAT_SECONDS = 5.0
 SLEEP_SLICE_SECONDS = 30.0  # the poll loop beats at least this often while it sleeps
 MIN_REQUESTED_POLL_INTERVAL = 10.0  # sync requests and SIGHUP: at most one extra Konnect call per 10 s
 ERROR_LOG_REPEAT_SECONDS = 60.0
+
+
+def _restore_words(snapshot: SecretSnapshot) -> str:
+    restore = velero_restore_name(snapshot)
+    return f" (put there by Velero restore {restore})" if restore else ""
+
 
 _WRITE_EVENTS = {
     "create": ("LicenseStored", False),
@@ -345,9 +352,10 @@ class Keeper:
                 before = self.state.held
                 self._hold(in_secret)
                 if first and before is None:
-                    log.info("loaded %s from the Secret at start", describe(in_secret))
+                    origin = _restore_words(snapshot)
+                    log.info("loaded %s from the Secret at start%s", describe(in_secret), origin)
                     self.events.emit(
-                        "LicenseLoadedFromSecret", f"Loaded {describe(in_secret)} from the Secret at start"
+                        "LicenseLoadedFromSecret", f"Loaded {describe(in_secret)} from the Secret at start{origin}"
                     )
                 elif in_secret.restored_at:
                     self._took_restore(before, in_secret)
@@ -520,12 +528,13 @@ class Keeper:
         return outcome
 
     async def _after_sync(self, outcome: SyncOutcome) -> None:
+        before = self._secret  # what the write (if any) replaced
         self._note_secret(outcome.snapshot)
         if outcome.took_secret and outcome.held is not None:
-            before = self.state.held
+            held_before = self.state.held
             self._hold(outcome.held)
             if outcome.held.restored_at:
-                self._took_restore(before, outcome.held)
+                self._took_restore(held_before, outcome.held)
             else:
                 log.info("the Secret held a better license, taking it: %s", describe(outcome.held))
         if outcome.refused is not None:
@@ -553,6 +562,8 @@ class Keeper:
             self.events.emit(
                 reason, f"Secret written ({outcome.wrote}): {describe(self.state.held)}{note}", warning=warning
             )
+            if outcome.wrote == "rotate":
+                self._announce_restore_replaced(before)
 
     def _took_restore(self, before: LicenseRecord | None, restored: LicenseRecord) -> None:
         """An operator restored a license into the Secret and this replica now holds it: say so (the leader
@@ -567,6 +578,20 @@ class Keeper:
         log.log(logging.WARNING if forced else logging.INFO, "%s", message)
         if self.leading_now():
             self.events.emit("LicenseRestored", message, warning=forced)
+
+    def _announce_restore_replaced(self, before: SecretSnapshot) -> None:
+        """A Velero restore put a license in the Secret and the keeper just replaced it with a better one
+        (typically `--existing-resource-policy=update` from an older backup): say which restore, once."""
+        restore = velero_restore_name(before)
+        if restore is None or f"restore/{restore}" in self._announced:
+            return
+        self._announced.add(f"restore/{restore}")
+        msg = (
+            f"Velero restore {restore} put {describe(record_from_secret(before, now=self._now()))} in the Secret; "
+            f"replaced by the better {describe(self.state.held)} (the keeper never keeps a downgrade)"
+        )
+        log.warning("%s", msg)
+        self.events.emit("RestoredLicenseReplaced", msg, warning=True)
 
     def _on_delivery(self, previous: TargetReport | None, report: TargetReport) -> None:
         for reason, message, warning in delivery_events(previous, report, self.deliverer.grace):

@@ -82,6 +82,7 @@ __all__ = [
     "record_from_secret",
     "restore_downgrade",
     "secret_state",
+    "velero_restore_name",
 ]
 
 
@@ -262,6 +263,9 @@ _RESTORE_ANNOTATIONS = (RESTORED_AT_ANNOTATION, RESTORED_BY_ANNOTATION)
 # written after every Konnect fetch. Never the keeper's to write, adopt annotation or not.
 KIC_SECRET_PREFIX = "konnect-license-"
 KIC_MANAGED_BY_LABEL = "konghq.com/managed-by"
+# Velero labels what it restores with the restore's name (and the backup's); the rest of the object as it
+# was backed up, without ownerReferences. Neither changes whether the Secret is ours.
+VELERO_RESTORE_LABEL = "velero.io/restore-name"
 # KIC 3.5's keys, plus `license`: the key Kong's chart passes to the gateway as KONG_LICENSE_DATA.
 LICENSE_KEYS = ("payload", "id", "updated_at", "license")
 
@@ -333,6 +337,13 @@ def adoption_requested(s: SecretSnapshot) -> bool:
 def kic_owned(s: SecretSnapshot, name: str = "") -> bool:
     """KIC's (or Kong Operator's) license store, by its label or its name."""
     return name.startswith(KIC_SECRET_PREFIX) or bool(s.labels.get(KIC_MANAGED_BY_LABEL))
+
+
+def velero_restore_name(s: SecretSnapshot) -> str | None:
+    """The Velero restore that last wrote the Secret (its label), if any: for Events an operator can follow."""
+    if not s.exists:
+        return None
+    return s.labels.get(VELERO_RESTORE_LABEL) or None
 
 
 def manageable(s: SecretSnapshot) -> bool:

@@ -115,7 +115,6 @@ def walk(node: Any) -> Iterator[tuple[Any, Any]]:
 NON_DEFAULT: dict[str, Any] = {
     "controllerName": "edge",
     "rbac.allowSecretCreate": False,
-    "licenseSecret.excludeFromBackup": True,
     "serviceMonitor.enabled": True,
     "prometheusRule.enabled": True,
     "prometheusRule.labels.release": "kube-prometheus-stack",
@@ -370,10 +369,18 @@ def test_license_secret(variant: tuple[str, dict[str, Any], list[dict[str, Any]]
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     labels = secret["metadata"]["labels"]
     assert labels["app.kubernetes.io/managed-by"] == "license-keeper"
-    if values.get("licenseSecret.excludeFromBackup"):
-        assert labels["velero.io/exclude-from-backup"] == "true"
-    else:
-        assert "velero.io/exclude-from-backup" not in labels
+    assert "velero.io/exclude-from-backup" not in labels  # Velero backups always take the license
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"licenseSecret.excludeFromBackup": True}, {"licenseSecret.labels.velero\\.io/exclude-from-backup": "true"}],
+    ids=["excludeFromBackup", "label"],
+)
+def test_the_license_secret_cannot_be_excluded_from_backups(values: dict[str, Any]) -> None:
+    proc = template(values)
+    assert proc.returncode != 0
+    assert "always part of Velero backups" in proc.stderr
 
 
 def test_license_secret_can_be_left_out() -> None:

@@ -36,6 +36,7 @@ from license_keeper.policy import (
     plan_write,
     record_from_secret,
     secret_state,
+    velero_restore_name,
 )
 from license_keeper.testing.licenses import make_document, make_record
 
@@ -691,3 +692,27 @@ def test_kics_secret_is_foreign_even_with_the_adopt_annotation() -> None:
     assert plan_write(kic, HELD) == WritePlan(WriteAction.REFUSE, refusal=SecretState.FOREIGN)
     operator = snap(kic_data(OTHER), {**KIC_LABELS, "konghq.com/secret": "true"}, {ADOPT_ANNOTATION: "true"})
     assert not manageable(operator)
+
+
+# --- a Secret that Velero restored ---------------------------------------------------------------------
+
+VELERO_LABELS = {"velero.io/backup-name": "nightly", "velero.io/restore-name": "nightly-20261206"}
+
+
+@pytest.mark.parametrize("base", [OURS, {"app.kubernetes.io/managed-by": "Helm"}])
+def test_a_velero_restored_secret_is_still_ours_and_holds_what_it_should(base: dict[str, str]) -> None:
+    """Velero adds its two labels and drops ownerReferences (the snapshot has none to read): the Secret is
+    still the keeper's, and holding the same license it needs no write."""
+    desired = desired_secret(HELD)
+    annotations = {**desired.annotations} if base == OURS else {**desired.annotations, ADOPT_ANNOTATION: "true"}
+    restored = snap(desired.data, {**base, **VELERO_LABELS}, annotations)
+    assert manageable(restored)
+    assert secret_state(restored, held=HELD) == SecretState.PRESENT
+    assert plan_write(restored, HELD, existed_before=True) == WritePlan(WriteAction.NONE)
+    assert velero_restore_name(restored) == "nightly-20261206"
+
+
+def test_restored_by_only_names_a_velero_restore() -> None:
+    assert velero_restore_name(snap(kic_data(HELD), OURS)) is None
+    assert velero_restore_name(SecretSnapshot.missing()) is None
+    assert velero_restore_name(snap(labels={"velero.io/restore-name": ""})) is None

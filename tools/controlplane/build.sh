@@ -2,16 +2,18 @@
 # Builds the test control plane (kube-apiserver, kubectl, etcd), the node beside it (kubelet,
 # kube-controller-manager, kube-scheduler, kube-proxy), the chart tools (helm, promtool), the monitoring
 # the alert tests run live (the Prometheus server, Alertmanager) and the release tools (registry: CNCF
-# Distribution, the OCI registry the release tests push to; cosign: signs and verifies) from the Go module
-# proxy, at the versions pinned by the go.mod files beside this script.
+# Distribution, the OCI registry the release tests push to; cosign: signs and verifies) and the backup tools
+# (velero, its AWS object-store plugin, versitygw: the S3 store the backups go to) from the Go module proxy,
+# at the versions pinned by the go.mod files beside this script.
 #
 # Binaries land in ${XDG_CACHE_HOME:-$HOME/.cache}/license-keeper/controlplane/<component>-<version>/
 # and are reused when present, so only the first run pays for the build. A cold build of
 # kube-apiserver takes 10-20 minutes on two cores; the node about 5 more; cosign about 6 (measured 5 min 40 s;
-# the registry 1 min 4 s); the others a few minutes each.
+# the registry 1 min 4 s); velero, its plugin and versitygw about 3, 2 and 1 min; the others a few minutes each.
 #
 # Usage: build.sh [--print-dir] [component...]
-#   components: kubernetes node etcd helm prometheus alertmanager registry cosign (default: all)
+#   components: kubernetes node etcd helm prometheus alertmanager registry cosign velero velero-plugin-aws
+#               versitygw (default: all)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -29,6 +31,9 @@ declare -A module=(
   [alertmanager]=github.com/prometheus/alertmanager
   [registry]=github.com/distribution/distribution/v3
   [cosign]=github.com/sigstore/cosign/v2
+  [velero]=github.com/vmware-tanzu/velero
+  [velero-plugin-aws]=github.com/vmware-tanzu/velero-plugin-for-aws
+  [versitygw]=github.com/versity/versitygw
 )
 declare -A packages=(
   [kubernetes]="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl"
@@ -39,6 +44,9 @@ declare -A packages=(
   [alertmanager]="github.com/prometheus/alertmanager/cmd/alertmanager"
   [registry]="github.com/distribution/distribution/v3/cmd/registry"
   [cosign]="github.com/sigstore/cosign/v2/cmd/cosign"
+  [velero]="github.com/vmware-tanzu/velero/cmd/velero"
+  [velero-plugin-aws]="github.com/vmware-tanzu/velero-plugin-for-aws/velero-plugin-for-aws"
+  [versitygw]="github.com/versity/versitygw/cmd/versitygw"
 )
 declare -A binaries=(
   [kubernetes]="kube-apiserver kubectl"
@@ -49,17 +57,21 @@ declare -A binaries=(
   [alertmanager]="alertmanager"
   [registry]="registry"
   [cosign]="cosign"
+  [velero]="velero"
+  [velero-plugin-aws]="velero-plugin-for-aws"
+  [versitygw]="versitygw"
 )
 
 print_dir=0
 if [[ "${1:-}" == "--print-dir" ]]; then print_dir=1; shift; fi
 components=("$@")
-[[ ${#components[@]} -gt 0 ]] || components=(kubernetes etcd helm prometheus alertmanager node registry cosign)
+[[ ${#components[@]} -gt 0 ]] || components=(kubernetes etcd helm prometheus alertmanager node registry cosign velero velero-plugin-aws versitygw)
 
 command -v go >/dev/null || { echo "build.sh: Go is required to build the test control plane (go not found on PATH)" >&2; exit 1; }
 
 version_of() {  # the pinned version, read from go.mod without touching the network
-  awk -v m="${module[$1]}" '$1 == m && $2 ~ /^v/ {print $2; exit}' "$here/$1/go.mod"
+  # in a require block (`M vX`) or on a require line of its own (`require M vX`)
+  awk -v m="${module[$1]}" '$1 == "require" { $1 = ""; $0 = $0 } $1 == m && $2 ~ /^v/ {print $2; exit}' "$here/$1/go.mod"
 }
 
 # Alertmanager's web UI is embedded from ui/app/dist, which its release process builds with npm and the
@@ -108,6 +120,8 @@ for c in "${components[@]}"; do
   fi
   # `registry --version` and `cosign version` likewise report the pinned version, not a placeholder.
   if [[ $c == registry ]]; then ldflags+=" -X github.com/distribution/distribution/v3/version.version=$v"; fi
+  # velero's plugin directory is velero-plugin-aws-<version>/ itself: the server runs every executable in it.
+  if [[ $c == velero ]]; then ldflags+=" -X github.com/vmware-tanzu/velero/pkg/buildinfo.Version=$v"; fi
   if [[ $c == cosign ]]; then
     ldflags+=" -X sigs.k8s.io/release-utils/version.gitVersion=$v -X sigs.k8s.io/release-utils/version.gitTreeState=clean"
   fi
