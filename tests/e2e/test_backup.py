@@ -131,8 +131,8 @@ async def test_export_of_a_missing_secret_fails(keeper_access: ServiceAccountAcc
 
 
 def assert_one_error_line(out: subprocess.CompletedProcess[str], *needles: str) -> None:
-    """The usage-error exit code and one `error:` line, as every command fails (exit 1 means "expiring")."""
-    assert out.returncode == 2, (out.returncode, out.stderr)
+    """"Could not check" (3: the file cannot be written) and one `error:` line (exit 1 means "expiring")."""
+    assert out.returncode == 3, (out.returncode, out.stderr)
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
     assert "Traceback" not in out.stderr
@@ -148,7 +148,7 @@ async def test_export_into_a_missing_directory_is_one_error_line(
     record = lic(1_718_000_000)
     await store_as_admin(admin_kube, admin_api, namespace, record)
     backup = tmp_path / "no-such-dir" / "backup.json"
-    out = await cli("export", "-o", str(backup), access=keeper_access)
+    out = await cli("export", "--file", str(backup), access=keeper_access)
     assert_one_error_line(out, f"cannot write {backup}", "No such file or directory")
     assert_no_license_text(out.stdout + out.stderr, record)
     assert not backup.parent.exists()
@@ -171,7 +171,7 @@ async def test_export_that_fails_while_writing_leaves_nothing_half_written(
     def small_files() -> None:  # in the child: writes past 512 bytes fail (Python ignores SIGXFSZ)
         resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
 
-    command = [sys.executable, "-m", "license_keeper", "export", "-o", str(backup)]
+    command = [sys.executable, "-m", "license_keeper", "export", "--file", str(backup), "--overwrite"]
     command += [f"--kubeconfig={keeper_access.kubeconfig}", f"--namespace={keeper_access.namespace}"]
     out = await asyncio.to_thread(
         subprocess.run,
