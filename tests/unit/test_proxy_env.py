@@ -2,7 +2,8 @@
 
 docs/operations.md ("Behind an egress proxy") states it; these tests pin it:
 
-- the Konnect client honours them (aiohttp ``trust_env=True``; tested in test_konnect.py with a CONNECT proxy);
+- the Konnect client honours them (aiohttp ``trust_env=True``; tested in test_konnect.py with a CONNECT proxy),
+  but only an http:// proxy URL: an https:// one is ignored and Konnect is reached directly (below);
 - the Kubernetes client (lightkube, both its typed and its raw connections) ignores them: the API server is
   always reached directly, in a pod and from a workstation alike (kubectl would use the proxy);
 - the Kong Admin API client (delivery targets) ignores them: gateways are reached directly.
@@ -23,6 +24,8 @@ from lightkube.config.kubeconfig import KubeConfig
 from lightkube.resources.core_v1 import Secret
 
 from license_keeper.kube import Kube
+from license_keeper.testing.konnect import KonnectStandIn
+from tests.unit.conftest import client_for
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
 
@@ -143,3 +146,18 @@ async def test_the_admin_api_client_ignores_the_proxy_variables(proxy_env: pytes
         assert rows == []
         assert proxy.lines == []
         assert [line.split(" ")[0] for line in server.lines] == ["GET"]
+
+
+async def test_the_konnect_client_ignores_an_https_proxy_url_and_goes_direct(
+    konnect: KonnectStandIn, proxy_env: pytest.MonkeyPatch
+) -> None:
+    """aiohttp tunnels through http:// proxies only; an https:// proxy URL is dropped (with a warning) and the
+    request goes to Konnect directly. docs/operations.md says to give an http:// URL."""
+    from license_keeper.konnect import LicenseFetched
+
+    async with Recorder("502 Bad Gateway", {}) as proxy:
+        proxy_env.setenv("HTTPS_PROXY", proxy.url.replace("http://", "https://"))
+        async with client_for(konnect) as c:
+            result = await c.fetch()
+        assert isinstance(result, LicenseFetched), result.describe()
+        assert proxy.lines == []
