@@ -1346,3 +1346,15 @@ def test_runbooks_point_at_the_docs_of_this_chart_version() -> None:
         assert f'id="{r["alert"].lower()}"' in ops, f"docs/operations.md has no anchor for {r['alert']}"
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert "{{ .Chart.Version }}" in values["prometheusRule"]["runbookBaseUrl"]
+
+
+def test_the_schema_names_each_key_once() -> None:
+    """A JSON object with a key twice is legal, and the last one silently wins (a merge once left two
+    `image.registry` rules, and the stricter one refused registries with a path)."""
+
+    def once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        assert len(keys) == len(set(keys)), sorted(k for k in set(keys) if keys.count(k) > 1)
+        return dict(pairs)
+
+    json.loads((CHART / "values.schema.json").read_text(), object_pairs_hook=once)
