@@ -179,31 +179,23 @@ class SecretStore:
         return snapshot_from(created.to_dict())
 
     async def update(self, current: SecretSnapshot, desired: DesiredSecret) -> SecretSnapshot:
-        body = patch_body(current, desired)
-        try:
-            patched = await self.kube.request(
-                "PATCH",
-                f"{self.collection}/{self.name}",
-                body,
-                what=f"update {self.what}",
-                content_type="application/merge-patch+json",
-            )
-        except KubeError as e:
-            raise _store_error(e, "update", self.what) from None
-        return snapshot_from(patched)
+        return await self._merge_patch(patch_body(current, desired), "update")
 
     async def patch(self, body: Mapping[str, Any]) -> SecretSnapshot:
         """One JSON merge patch (the body carries its resourceVersion guard, if any)."""
+        return await self._merge_patch(body, "patch")
+
+    async def _merge_patch(self, body: Mapping[str, Any], verb: str) -> SecretSnapshot:
         try:
             patched = await self.kube.request(
                 "PATCH",
                 f"{self.collection}/{self.name}",
                 body,
-                what=f"patch {self.what}",
+                what=f"{verb} {self.what}",
                 content_type="application/merge-patch+json",
             )
         except KubeError as e:
-            raise _store_error(e, "patch", self.what) from None
+            raise _store_error(e, verb, self.what) from None
         return snapshot_from(patched)
 
     async def answer_sync(self, answer: SyncAnswer, current: SecretSnapshot) -> SecretSnapshot | None:
